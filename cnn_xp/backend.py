@@ -1,0 +1,183 @@
+"""The device story in one page: which array module (``xp``) runs the math.
+
+``"cpu"`` is NumPy; ``"gpu"`` is CuPy on a CUDA device. This is the only module that
+imports cupy, and it does so lazily, so cnn_xp imports and runs on machines without it.
+Layer and op code never names numpy or cupy: it asks ``xp_of(array)``.
+"""
+from __future__ import annotations
+
+import importlib
+
+import numpy
+
+DEVICES = ("cpu", "gpu")
+
+
+class GPUUnavailableError(RuntimeError):
+    """Asked for ``"gpu"`` where no usable CUDA GPU is; the message says why."""
+
+
+_gpu_probe: tuple[object | None, str] | None = None  # (cupy module or None, reason)
+
+
+def _import_cupy():
+    """Import hook (tests replace it to simulate a missing cupy)."""
+    return importlib.import_module("cupy")
+
+
+def _probe_gpu() -> tuple[object | None, str]:
+    """Return (cupy, "") when a GPU is usable, else (None, reason). Cached."""
+    global _gpu_probe
+    if _gpu_probe is not None:
+        return _gpu_probe
+    try:
+        cp = _import_cupy()
+    except ImportError as exc:
+        _gpu_probe = (None, f"cupy is not installed ({exc}); install the extra: pip install 'cnn_xp[gpu]'")
+        return _gpu_probe
+    try:
+        count = cp.cuda.runtime.getDeviceCount()
+    except Exception as exc:  # CUDARuntimeError, or a missing libcuda (no driver)
+        text = str(exc)
+        if "InsufficientDriver" in text or "driver" in text.lower() or "libcuda" in text:
+            reason = f"no usable CUDA driver ({text.strip() or type(exc).__name__})"
+        elif "NoDevice" in text:
+            reason = f"no CUDA device found ({text.strip()})"
+        else:
+            reason = f"CUDA is not usable ({type(exc).__name__}: {text.strip()})"
+        _gpu_probe = (None, reason)
+        return _gpu_probe
+    if count < 1:
+        _gpu_probe = (None, "no CUDA device found (the driver reports 0 GPUs)")
+        return _gpu_probe
+    _gpu_probe = (cp, "")
+    return _gpu_probe
+
+
+def reset_gpu_probe() -> None:
+    """Forget the cached GPU probe (for tests)."""
+    global _gpu_probe
+    _gpu_probe = None
+
+
+def gpu_status() -> tuple[bool, str]:
+    """(usable, reason): reason says why not, empty when usable."""
+    cp, reason = _probe_gpu()
+    return cp is not None, reason
+
+
+def gpu_available() -> bool:
+    return gpu_status()[0]
+
+
+def cupy():
+    """The cupy module, or GPUUnavailableError saying why it can't be used."""
+    cp, reason = _probe_gpu()
+    if cp is None:
+        raise GPUUnavailableError(f"GPU requested but unavailable: {reason}")
+    return cp
+
+
+def check_device(device: str) -> str:
+    if device not in DEVICES:
+        raise ValueError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}")
+    return device
+
+
+def get_xp(device: str = "cpu"):
+    """The array module for a device name: numpy for "cpu", cupy for "gpu"."""
+    if check_device(device) == "cpu":
+        return numpy
+    return cupy()
+
+
+def _is_cupy_array(array) -> bool:
+    return type(array).__module__.startswith("cupy")
+
+
+def xp_of(array):
+    """The array module an array lives in (numpy for anything that is not a cupy array)."""
+    if _is_cupy_array(array):
+        return cupy()
+    return numpy
+
+
+def device_of(array) -> str:
+    return "gpu" if _is_cupy_array(array) else "cpu"
+
+
+def to_device(array, device: str):
+    """Copy ``array`` to ``device`` (no copy when already there)."""
+    if check_device(device) == "cpu":
+        return to_numpy(array)
+    cp = cupy()
+    return cp.asarray(array)
+
+
+def to_numpy(array):
+    """A NumPy array (host copy) of a numpy/cupy array or scalar."""
+    if _is_cupy_array(array):
+        return array.get()
+    return numpy.asarray(array)
+
+
+def as_dtype(dtype):
+    """A NumPy dtype object from a name or dtype (also valid for cupy)."""
+    return numpy.dtype(dtype)
+
+
+def synchronize(device: str) -> None:
+    """Wait for queued GPU work (for timing); no-op on the CPU."""
+    if device == "gpu":
+        cupy().cuda.Device().synchronize()
+
+
+class RandomSource:
+    """A seeded random stream on one device with a savable state.
+
+    CPU: a NumPy ``Generator`` (PCG64); ``state()`` restores it bit-exactly.
+    GPU: ``cupy.random.RandomState``; its state is (seed, draws) and a restore reseeds
+    with both, so a resumed GPU run is deterministic but not the uninterrupted stream.
+    """
+
+    def __init__(self, seed: int = 0, device: str = "cpu"):
+        self.seed = int(seed)
+        self.device = check_device(device)
+        self.draws = 0
+        self._reseed(self.seed)
+
+    def _reseed(self, seed: int) -> None:
+        if self.device == "cpu":
+            self._gen = numpy.random.Generator(numpy.random.PCG64(seed))
+        else:
+            self._gen = cupy().random.RandomState(seed)
+
+    def uniform(self, shape, dtype="float32"):
+        """Uniform [0, 1) samples of ``shape`` on this source's device."""
+        self.draws += 1
+        if self.device == "cpu":
+            return self._gen.random(shape, dtype=numpy.dtype(dtype))
+        return self._gen.random_sample(shape, dtype=numpy.dtype(dtype))
+
+    def to(self, device: str) -> "RandomSource":
+        """Move the stream to another device (reseeding from seed and draws)."""
+        if check_device(device) != self.device:
+            self.device = device
+            self._reseed(self.seed + 1_000_003 * self.draws)
+        return self
+
+    def state(self) -> dict:
+        """JSON-able state."""
+        out = {"seed": self.seed, "draws": self.draws, "device": self.device}
+        if self.device == "cpu":
+            out["bit_generator"] = self._gen.bit_generator.state
+        return out
+
+    def set_state(self, state: dict) -> None:
+        self.seed = int(state["seed"])
+        self.draws = int(state["draws"])
+        if self.device == "cpu" and "bit_generator" in state:
+            self._gen = numpy.random.Generator(numpy.random.PCG64())
+            self._gen.bit_generator.state = state["bit_generator"]
+        else:
+            self._reseed(self.seed + 1_000_003 * self.draws)

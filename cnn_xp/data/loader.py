@@ -1,0 +1,85 @@
+"""``load_dataset``: find (or download) a data set's four IDX files and load them."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import sources
+from .errors import DatasetError
+from .idx import read_images, read_labels
+
+
+@dataclass
+class Dataset:
+    """A loaded data set, host arrays.
+
+    train_images (N, 1, 28, 28) uint8, train_labels (N,) int64 in 0..9; same for test.
+    ``files`` maps each part to the path it was read from.
+    """
+
+    name: str
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    test_images: np.ndarray
+    test_labels: np.ndarray
+    class_names: tuple[str, ...]
+    files: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def folder(self) -> Path:
+        """Folder the training images were read from."""
+        return self.files["train_images"].parent
+
+
+def _load_pair(images_path: Path, labels_path: Path) -> tuple[np.ndarray, np.ndarray]:
+    images = read_images(images_path)
+    labels = read_labels(labels_path)
+    if images.shape[0] != labels.shape[0]:
+        raise DatasetError(
+            f"{images_path}: {images.shape[0]} images but {labels_path.name} has "
+            f"{labels.shape[0]} labels"
+        )
+    return images[:, None, :, :], labels
+
+
+def load_files(name: str, files: dict[str, Path]) -> Dataset:
+    """Load a data set from explicit paths (keys: ``sources.PARTS``)."""
+    spec = sources.get_spec(name)
+    x_train, t_train = _load_pair(files["train_images"], files["train_labels"])
+    x_test, t_test = _load_pair(files["test_images"], files["test_labels"])
+    return Dataset(name, x_train, t_train, x_test, t_test, spec.class_names, dict(files))
+
+
+def _not_found_message(name: str, data_dir) -> str:
+    looked = []
+    for folder in sources.search_dirs(name, data_dir):
+        have = sources.find_in_dir(folder)
+        missing = [sources.BASE_NAMES[p] + "[.gz]" for p in sources.PARTS if p not in have]
+        if have:
+            looked.append(f"{folder} (missing {', '.join(missing)})")
+        else:
+            looked.append(str(folder))
+    return (
+        f"{name} not found (download disabled); looked in: {'; '.join(looked)}. "
+        f"Run `cnn-xp download {name}` or pass --data-dir DIR holding the four IDX files"
+    )
+
+
+def load_dataset(name: str, data_dir=None, download: bool = True, mirrors=None,
+                 progress: bool = True) -> Dataset:
+    """Load ``mnist`` or ``fashion-mnist``, downloading it when it is nowhere to be found.
+
+    Folders are searched in ``sources.search_dirs`` order; the first one holding all four
+    files is used (a broken file there is an error, not a reason to look further).
+    """
+    sources.get_spec(name)
+    files = sources.find_files(name, data_dir)
+    if files is None:
+        if not download:
+            raise DatasetError(_not_found_message(name, data_dir))
+        from .download import download as fetch_dataset
+
+        files = fetch_dataset(name, data_dir, mirrors=mirrors, progress=progress)
+    return load_files(name, files)

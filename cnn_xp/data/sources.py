@@ -1,0 +1,197 @@
+"""What each data set is made of, where its files are looked for, and where they come from.
+
+Search order for a data set ``name`` (first folder that holds all four files wins):
+
+1. the explicit ``data_dir`` (the CLI's ``--data-dir``), then ``<data_dir>/<name>``;
+2. ``$CNN_XP_DATA`` then ``$CNN_XP_DATA/<name>``;
+3. the per-user cache ``$XDG_CACHE_HOME/cnn_xp/<name>`` (default ``~/.cache/cnn_xp/<name>``);
+4. system folders (``/usr/share/datasets/<name>``: Debian's ``dataset-fashion-mnist``).
+
+Downloads go to ``data_dir`` when given, else ``$CNN_XP_DATA/<name>``, else the cache.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import DatasetError
+
+DATA_ENV = "CNN_XP_DATA"
+
+# The four parts of a data set, in load order, and their canonical (dash-style) base names.
+PARTS = ("train_images", "train_labels", "test_images", "test_labels")
+BASE_NAMES = {
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
+}
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """A data set's file checksums (of the published ``.gz`` files), mirrors and class names."""
+
+    name: str
+    mirrors: tuple[str, ...]
+    checksums: dict[str, dict[str, str]]  # "<base>.gz" -> {"md5": ..., "sha256": ...}
+    class_names: tuple[str, ...]
+    system_dirs: tuple[str, ...] = field(default=())
+
+
+DATASETS: dict[str, DatasetSpec] = {
+    "mnist": DatasetSpec(
+        name="mnist",
+        mirrors=(
+            "https://ossci-datasets.s3.amazonaws.com/mnist/",
+            "https://storage.googleapis.com/cvdf-datasets/mnist/",
+            "http://yann.lecun.com/exdb/mnist/",
+        ),
+        checksums={
+            "train-images-idx3-ubyte.gz": {
+                "md5": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+                "sha256": "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
+            },
+            "train-labels-idx1-ubyte.gz": {
+                "md5": "d53e105ee54ea40749a09fcbcd1e9432",
+                "sha256": "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
+            },
+            "t10k-images-idx3-ubyte.gz": {
+                "md5": "9fb629c4189551a2d022fa330f9573f3",
+                "sha256": "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
+            },
+            "t10k-labels-idx1-ubyte.gz": {
+                "md5": "ec29112dd5afa0611ce80d1b7f02629c",
+                "sha256": "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
+            },
+        },
+        class_names=tuple(str(d) for d in range(10)),
+        system_dirs=("/usr/share/datasets/mnist",),
+    ),
+    "fashion-mnist": DatasetSpec(
+        name="fashion-mnist",
+        mirrors=(
+            "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+            "https://github.com/zalandoresearch/fashion-mnist/raw/master/data/fashion/",
+        ),
+        # Zalando's published md5s of its .gz files. Debian's package recompressed them
+        # (same IDX payload, other .gz bytes), so local files are checked by parsing instead.
+        checksums={
+            "train-images-idx3-ubyte.gz": {"md5": "8d4fb7e6c68d591d4c3dfef9ec88bf0d"},
+            "train-labels-idx1-ubyte.gz": {"md5": "25c81989df183df01b3e8a0aad5dffbe"},
+            "t10k-images-idx3-ubyte.gz": {"md5": "bef4ecab320f06d8554ea6380940ec79"},
+            "t10k-labels-idx1-ubyte.gz": {"md5": "bb300cfdad3c16e7a12a480ee83cd310"},
+        },
+        class_names=(
+            "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+            "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+        ),
+        system_dirs=("/usr/share/datasets/fashion-mnist",),
+    ),
+}
+
+
+def get_spec(name: str) -> DatasetSpec:
+    """The spec of a data set by name, or DatasetError listing the known names."""
+    try:
+        return DATASETS[name]
+    except KeyError:
+        raise DatasetError(
+            f"unknown data set {name!r}; choose one of {', '.join(sorted(DATASETS))}"
+        ) from None
+
+
+def candidate_names(part: str) -> list[str]:
+    """File names accepted for a part, in preference order.
+
+    Both naming styles are accepted: ``train-images-idx3-ubyte`` (the published one) and
+    ``train-images.idx3-ubyte`` (a dot before ``idx``), each raw or ``.gz``.
+    """
+    dash = BASE_NAMES[part]
+    stem, _, kind = dash.rpartition("-idx")
+    dot = f"{stem}.idx{kind}"
+    return [dash, dash + ".gz", dot, dot + ".gz"]
+
+
+def mirror_env_var(name: str) -> str:
+    """Env var overriding a data set's mirrors, e.g. ``CNN_XP_MIRRORS_FASHION_MNIST``."""
+    return "CNN_XP_MIRRORS_" + name.upper().replace("-", "_")
+
+
+def mirrors_for(name: str, mirrors=None) -> list[str]:
+    """Mirror base URLs: the ``mirrors`` argument, else the env var, else the built-in list.
+
+    The env var holds URLs separated by spaces or commas. Each base gets a trailing ``/``.
+    """
+    if mirrors is None:
+        env = os.environ.get(mirror_env_var(name), "").replace(",", " ").split()
+        mirrors = env or list(get_spec(name).mirrors)
+    return [m if m.endswith("/") else m + "/" for m in mirrors]
+
+
+def cache_dir(name: str) -> Path:
+    """Per-user cache folder of a data set: ``$XDG_CACHE_HOME/cnn_xp/<name>``."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "cnn_xp" / name
+
+
+def search_dirs(name: str, data_dir=None) -> list[Path]:
+    """Folders searched for data set ``name``, in order (see the module docstring)."""
+    spec = get_spec(name)
+    dirs: list[Path] = []
+    if data_dir is not None:
+        dirs += [Path(data_dir), Path(data_dir) / name]
+    env = os.environ.get(DATA_ENV)
+    if env:
+        dirs += [Path(env), Path(env) / name]
+    dirs.append(cache_dir(name))
+    dirs += [Path(d) for d in spec.system_dirs]
+    unique: list[Path] = []
+    for d in dirs:
+        d = d.expanduser()
+        if d not in unique:
+            unique.append(d)
+    return unique
+
+
+def download_dir(name: str, data_dir=None) -> Path:
+    """Where downloads of ``name`` go: ``data_dir``, else ``$CNN_XP_DATA/<name>``, else the cache."""
+    get_spec(name)
+    if data_dir is not None:
+        return Path(data_dir).expanduser()
+    env = os.environ.get(DATA_ENV)
+    if env:
+        return Path(env).expanduser() / name
+    return cache_dir(name)
+
+
+def find_in_dir(folder: Path) -> dict[str, Path]:
+    """The parts present in ``folder`` (part -> path), by the first accepted name found."""
+    found: dict[str, Path] = {}
+    for part in PARTS:
+        for fname in candidate_names(part):
+            path = folder / fname
+            if path.is_file():
+                found[part] = path
+                break
+    return found
+
+
+def find_files(name: str, data_dir=None) -> dict[str, Path] | None:
+    """Paths of the four files from the first searched folder holding all of them, or None."""
+    for folder in search_dirs(name, data_dir):
+        found = find_in_dir(folder)
+        if len(found) == len(PARTS):
+            return found
+    return None
+
+
+def describe_search(name: str, data_dir=None) -> str:
+    """Human-readable search list, one folder per line, for the CLI and the README."""
+    lines = [f"{name} is looked for in (first complete folder wins):"]
+    for i, folder in enumerate(search_dirs(name, data_dir), 1):
+        have = len(find_in_dir(folder))
+        state = "complete" if have == len(PARTS) else (f"{have}/4 files" if have else "absent")
+        lines.append(f"  {i}. {folder}  [{state}]")
+    return "\n".join(lines)

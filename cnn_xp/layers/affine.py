@@ -1,0 +1,43 @@
+"""Affine (fully connected) and Flatten."""
+from .. import init
+from .base import Layer
+
+
+class Affine(Layer):
+    """x (N, ...) flattened to (N, in_features) -> x @ W + b, (N, out_features).
+    W (in_features, out_features), b (out_features,)."""
+
+    def __init__(self, in_features, out_features, *, weight_init=None, rng=None, dtype="float32"):
+        super().__init__()
+        self.params["W"] = init.draw(weight_init, (in_features, out_features), rng, dtype)
+        self.params["b"] = init.draw("zeros", (out_features,), rng, dtype)
+        self._x2d = None
+        self._x_shape = None
+
+    def forward(self, x, train=True):
+        self._x_shape = x.shape
+        self._x2d = x.reshape(x.shape[0], -1)
+        out = self._x2d @ self.params["W"]
+        out += self.params["b"]
+        return out
+
+    def backward(self, dout):
+        self.grads["W"] = self._x2d.T @ dout
+        self.grads["b"] = dout.sum(axis=0)
+        if not self.need_input_grad:
+            return None
+        return (dout @ self.params["W"].T).reshape(self._x_shape)
+
+    def __repr__(self) -> str:
+        return "Affine({}, {})".format(*self.params["W"].shape)
+
+
+class Flatten(Layer):
+    """(N, ...) -> (N, prod(...)) in C order."""
+
+    def forward(self, x, train=True):
+        self._x_shape = x.shape
+        return x.reshape(x.shape[0], -1)
+
+    def backward(self, dout):
+        return dout.reshape(self._x_shape)

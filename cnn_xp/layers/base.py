@@ -1,0 +1,40 @@
+"""The layer protocol: ``forward(x, train=True) -> out`` and ``backward(dout) -> dx``."""
+from ..backend import to_device
+
+
+class Layer:
+    """Base class. Learnable layers fill ``params`` and, after ``backward``, ``grads``
+    (same keys). ``buffers`` hold saved non-learnable state (BatchNorm running stats).
+    ``need_input_grad = False`` lets ``backward`` skip dx and return None (first layer)."""
+
+    need_input_grad = True
+
+    def __init__(self):
+        self.params: dict = {}
+        self.grads: dict = {}
+        self.buffers: dict = {}
+
+    def forward(self, x, train=True):
+        raise NotImplementedError
+
+    def backward(self, dout):
+        raise NotImplementedError
+
+    def to(self, device: str) -> "Layer":
+        """Move params, grads and buffers to ``device`` ("cpu" or "gpu")."""
+        for store in (self.params, self.grads, self.buffers):
+            for key, value in store.items():
+                store[key] = to_device(value, device)
+        return self
+
+    def astype(self, dtype) -> "Layer":
+        """Cast params and buffers to ``dtype`` (float32 / float64)."""
+        for store in (self.params, self.buffers):
+            for key, value in store.items():
+                store[key] = value.astype(dtype, copy=False)
+        self.grads.clear()
+        return self
+
+    def __repr__(self) -> str:
+        shapes = ", ".join(f"{k}={tuple(v.shape)}" for k, v in self.params.items())
+        return f"{type(self).__name__}({shapes})"

@@ -1,0 +1,57 @@
+"""Batch normalisation over the batch (and spatial) axes, per channel/feature."""
+from .. import init
+from ..backend import xp_of
+from .base import Layer
+
+
+class BatchNorm(Layer):
+    """(N, C) or (N, C, H, W) -> same shape. gamma, beta (C,).
+
+    Training normalises with the batch mean and (biased) variance and updates
+    ``buffers["running_mean"/"running_var"]`` as ``m * running + (1 - m) * batch``;
+    inference uses the running statistics.
+    """
+
+    def __init__(self, num_features, momentum=0.9, eps=1e-5, dtype="float32"):
+        super().__init__()
+        self.momentum, self.eps = float(momentum), float(eps)
+        self.params["gamma"] = init.draw("ones", (num_features,), None, dtype)
+        self.params["beta"] = init.draw("zeros", (num_features,), None, dtype)
+        self.buffers["running_mean"] = init.draw("zeros", (num_features,), None, dtype)
+        self.buffers["running_var"] = init.draw("ones", (num_features,), None, dtype)
+
+    def _axes_and_shape(self, x):
+        if x.ndim == 2:
+            return (0,), (1, x.shape[1])
+        if x.ndim == 4:
+            return (0, 2, 3), (1, x.shape[1], 1, 1)
+        raise ValueError(f"BatchNorm expects (N, C) or (N, C, H, W), got shape {tuple(x.shape)}")
+
+    def forward(self, x, train=True):
+        xp = xp_of(x)
+        axes, bshape = self._axes_and_shape(x)
+        if train:
+            mean = x.mean(axis=axes, keepdims=True)
+            centred = x - mean
+            var = (centred * centred).mean(axis=axes, keepdims=True)
+            m = self.momentum
+            self.buffers["running_mean"] = m * self.buffers["running_mean"] + (1 - m) * mean.reshape(-1)
+            self.buffers["running_var"] = m * self.buffers["running_var"] + (1 - m) * var.reshape(-1)
+        else:
+            centred = x - self.buffers["running_mean"].reshape(bshape)
+            var = self.buffers["running_var"].reshape(bshape)
+        self._std = xp.sqrt(var + self.eps)
+        self._normed = centred / self._std
+        self._axes, self._bshape = axes, bshape
+        return self.params["gamma"].reshape(bshape) * self._normed + self.params["beta"].reshape(bshape)
+
+    def backward(self, dout):
+        axes, bshape, normed = self._axes, self._bshape, self._normed
+        self.grads["beta"] = dout.sum(axis=axes)
+        self.grads["gamma"] = (dout * normed).sum(axis=axes)
+        dnormed = dout * self.params["gamma"].reshape(bshape)
+        return (dnormed - dnormed.mean(axis=axes, keepdims=True)
+                - normed * (dnormed * normed).mean(axis=axes, keepdims=True)) / self._std
+
+    def __repr__(self) -> str:
+        return f"BatchNorm({self.params['gamma'].shape[0]})"

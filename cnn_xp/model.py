@@ -1,0 +1,133 @@
+"""Sequential: a stack of layers closed by a loss layer, on one device and dtype."""
+from __future__ import annotations
+
+from .backend import as_dtype, check_device, to_device, to_numpy
+from .layers import SoftmaxCrossEntropy
+
+
+class Sequential:
+    """``layers`` applied in order to NCHW (or (N, D)) input; ``loss`` defaults to
+    SoftmaxCrossEntropy. The first layer skips its input gradient unless ``input_grad``.
+
+    Parameter names are ``"<layer index>.<key>"`` (e.g. ``"0.W"``), used by optimizers,
+    ``state_dict`` and checkpoints.
+    """
+
+    def __init__(self, layers, loss=None, device: str = "cpu", dtype=None, input_grad: bool = False):
+        self.layers = list(layers)
+        if not self.layers:
+            raise ValueError("Sequential needs at least one layer")
+        self.loss_layer = loss if loss is not None else SoftmaxCrossEntropy()
+        self.layers[0].need_input_grad = bool(input_grad)
+        self.device = "cpu"
+        if dtype is not None:
+            self.astype(dtype)
+        self.dtype = self._param_dtype() or str(as_dtype(dtype or "float32"))
+        self.to(device)
+
+    def _param_dtype(self):
+        for layer in self.layers:
+            for value in layer.params.values():
+                return str(value.dtype)
+        return None
+
+    # -- device and dtype -------------------------------------------------------------
+    def to(self, device: str) -> "Sequential":
+        self.device = check_device(device)
+        for layer in self.layers:
+            layer.to(device)
+        return self
+
+    def astype(self, dtype) -> "Sequential":
+        """Cast every parameter and buffer (float32 / float64)."""
+        for layer in self.layers:
+            layer.astype(as_dtype(dtype))
+        self.dtype = str(as_dtype(dtype))
+        return self
+
+    def _as_input(self, x):
+        x = to_device(x, self.device)
+        if x.dtype != self.dtype:
+            x = x.astype(self.dtype)
+        return x
+
+    # -- forward / backward -----------------------------------------------------------
+    def predict(self, x, train: bool = False):
+        """Class scores (N, K) for input x (moved to the model's device and dtype)."""
+        x = self._as_input(x)
+        for layer in self.layers:
+            x = layer.forward(x, train=train)
+        return x
+
+    def loss(self, x, t, train: bool = True):
+        """Forward pass and mean loss (a 0-d array on the model's device)."""
+        scores = self.predict(x, train=train)
+        return self.loss_layer.forward(scores, to_device(t, self.device))
+
+    def backward(self, dout=1.0):
+        """Backpropagate from the last ``loss``; fills every layer's grads. Returns dx or None."""
+        grad = self.loss_layer.backward(dout)
+        for layer in reversed(self.layers):
+            grad = layer.backward(grad)
+            if grad is None:
+                break
+        return grad
+
+    def accuracy(self, x, t, batch_size: int = 1000) -> float:
+        """Fraction of correctly classified samples (t: indices or one-hot)."""
+        n = x.shape[0]
+        correct = None
+        for start in range(0, n, batch_size):
+            scores = self.predict(x[start:start + batch_size], train=False)
+            labels = to_device(t[start:start + batch_size], self.device)
+            if labels.ndim == 2:
+                labels = labels.argmax(axis=1)
+            hits = (scores.argmax(axis=1) == labels).sum()
+            correct = hits if correct is None else correct + hits
+        return float(correct) / n if n else 0.0
+
+    # -- parameters and state ---------------------------------------------------------
+    def params_and_grads(self):
+        """Yield (name, layer, key) for every learnable parameter."""
+        for index, layer in enumerate(self.layers):
+            for key in layer.params:
+                yield f"{index}.{key}", layer, key
+
+    def state_dict(self) -> dict:
+        """name -> NumPy array for every parameter and buffer."""
+        state = {}
+        for index, layer in enumerate(self.layers):
+            for store in (layer.params, layer.buffers):
+                for key, value in store.items():
+                    state[f"{index}.{key}"] = to_numpy(value).copy()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        """Load arrays saved by ``state_dict`` (shapes must match; dtype follows the model)."""
+        expected = self.state_dict()
+        missing = sorted(set(expected) - set(state))
+        unexpected = sorted(set(state) - set(expected))
+        if missing or unexpected:
+            raise ValueError(f"state does not match the model: missing {missing}, unexpected {unexpected}")
+        for index, layer in enumerate(self.layers):
+            for store in (layer.params, layer.buffers):
+                for key in store:
+                    value = state[f"{index}.{key}"]
+                    if tuple(value.shape) != tuple(store[key].shape):
+                        raise ValueError(f"{index}.{key}: shape {tuple(value.shape)} != {tuple(store[key].shape)}")
+                    store[key] = to_device(value, self.device).astype(store[key].dtype, copy=False)
+
+    def random_state(self) -> dict:
+        """Layer index -> RNG state of every random layer (Dropout)."""
+        return {str(i): layer.rng_state() for i, layer in enumerate(self.layers) if hasattr(layer, "rng_state")}
+
+    def set_random_state(self, state: dict) -> None:
+        for key, value in state.items():
+            self.layers[int(key)].set_rng_state(value)
+
+    def num_params(self) -> int:
+        return sum(int(layer.params[key].size) for _, layer, key in self.params_and_grads())
+
+    def __repr__(self) -> str:
+        inner = "\n".join(f"  ({i}) {layer!r}" for i, layer in enumerate(self.layers))
+        return f"Sequential(device={self.device}, dtype={self.dtype}\n{inner}\n  loss: {self.loss_layer!r}\n)"

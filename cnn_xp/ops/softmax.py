@@ -1,0 +1,50 @@
+"""Numerically stable softmax and cross-entropy over class scores (N, K).
+
+Labels are either class indices (N,) of an integer type or one-hot / probability rows (N, K).
+The loss is the mean over the batch, returned as a 0-d array on the scores' device.
+"""
+from ..backend import xp_of
+
+
+def softmax(x, axis=-1):
+    xp = xp_of(x)
+    e = xp.exp(x - x.max(axis=axis, keepdims=True))
+    e /= e.sum(axis=axis, keepdims=True)
+    return e
+
+
+def log_softmax(x, axis=-1):
+    xp = xp_of(x)
+    shifted = x - x.max(axis=axis, keepdims=True)
+    return shifted - xp.log(xp.exp(shifted).sum(axis=axis, keepdims=True))
+
+
+def _is_one_hot(scores, labels) -> bool:
+    if labels.ndim == scores.ndim and labels.shape == scores.shape:
+        return True
+    if labels.ndim == 1 and labels.shape[0] == scores.shape[0]:
+        return False
+    raise ValueError(f"labels of shape {tuple(labels.shape)} do not match scores {tuple(scores.shape)}")
+
+
+def cross_entropy(scores, labels):
+    """Mean cross-entropy of softmax(scores) against labels; a 0-d array."""
+    xp = xp_of(scores)
+    n = scores.shape[0]
+    log_p = log_softmax(scores)
+    if _is_one_hot(scores, labels):
+        return -(labels.astype(scores.dtype, copy=False) * log_p).sum() / n
+    return -log_p[xp.arange(n), labels].sum() / n
+
+
+def cross_entropy_backward(scores, labels, dout=1.0):
+    """d loss / d scores for ``cross_entropy`` (the mean): (softmax - target) * dout / N."""
+    xp = xp_of(scores)
+    n = scores.shape[0]
+    grad = softmax(scores)
+    if _is_one_hot(scores, labels):
+        grad -= labels.astype(scores.dtype, copy=False)
+    else:
+        grad[xp.arange(n), labels] -= 1
+    grad *= dout / n
+    return grad

@@ -1,0 +1,108 @@
+"""Figures of a training run (matplotlib, Agg backend), each written atomically as PNG."""
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
+import numpy  # noqa: E402
+
+
+def _save(fig, path) -> None:
+    """Save ``fig`` as PNG at ``path`` via a temp file in the same folder."""
+    path = os.fspath(path)
+    fd, tmp = tempfile.mkstemp(prefix=".plot-", suffix=".png.tmp", dir=os.path.dirname(os.path.abspath(path)))
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fig.savefig(fh, format="png", dpi=100, bbox_inches="tight")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    finally:
+        plt.close(fig)
+
+
+def _column(history: list[dict], key: str) -> list[float]:
+    values = []
+    for row in history:
+        value = row.get(key)
+        values.append(float("nan") if value in (None, "") else float(value))
+    return values
+
+
+def plot_curves(history: list[dict], path, title: str = "") -> None:
+    """Loss (left) and accuracy (right) per epoch; ``history`` rows carry
+    ``epoch, train_loss, train_acc, val_loss, val_acc`` (val may be None)."""
+    epochs = [int(row["epoch"]) for row in history]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, key, label in ((ax_loss, "loss", "loss"), (ax_acc, "acc", "accuracy")):
+        ax.plot(epochs, _column(history, f"train_{key}"), marker="o", label="train")
+        val = _column(history, f"val_{key}")
+        if any(not math.isnan(v) for v in val):
+            ax.plot(epochs, val, marker="s", linestyle="--", label="validation")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        ax.grid(True, alpha=0.3)
+        ax.legend()
+    ax_loss.set_title("loss per epoch")
+    ax_acc.set_title("accuracy per epoch")
+    if title:
+        fig.suptitle(title)
+    _save(fig, path)
+
+
+def _filter_grid(ax_grid, weights: numpy.ndarray) -> None:
+    """Draw each filter (channel 0 of W (out, in, kh, kw)), min black, max white."""
+    for i, ax in enumerate(ax_grid):
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if i >= weights.shape[0]:
+            ax.axis("off")
+            continue
+        f = weights[i, 0]
+        ax.imshow(f, cmap="gray", interpolation="nearest", vmin=float(f.min()), vmax=float(f.max()))
+
+
+def plot_filters(before: numpy.ndarray, after: numpy.ndarray, path, columns: int = 8) -> None:
+    """First-layer filters before (left block) and after (right block) training, as in seed
+    002's figure 7-24: each filter in grayscale scaled from its own min (black) to max (white).
+    ``before``/``after``: conv weights (out, in, kh, kw); the first input channel is shown."""
+    before = numpy.asarray(before, dtype=numpy.float32)
+    after = numpy.asarray(after, dtype=numpy.float32)
+    n = before.shape[0]
+    cols = min(columns, n)
+    rows = math.ceil(n / cols)
+    fig = plt.figure(figsize=(2 * cols * 0.9 + 0.6, rows * 0.9 + 0.8))
+    sub = fig.subfigures(1, 2, wspace=0.05)
+    for part, weights, label in ((sub[0], before, "before training"), (sub[1], after, "after training")):
+        axes = part.subplots(rows, cols, squeeze=False)
+        _filter_grid(axes.ravel(), weights)
+        part.suptitle(label)
+    _save(fig, path)
+
+
+def plot_confusion(matrix: numpy.ndarray, path, class_names: list[str] | None = None, title: str = "") -> None:
+    """Confusion matrix (rows: true class, columns: predicted class) with counts in cells."""
+    matrix = numpy.asarray(matrix)
+    k = matrix.shape[0]
+    names = class_names or [str(i) for i in range(k)]
+    fig, ax = plt.subplots(figsize=(7, 6))
+    image = ax.imshow(matrix, cmap="Blues")
+    fig.colorbar(image, ax=ax)
+    ax.set_xticks(range(k), names, rotation=45, ha="right")
+    ax.set_yticks(range(k), names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    threshold = matrix.max() / 2 if matrix.size else 0
+    for i in range(k):
+        for j in range(k):
+            ax.text(j, i, str(int(matrix[i, j])), ha="center", va="center", fontsize=7,
+                    color="white" if matrix[i, j] > threshold else "black")
+    ax.set_title(title or "test confusion matrix")
+    _save(fig, path)
