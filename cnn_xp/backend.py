@@ -146,11 +146,12 @@ class RandomSource:
         self.draws = 0
         self._reseed(self.seed)
 
-    def _reseed(self, seed: int) -> None:
-        if self.device == "cpu":
+    def _reseed(self, seed: int, device: str | None = None) -> None:
+        device = device or self.device
+        if device == "cpu":
             self._gen = numpy.random.Generator(numpy.random.PCG64(seed))
         else:
-            self._gen = cupy().random.RandomState(seed)
+            self._gen = cupy().random.RandomState(seed)  # raises before anything changes
 
     def uniform(self, shape, dtype="float32"):
         """Uniform [0, 1) samples of ``shape`` on this source's device."""
@@ -162,8 +163,8 @@ class RandomSource:
     def to(self, device: str) -> "RandomSource":
         """Move the stream to another device (reseeding from seed and draws)."""
         if check_device(device) != self.device:
+            self._reseed(self.seed + 1_000_003 * self.draws, device)
             self.device = device
-            self._reseed(self.seed + 1_000_003 * self.draws)
         return self
 
     def state(self) -> dict:

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
 
 import numpy
 
 from . import backend
+from .atomic import atomic_open
 
 FORMAT_VERSION = 1
 
@@ -86,18 +86,8 @@ def save_checkpoint(path, ckpt: Checkpoint) -> None:
     meta["optimizer_state"] = (None if ckpt.optimizer_state is None
                                else _encode(ckpt.optimizer_state, "optim", arrays))
     arrays["meta"] = numpy.array(json.dumps(meta))
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".checkpoint-", suffix=".npz.tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            numpy.savez(fh, **arrays)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_open(path, "wb") as fh:
+        numpy.savez(fh, **arrays)
 
 
 def load_checkpoint(path) -> Checkpoint:

@@ -115,7 +115,8 @@ class Sequential:
                     value = state[f"{index}.{key}"]
                     if tuple(value.shape) != tuple(store[key].shape):
                         raise ValueError(f"{index}.{key}: shape {tuple(value.shape)} != {tuple(store[key].shape)}")
-                    store[key] = to_device(value, self.device).astype(store[key].dtype, copy=False)
+                    # always a copy: in-place training must not write into the caller's dict
+                    store[key] = to_device(value, self.device).astype(store[key].dtype, copy=True)
 
     def random_state(self) -> dict:
         """Layer index -> RNG state of every random layer (Dropout)."""

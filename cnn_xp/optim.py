@@ -59,7 +59,8 @@ class Optimizer:
         for key, value in state.items():
             if "/" in key:
                 slot, name = key.split("/", 1)
-                self.state.setdefault(name, {})[slot] = to_device(value, device)
+                # a copy: later in-place steps must not write into the caller's dict
+                self.state.setdefault(name, {})[slot] = to_device(value, device).copy()
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v}" for k, v in self.hyperparameters().items())

@@ -2,28 +2,22 @@
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy  # noqa: E402
+
+from .atomic import atomic_open  # noqa: E402
 
 
 def _save(fig, path) -> None:
     """Save ``fig`` as PNG at ``path`` via a temp file in the same folder."""
-    path = os.fspath(path)
-    fd, tmp = tempfile.mkstemp(prefix=".plot-", suffix=".png.tmp", dir=os.path.dirname(os.path.abspath(path)))
     try:
-        with os.fdopen(fd, "wb") as fh:
+        with atomic_open(path, "wb") as fh:
             fig.savefig(fh, format="png", dpi=100, bbox_inches="tight")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
     finally:
         plt.close(fig)
 
@@ -47,6 +41,7 @@ def plot_curves(history: list[dict], path, title: str = "") -> None:
         if any(not math.isnan(v) for v in val):
             ax.plot(epochs, val, marker="s", linestyle="--", label="validation")
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(label)
         ax.grid(True, alpha=0.3)
         ax.legend()
@@ -69,7 +64,7 @@ def _filter_grid(ax_grid, weights: numpy.ndarray) -> None:
         ax.imshow(f, cmap="gray", interpolation="nearest", vmin=float(f.min()), vmax=float(f.max()))
 
 
-def plot_filters(before: numpy.ndarray, after: numpy.ndarray, path, columns: int = 8) -> None:
+def plot_filters(before: numpy.ndarray, after: numpy.ndarray, path, columns: int = 10) -> None:
     """First-layer filters before (left block) and after (right block) training, as in seed
     002's figure 7-24: each filter in grayscale scaled from its own min (black) to max (white).
     ``before``/``after``: conv weights (out, in, kh, kw); the first input channel is shown."""

@@ -86,6 +86,10 @@ def fetch_file(filename: str, dest_dir, mirrors, checksums: dict[str, str], *,
         raise ValueError(f"no checksum given for {filename}: refusing an unchecked download")
     dest = Path(dest_dir)
     target = dest / filename
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DatasetError(f"{dest}: cannot create the download folder ({exc.strerror or exc})") from None
     failures = []
     for base in mirrors:
         url = base + filename
@@ -113,10 +117,6 @@ def download(name: str, data_dir=None, mirrors=None, *, progress: bool = True,
     spec = sources.get_spec(name)
     urls = sources.mirrors_for(name, mirrors)
     dest = sources.download_dir(name, data_dir)
-    try:
-        dest.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise DatasetError(f"{dest}: cannot create the download folder ({exc.strerror or exc})") from None
     present = sources.find_in_dir(dest)
     files: dict[str, Path] = {}
     for part in sources.PARTS:

@@ -9,7 +9,6 @@ import gzip
 import zlib
 from pathlib import Path
 
-import idx2numpy
 import numpy as np
 
 from .errors import DatasetError
@@ -32,6 +31,8 @@ def read_idx(path, magic: int) -> np.ndarray:
 
     Returns a writable NumPy array (idx2numpy's own result is read-only).
     """
+    import idx2numpy  # here, so batches and prep import without it (e.g. on a bare GPU host)
+
     path = Path(path)
     what = "images" if magic == IMAGES_MAGIC else "labels"
     try:

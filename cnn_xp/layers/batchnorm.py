@@ -42,7 +42,7 @@ class BatchNorm(Layer):
             var = self.buffers["running_var"].reshape(bshape)
         self._std = xp.sqrt(var + self.eps)
         self._normed = centred / self._std
-        self._axes, self._bshape = axes, bshape
+        self._axes, self._bshape, self._train = axes, bshape, train
         return self.params["gamma"].reshape(bshape) * self._normed + self.params["beta"].reshape(bshape)
 
     def backward(self, dout):
@@ -50,6 +50,8 @@ class BatchNorm(Layer):
         self.grads["beta"] = dout.sum(axis=axes)
         self.grads["gamma"] = (dout * normed).sum(axis=axes)
         dnormed = dout * self.params["gamma"].reshape(bshape)
+        if not self._train:      # running statistics are constants: no batch coupling
+            return dnormed / self._std
         return (dnormed - dnormed.mean(axis=axes, keepdims=True)
                 - normed * (dnormed * normed).mean(axis=axes, keepdims=True)) / self._std
 

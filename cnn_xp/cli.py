@@ -1,0 +1,297 @@
+"""``cnn-xp``: train, evaluate, predict, download, doctor, bench.
+
+Every user mistake (bad flag, unknown model, missing data, unusable GPU, bad image, ...)
+ends with one line on stderr, ``cnn-xp: error: ...``, and exit status 2; a diverging
+training run ends with exit status 1; success is 0.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+PROG = "cnn-xp"
+DATASET_NAMES = ("mnist", "fashion-mnist")
+
+
+class _Exit(Exception):
+    """Raised instead of argparse's own exit so errors stay one line."""
+
+    def __init__(self, status: int, message: str = ""):
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse without the usage block on errors: one line, status 2."""
+
+    def error(self, message):
+        raise _Exit(2, message)
+
+    def exit(self, status=0, message=None):
+        if message:
+            (sys.stderr if status else sys.stdout).write(message)
+        raise _Exit(status)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not (value > 0 and value != float("inf")):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def _add_data_flags(p, dataset_required: bool = True):
+    p.add_argument("--dataset", choices=DATASET_NAMES, required=dataset_required,
+                   default=None, help="data set (the four IDX files)")
+    p.add_argument("--data-dir", metavar="DIR", help="folder holding the IDX files (searched first)")
+    p.add_argument("--no-download", dest="download", action="store_false",
+                   help="never download; fail when the data is not on disk")
+    p.add_argument("--device", default="cpu", help="cpu or gpu (default: cpu)")
+
+
+def add_train_arguments(p) -> None:
+    """The flags of ``cnn-xp train`` (also used by scripts/train_mnist.py)."""
+    from .models import MODELS
+
+    p.add_argument("--model", required=True, metavar="NAME", help=f"one of: {', '.join(MODELS)}")
+    _add_data_flags(p)
+    p.add_argument("--epochs", type=_positive_int, help="epochs (default: the model's)")
+    p.add_argument("--batch-size", type=_positive_int, help="mini-batch size (default: the model's)")
+    p.add_argument("--lr", type=_positive_float, help="learning rate (default: the model's)")
+    p.add_argument("--optimizer", metavar="NAME",
+                   help="sgd, momentum, nesterov, adagrad, rmsprop or adam (default: the model's)")
+    p.add_argument("--seed", type=int, help="seed of weights, batch order and dropout (default 0)")
+    p.add_argument("--out", metavar="RUN_DIR", help="run folder (default runs/<model>-<dataset>-<time>)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    p.add_argument("--val-size", type=_non_negative_int,
+                   help="training images held out for validation (default: the model's)")
+    p.add_argument("--limit-train", type=_positive_int, metavar="N", help="use only the first N training images")
+    p.add_argument("--limit-test", type=_positive_int, metavar="N", help="use only the first N test images")
+    p.add_argument("--dtype", choices=("float32", "float64"), help="float32 (default) or float64")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no tqdm bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(prog=PROG, description="Convolutional networks from scratch on NumPy / CuPy.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
+    sub.required = True
+
+    add_train_arguments(sub.add_parser("train", help="train a zoo model"))
+
+    ev = sub.add_parser("evaluate", help="overall and per-class test accuracy of a checkpoint")
+    ev.add_argument("--checkpoint", required=True, metavar="PATH")
+    _add_data_flags(ev, dataset_required=False)
+    ev.add_argument("--limit-test", type=_positive_int, metavar="N")
+
+    pr = sub.add_parser("predict", help="classify image files (PNG/JPEG, any size)")
+    pr.add_argument("--checkpoint", required=True, metavar="PATH")
+    pr.add_argument("--device", default="cpu")
+    pr.add_argument("images", nargs="+", metavar="IMAGE")
+
+    dl = sub.add_parser("download", help="download and verify a data set")
+    dl.add_argument("name", choices=DATASET_NAMES)
+    dl.add_argument("--data-dir", metavar="DIR")
+
+    sub.add_parser("doctor", help="check the installation and the GPU")
+    bench = sub.add_parser("bench", help="throughput benchmarks", add_help=False)
+    bench.add_argument("rest", nargs=argparse.REMAINDER)
+    sub.add_parser("models", help="list the zoo with each model's defaults")
+    return parser
+
+
+# -- commands -----------------------------------------------------------------------------
+def cmd_train(args) -> int:
+    from .train import TrainConfig, train
+
+    explicit = {k for k in ("epochs", "batch_size", "lr", "optimizer", "val_size", "limit_train", "limit_test",
+                            "seed", "dtype") if getattr(args, k) is not None}
+    cfg = TrainConfig(model=args.model, dataset=args.dataset, device=args.device, epochs=args.epochs,
+                      batch_size=args.batch_size, lr=args.lr,
+                      optimizer=None if args.optimizer is None else args.optimizer.lower(),
+                      seed=0 if args.seed is None else args.seed, data_dir=args.data_dir, out=args.out, resume=args.resume,
+                      val_size=args.val_size, limit_train=args.limit_train, limit_test=args.limit_test,
+                      dtype=args.dtype or "float32", download=args.download, progress=args.progress, explicit=explicit)
+    train(cfg)
+    return 0
+
+
+def load_model(checkpoint_path, device: str):
+    """(model, checkpoint) from a run's checkpoint.npz, on ``device``."""
+    from . import models
+    from .checkpoint import load_checkpoint
+    from .train import UserError, check_device
+
+    check_device(device)
+    ckpt = load_checkpoint(checkpoint_path)
+    name = ckpt.meta.get("model")
+    if name not in models.MODELS:
+        raise UserError(f"{checkpoint_path}: unknown model {name!r} in the checkpoint")
+    model = models.build(name, seed=0, device=device, dtype=ckpt.meta["hyperparameters"].get("dtype", "float32"))
+    try:
+        model.load_state_dict(ckpt.model_state)
+    except ValueError as exc:
+        raise UserError(f"{checkpoint_path}: {exc}") from None
+    return model, ckpt
+
+
+def cmd_evaluate(args) -> int:
+    from . import backend
+    from .data import load_dataset, to_float
+    from .train import confusion_matrix, evaluate_arrays, per_class_accuracy
+
+    model, ckpt = load_model(args.checkpoint, args.device)
+    dataset = args.dataset or ckpt.meta["dataset"]
+    ds = load_dataset(dataset, args.data_dir, download=args.download)
+    x, t = ds.test_images, ds.test_labels
+    if args.limit_test:
+        x, t = x[:args.limit_test], t[:args.limit_test]
+    x = backend.to_device(to_float(x, model.dtype), model.device)
+    loss, acc, predicted = evaluate_arrays(model, x, backend.to_device(t, model.device))
+    matrix = confusion_matrix(t, predicted, len(ds.class_names))
+    print(f"{ckpt.meta['model']} (epoch {ckpt.meta['epoch']}) on {dataset} test set, {len(t)} images")
+    width = max(len(n) for n in ds.class_names)
+    for name, count, class_acc in zip(ds.class_names, matrix.sum(axis=1), per_class_accuracy(matrix)):
+        shown = "   n/a" if class_acc is None else f"{class_acc:.4f}"
+        print(f"  class {name:<{width}}  {shown}  ({int(count)} images)")
+    print(f"test loss: {loss:.4f}")
+    print(f"test accuracy: {acc:.4f} ({int((predicted == t).sum())}/{len(t)})")
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from .predict import classify, load_images
+
+    model, ckpt = load_model(args.checkpoint, args.device)
+    names = ckpt.meta.get("class_names") or [str(i) for i in range(10)]
+    batch = load_images(args.images)
+    probs = classify(model, batch)
+    for path, row in zip(args.images, probs):
+        k = int(row.argmax())
+        label = names[k] if names[k] == str(k) else f"{k} ({names[k]})"
+        print(f"{path}: {label}  p={float(row[k]):.4f}")
+    return 0
+
+
+def cmd_download(args) -> int:
+    from .data import download_command
+
+    return download_command(args.name, args.data_dir)
+
+
+def cmd_doctor(args) -> int:
+    try:
+        doctor = importlib.import_module("cnn_xp.doctor")
+    except ModuleNotFoundError as exc:
+        if exc.name != "cnn_xp.doctor":
+            raise
+        raise _Exit(2, "doctor is not available in this installation (cnn_xp.doctor is missing)") from None
+    status = doctor.run_doctor()
+    return int(status or 0)
+
+
+def cmd_bench(args) -> int:
+    try:
+        bench = importlib.import_module("cnn_xp.bench")
+    except ModuleNotFoundError as exc:
+        if exc.name != "cnn_xp.bench":
+            raise
+        raise _Exit(2, "bench is not available in this installation (cnn_xp.bench is missing)") from None
+    return int(bench.main(list(args.rest)) or 0)
+
+
+def cmd_models(args) -> int:
+    from .models import MODELS
+
+    for spec in MODELS.values():
+        print(f"{spec.name}: {spec.optimizer} lr {spec.lr:g}, batch {spec.batch_size}, {spec.epochs} epochs, "
+              f"{spec.init}" + (f", validation {spec.val_size}" if spec.val_size else ""))
+        print(f"    {spec.notes}")
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "download": cmd_download,
+            "doctor": cmd_doctor, "bench": cmd_bench, "models": cmd_models}
+
+
+def _user_errors() -> tuple:
+    from .backend import GPUUnavailableError
+    from .checkpoint import CheckpointError
+    from .data import DatasetError
+    from .predict import ImageError
+    from .train import UserError
+
+    return (UserError, DatasetError, GPUUnavailableError, CheckpointError, ImageError)
+
+
+def _fail(message: str, status: int = 2) -> int:
+    message = " ".join(str(message).split())  # one line
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    return status
+
+
+def main(argv=None, parser: argparse.ArgumentParser | None = None, command: str | None = None) -> int:
+    """Entry point of the ``cnn-xp`` console script; returns the exit status.
+
+    ``parser``/``command`` let scripts/train_mnist.py run the ``train`` command on its own parser.
+    """
+    from .train import TrainingDiverged
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if parser is None and argv[:1] == ["bench"]:  # bench parses its own flags (including --help)
+        return _run(lambda: cmd_bench(argparse.Namespace(rest=argv[1:])))
+    parser = parser or build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except _Exit as exc:
+        return _fail(exc.message, exc.status) if exc.message else exc.status
+    handler = COMMANDS[command or args.command]
+    try:
+        return _run(lambda: handler(args))
+    except TrainingDiverged as exc:
+        return _fail(f"training stopped: {exc}", 1)
+
+
+def _run(call) -> int:
+    errors = _user_errors()
+    try:
+        return call()
+    except _Exit as exc:
+        return _fail(exc.message, exc.status) if exc.message else exc.status
+    except errors as exc:
+        return _fail(str(exc))
+    except KeyboardInterrupt:
+        print(f"\n{PROG}: interrupted; a training run continues from its last finished epoch with "
+              f"--resume --out RUN_DIR", file=sys.stderr)
+        return 130
+
+
+def entry() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

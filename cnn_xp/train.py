@@ -1,0 +1,403 @@
+"""The trainer behind ``cnn-xp train``: epochs, metrics, checkpoints, plots, resume.
+
+A run lives in one folder (RUN_DIR)::
+
+    metrics.csv     epoch, train_loss, train_acc, val_loss, val_acc, seconds, images_per_second
+    summary.json    model, dataset, device, hyperparameters, epochs, test_accuracy (0..1), ...
+    checkpoint.npz  weights, optimizer state, epoch, RNG states (written atomically each epoch)
+    curves.png      loss and accuracy per epoch
+    filters.png     first-layer filters before and after training
+    confusion.png   test confusion matrix
+
+Resuming (``resume=True``) restores weights, optimizer state, the batch order RNG and the
+dropout RNGs at the last finished epoch, so on the CPU a run stopped after epoch k and
+resumed ends bit-identical to an uninterrupted one.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import platform
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import numpy
+
+from . import backend, models, plots
+from .atomic import write_text
+from .checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
+from .ops import cross_entropy
+
+METRIC_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "seconds", "images_per_second")
+CHECKPOINT = "checkpoint.npz"
+DTYPES = ("float32", "float64")
+SYNC_EVERY = 20  # batches between host reads of the running loss (progress bar + NaN check)
+
+
+class UserError(ValueError):
+    """A mistake in the user's request; the message is one line meant for the terminal."""
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+@dataclass
+class TrainConfig:
+    """One training run. ``None`` hyperparameters take the model's defaults (``models.MODELS``)."""
+
+    model: str
+    dataset: str = "mnist"
+    device: str = "cpu"
+    epochs: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    optimizer: str | None = None
+    seed: int = 0
+    data_dir: str | None = None
+    out: str | None = None
+    resume: bool = False
+    val_size: int | None = None
+    limit_train: int | None = None
+    limit_test: int | None = None
+    dtype: str = "float32"
+    download: bool = True
+    progress: bool = True
+    explicit: set = field(default_factory=set)  # names of hyperparameters the user gave
+
+
+HYPER_KEYS = ("optimizer", "lr", "batch_size", "epochs", "val_size", "split_seed", "seed", "dtype",
+              "limit_train", "limit_test")
+
+
+def optimizer_classes() -> dict:
+    from .optim import OPTIMIZERS
+    return OPTIMIZERS
+
+
+def resolve_hyperparameters(cfg: TrainConfig) -> dict:
+    """The model's defaults with the user's overrides, validated (UserError on a mistake)."""
+    if cfg.model not in models.MODELS:
+        raise UserError(f"unknown model {cfg.model!r}; choose one of {', '.join(models.MODELS)}")
+    hp = models.MODELS[cfg.model].defaults()
+    for key in ("optimizer", "lr", "batch_size", "epochs", "val_size"):
+        value = getattr(cfg, key)
+        if value is not None:
+            hp[key] = value
+    hp.update(seed=int(cfg.seed), dtype=cfg.dtype, limit_train=cfg.limit_train, limit_test=cfg.limit_test)
+    hp["optimizer"] = str(hp["optimizer"]).lower()
+    validate_hyperparameters(hp)
+    return hp
+
+
+def validate_hyperparameters(hp: dict) -> None:
+    names = optimizer_classes()
+    if hp["optimizer"] not in names:
+        raise UserError(f"unknown optimizer {hp['optimizer']!r}; choose one of {', '.join(names)}")
+    for key in ("epochs", "batch_size"):
+        if int(hp[key]) < 1:
+            raise UserError(f"--{key.replace('_', '-')} must be a positive integer, got {hp[key]}")
+    if not (math.isfinite(float(hp["lr"])) and float(hp["lr"]) > 0):
+        raise UserError(f"--lr must be a positive number, got {hp['lr']}")
+    if int(hp["val_size"]) < 0:
+        raise UserError(f"--val-size must be 0 or more, got {hp['val_size']}")
+    for key in ("limit_train", "limit_test"):
+        if hp[key] is not None and int(hp[key]) < 1:
+            raise UserError(f"--{key.replace('_', '-')} must be a positive integer, got {hp[key]}")
+    if hp["dtype"] not in DTYPES:
+        raise UserError(f"--dtype must be one of {', '.join(DTYPES)}, got {hp['dtype']!r}")
+
+
+def check_device(device: str) -> None:
+    """UserError unless ``device`` is usable (the GPU reason comes from the backend)."""
+    if device not in backend.DEVICES:
+        raise UserError(f"unknown device {device!r}; choose one of {', '.join(backend.DEVICES)}")
+    if device == "gpu":
+        try:
+            backend.cupy()
+        except backend.GPUUnavailableError as exc:
+            raise UserError(f"{exc}; `--device cpu` works on this machine") from None
+
+
+def default_run_dir(model: str, dataset: str) -> Path:
+    return Path("runs") / f"{model}-{dataset}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+
+def latest_run_dir(model: str, dataset: str) -> Path | None:
+    """The newest ``runs/<model>-<dataset>-*`` folder holding a checkpoint."""
+    found = sorted(p for p in Path("runs").glob(f"{model}-{dataset}-*") if (p / CHECKPOINT).is_file())
+    return found[-1] if found else None
+
+
+def prepare_run_dir(path: Path) -> Path:
+    """Create ``path`` and prove it writable (UserError otherwise)."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=path)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise UserError(f"--out {path}: cannot write there ({exc.strerror or exc})") from None
+    return path
+
+
+def write_metrics(path: Path, history: list[dict]) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=METRIC_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for row in history:
+        writer.writerow({k: ("" if row.get(k) is None else row[k]) for k in METRIC_COLUMNS})
+    write_text(path, buf.getvalue())
+
+
+def package_versions(device: str) -> dict:
+    from importlib import metadata
+
+    versions = {"python": platform.python_version()}
+    for name in ("cnn_xp", "numpy", "idx2numpy", "tqdm", "matplotlib", "pillow"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    if device == "gpu":
+        versions["cupy"] = backend.cupy().__version__
+    return versions
+
+
+def evaluate_arrays(model, x, t, batch_size: int = 1000):
+    """(mean loss, accuracy, predicted labels (N,) on the host) of device arrays x (N, ...), t (N,)."""
+    n = int(x.shape[0])
+    if n == 0:
+        return None, None, numpy.zeros(0, dtype=numpy.int64)
+    loss_sum, preds = None, []
+    for start in range(0, n, batch_size):
+        xb, tb = x[start:start + batch_size], t[start:start + batch_size]
+        scores = model.predict(xb, train=False)
+        part = cross_entropy(scores, tb) * float(xb.shape[0])
+        loss_sum = part if loss_sum is None else loss_sum + part
+        preds.append(scores.argmax(axis=1))
+    xp = backend.xp_of(x)
+    predicted = backend.to_numpy(xp.concatenate(preds))
+    truth = backend.to_numpy(t)
+    return float(loss_sum) / n, float((predicted == truth).mean()), predicted
+
+
+def confusion_matrix(truth, predicted, num_classes: int = models.NUM_CLASSES) -> numpy.ndarray:
+    """(K, K) counts, rows true class, columns predicted class."""
+    matrix = numpy.zeros((num_classes, num_classes), dtype=numpy.int64)
+    numpy.add.at(matrix, (numpy.asarray(truth), numpy.asarray(predicted)), 1)
+    return matrix
+
+
+def per_class_accuracy(matrix: numpy.ndarray) -> list[float | None]:
+    totals = matrix.sum(axis=1)
+    return [float(matrix[i, i]) / float(totals[i]) if totals[i] else None for i in range(matrix.shape[0])]
+
+
+def first_conv_weights(model):
+    """Host copy of the first layer's W (out, in, kh, kw), or None if it is not a conv."""
+    layer = model.layers[0]
+    w = layer.params.get("W")
+    if w is None or w.ndim != 4:
+        return None
+    return backend.to_numpy(w).copy()
+
+
+def load_data(cfg: TrainConfig, hp: dict, out):
+    """Host arrays (x_train, t_train, x_val, t_val, x_test, t_test, class_names)."""
+    from .data import load_dataset, to_float, train_val_split
+
+    ds = load_dataset(cfg.dataset, cfg.data_dir, download=cfg.download, progress=cfg.progress)
+    x, t = ds.train_images, ds.train_labels
+    if hp["limit_train"] is not None:
+        x, t = x[:hp["limit_train"]], t[:hp["limit_train"]]
+    x_test, t_test = ds.test_images, ds.test_labels
+    if hp["limit_test"] is not None:
+        x_test, t_test = x_test[:hp["limit_test"]], t_test[:hp["limit_test"]]
+    x, x_test = to_float(x, hp["dtype"]), to_float(x_test, hp["dtype"])
+    val_size = int(hp["val_size"])
+    if val_size >= x.shape[0]:
+        raise UserError(f"--val-size {val_size} leaves no training images (only {x.shape[0]} available)")
+    if val_size:
+        x, t, x_val, t_val = train_val_split(x, t, val_size, seed=hp["split_seed"])
+    else:
+        x_val, t_val = x[:0], t[:0]
+    print(f"data: {cfg.dataset} from {ds.folder}: {len(t)} train, {len(t_val)} validation, "
+          f"{len(t_test)} test images", file=out)
+    return x, t, x_val, t_val, x_test, t_test, list(ds.class_names)
+
+
+class Trainer:
+    """Runs a :class:`TrainConfig`; :meth:`run` returns the summary dict."""
+
+    def __init__(self, cfg: TrainConfig, out=None):
+        self.cfg = cfg
+        self.out = out if out is not None else sys.stdout
+
+    # -- set-up ------------------------------------------------------------------------
+    def _open_run(self):
+        cfg = self.cfg
+        check_device(cfg.device)
+        if cfg.resume:
+            run_dir = Path(cfg.out) if cfg.out else latest_run_dir(cfg.model, cfg.dataset)
+            if run_dir is None or not (run_dir / CHECKPOINT).is_file():
+                where = run_dir if run_dir is not None else f"runs/{cfg.model}-{cfg.dataset}-*"
+                raise UserError(f"--resume: no {CHECKPOINT} in {where}")
+            try:
+                ckpt = load_checkpoint(run_dir / CHECKPOINT)
+            except CheckpointError as exc:
+                raise UserError(str(exc)) from None
+            hp = dict(ckpt.meta["hyperparameters"])
+            if ckpt.meta["model"] != cfg.model or ckpt.meta["dataset"] != cfg.dataset:
+                raise UserError(f"--resume: {run_dir} trained {ckpt.meta['model']} on {ckpt.meta['dataset']}, "
+                                f"not {cfg.model} on {cfg.dataset}")
+            for key in sorted(cfg.explicit - {"epochs"}):
+                if key in hp and getattr(cfg, key) != hp[key]:
+                    raise UserError(f"--resume keeps the run's hyperparameters; --{key.replace('_', '-')} "
+                                    f"{getattr(cfg, key)} differs from the run's {hp[key]}")
+            if cfg.epochs is not None:
+                hp["epochs"] = int(cfg.epochs)
+            validate_hyperparameters(hp)
+        else:
+            hp = resolve_hyperparameters(cfg)
+            run_dir = Path(cfg.out) if cfg.out else default_run_dir(cfg.model, cfg.dataset)
+            if (run_dir / CHECKPOINT).exists():
+                raise UserError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
+            ckpt = None
+        prepare_run_dir(run_dir)
+        return run_dir, hp, ckpt
+
+    # -- the run -----------------------------------------------------------------------
+    def run(self) -> dict:
+        # Overflow shows up as a non-finite loss, which the epoch loop reports in one line.
+        with numpy.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            return self._run()
+
+    def _run(self) -> dict:
+        from tqdm import tqdm
+
+        from .data import BatchIterator
+
+        cfg, out = self.cfg, self.out
+        run_dir, hp, ckpt = self._open_run()
+        x_tr, t_tr, x_val, t_val, x_test, t_test, class_names = load_data(cfg, hp, out)
+        device = cfg.device
+        model = models.build(cfg.model, seed=hp["seed"], device=device, dtype=hp["dtype"])
+        optimizer = optimizer_classes()[hp["optimizer"]](model, lr=float(hp["lr"]))
+        batches = BatchIterator(x_tr, t_tr, hp["batch_size"], seed=hp["seed"], device=device)
+        x_val, t_val = backend.to_device(x_val, device), backend.to_device(t_val, device)
+        x_test, t_test = backend.to_device(x_test, device), backend.to_device(t_test, device)
+        filters_before = first_conv_weights(model)
+        history: list[dict] = []
+        start_epoch, elapsed = 0, 0.0
+        if ckpt is not None:
+            model.load_state_dict(ckpt.model_state)
+            optimizer.load_state_dict(ckpt.optimizer_state)
+            batches.load_state_dict(ckpt.meta["rng"]["batches"])
+            model.set_random_state(ckpt.meta["rng"]["model"])
+            history = list(ckpt.meta["history"])
+            start_epoch = int(ckpt.meta["epoch"])
+            elapsed = float(ckpt.meta["wall_seconds"])
+            filters_before = ckpt.extra.get("filters_before", filters_before)
+            print(f"resuming {run_dir} after epoch {start_epoch}", file=out)
+        print(f"model {cfg.model} ({model.num_params():,} parameters) on {device}, {hp['dtype']}; "
+              f"{hp['optimizer']} lr {hp['lr']}, batch {hp['batch_size']}, epochs {hp['epochs']}; "
+              f"run dir {run_dir}", file=out)
+        n_train = batches.num_samples
+        started = time.perf_counter()
+        for epoch in range(start_epoch + 1, int(hp["epochs"]) + 1):
+            tic = time.perf_counter()
+            loss_sum = correct = None
+            seen = 0
+            bar = tqdm(batches, total=len(batches), desc=f"epoch {epoch}/{hp['epochs']}", unit="batch",
+                       leave=False, disable=not cfg.progress, file=sys.stderr, dynamic_ncols=True)
+            for step, (xb, tb) in enumerate(bar, 1):
+                scores = model.predict(xb, train=True)
+                loss = model.loss_layer.forward(scores, tb)
+                model.backward()
+                optimizer.step()
+                n = int(xb.shape[0])
+                seen += n
+                batch_loss = loss * float(n)
+                hits = (scores.argmax(axis=1) == tb).sum()
+                loss_sum = batch_loss if loss_sum is None else loss_sum + batch_loss
+                correct = hits if correct is None else correct + hits
+                if step % SYNC_EVERY == 0 or step == len(batches):
+                    running = float(loss_sum) / seen
+                    if not math.isfinite(running):
+                        bar.close()
+                        raise TrainingDiverged(
+                            f"the training loss became {running} in epoch {epoch} (batch {step}); "
+                            f"learning rate {hp['lr']} is too large: try a smaller --lr, e.g. "
+                            f"{float(hp['lr']) / 10:g} (the last good weights are in {run_dir / CHECKPOINT} "
+                            f"if an epoch finished)")
+                    bar.set_postfix(loss=f"{running:.4f}", acc=f"{int(correct) / seen:.4f}", refresh=False)
+            bar.close()
+            backend.synchronize(device)
+            seconds = time.perf_counter() - tic
+            val_loss, val_acc, _ = evaluate_arrays(model, x_val, t_val)
+            row = {"epoch": epoch, "train_loss": round(float(loss_sum) / seen, 6),
+                   "train_acc": round(int(correct) / seen, 6),
+                   "val_loss": None if val_loss is None else round(val_loss, 6),
+                   "val_acc": None if val_acc is None else round(val_acc, 6),
+                   "seconds": round(seconds, 3), "images_per_second": round(n_train / seconds, 1)}
+            history.append(row)
+            val_text = "" if val_acc is None else f"  val loss {val_loss:.4f} acc {val_acc:.4f}"
+            print(f"epoch {epoch}/{hp['epochs']}  train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f}"
+                  f"{val_text}  {seconds:.1f}s  {row['images_per_second']:.0f} img/s", file=out, flush=True)
+            meta = {"model": cfg.model, "dataset": cfg.dataset, "device": device, "epoch": epoch,
+                    "hyperparameters": hp, "class_names": class_names, "history": history,
+                    "wall_seconds": elapsed + (time.perf_counter() - started),
+                    "rng": {"batches": batches.state_dict(), "model": model.random_state()}}
+            extra = {} if filters_before is None else {"filters_before": filters_before}
+            save_checkpoint(run_dir / CHECKPOINT, Checkpoint(meta=meta, model_state=model.state_dict(),
+                                                             optimizer_state=optimizer.state_dict(), extra=extra))
+            write_metrics(run_dir / "metrics.csv", history)
+        wall = elapsed + (time.perf_counter() - started)
+        return self._finish(run_dir, hp, model, history, class_names, x_test, t_test, filters_before, wall)
+
+    def _finish(self, run_dir, hp, model, history, class_names, x_test, t_test, filters_before, wall) -> dict:
+        cfg, out = self.cfg, self.out
+        test_loss, test_acc, predicted = evaluate_arrays(model, x_test, t_test)
+        matrix = confusion_matrix(backend.to_numpy(t_test), predicted, len(class_names))
+        title = f"{cfg.model} on {cfg.dataset}"
+        write_metrics(run_dir / "metrics.csv", history)
+        if history:
+            plots.plot_curves(history, run_dir / "curves.png", title=title)
+        if filters_before is not None:
+            plots.plot_filters(filters_before, first_conv_weights(model), run_dir / "filters.png")
+        plots.plot_confusion(matrix, run_dir / "confusion.png", class_names,
+                             title=f"{title}: test accuracy {test_acc:.4f}")
+        train_seconds = sum(float(r["seconds"]) for r in history)
+        summary = {
+            "model": cfg.model, "dataset": cfg.dataset, "device": cfg.device,
+            "hyperparameters": hp, "epochs": len(history),
+            "test_accuracy": test_acc, "test_loss": test_loss,
+            "test_images": int(t_test.shape[0]), "per_class_accuracy": dict(zip(class_names, per_class_accuracy(matrix))),
+            "wall_seconds": round(wall, 3), "train_seconds": round(train_seconds, 3),
+            "seconds_per_epoch": round(train_seconds / len(history), 3) if history else None,
+            "parameters": model.num_params(), "run_dir": str(run_dir),
+            "finished": datetime.now().isoformat(timespec="seconds"),
+            "versions": package_versions(cfg.device),
+        }
+        write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+        print(f"results in {run_dir}", file=out)
+        print(f"test accuracy: {test_acc:.4f} ({int(round(test_acc * len(predicted)))}/{len(predicted)}), "
+              f"test loss {test_loss:.4f}", file=out, flush=True)
+        return summary
+
+
+def train(cfg: TrainConfig, out=None) -> dict:
+    """Run one training configuration; returns the summary written to summary.json."""
+    return Trainer(cfg, out).run()
+
+
+__all__ = ["TrainConfig", "Trainer", "train", "UserError", "TrainingDiverged", "evaluate_arrays",
+           "confusion_matrix", "per_class_accuracy", "METRIC_COLUMNS"]
