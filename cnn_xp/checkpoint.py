@@ -7,7 +7,9 @@ Layout of the archive:
   joined with ``/``).
 - ``extra/<name>``: other arrays the trainer keeps (the first-layer filters before training).
 - ``meta``: a 0-d unicode array holding JSON: model name, hyperparameters, epoch, RNG states,
-  the optimizer state's scalars and structure (arrays appear as ``{"__array__": key}``).
+  and the optimizer state's scalars and structure. Arrays inside meta or the optimizer state
+  are stored as entries of their own and appear in the JSON as ``{"__array__": key}``;
+  tuples as ``{"__tuple__": [...]}``, dicts with non-string keys as ``{"__pairs__": [...]}``.
 """
 from __future__ import annotations
 
@@ -81,7 +83,7 @@ def save_checkpoint(path, ckpt: Checkpoint) -> None:
         arrays[f"model/{name}"] = backend.to_numpy(value)
     for name, value in ckpt.extra.items():
         arrays[f"extra/{name}"] = backend.to_numpy(value)
-    meta = dict(ckpt.meta)
+    meta = _encode(dict(ckpt.meta), "meta", arrays)
     meta["format_version"] = FORMAT_VERSION
     meta["optimizer_state"] = (None if ckpt.optimizer_state is None
                                else _encode(ckpt.optimizer_state, "optim", arrays))
@@ -111,5 +113,9 @@ def load_checkpoint(path) -> Checkpoint:
     model_state = {k[len("model/"):]: v for k, v in arrays.items() if k.startswith("model/")}
     extra = {k[len("extra/"):]: v for k, v in arrays.items() if k.startswith("extra/")}
     opt_encoded = meta.pop("optimizer_state", None)
-    optimizer_state = None if opt_encoded is None else _decode(opt_encoded, arrays)
+    try:
+        optimizer_state = None if opt_encoded is None else _decode(opt_encoded, arrays)
+        meta = _decode(meta, arrays)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: corrupt checkpoint ({type(exc).__name__}: {exc})") from None
     return Checkpoint(meta=meta, model_state=model_state, optimizer_state=optimizer_state, extra=extra)

@@ -4,8 +4,9 @@ Prints the versions that matter (Python, NumPy and its BLAS, the installed CuPy 
 CUDA runtime CuPy was built for and the driver's CUDA version, each GPU), says which devices
 are usable and why not, then trains a tiny conv net (conv - ReLU - maxpool - affine, softmax
 cross-entropy, Adam) for a few steps on every usable device: the loss must be finite and fall,
-and CPU and GPU must agree on the first loss (same seed, same weights). Exit code 0 when the
-CPU works (a missing GPU is reported, not an error), 1 otherwise.
+and CPU and GPU must agree on the first loss (same seed, same weights); on a GPU it also says
+whether the fused CUDA kernels (``ops.cuda_kernels``) are on. Exit code 0 when the CPU works
+(a missing GPU is reported, not an error), 1 otherwise.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ import numpy
 from . import __version__, backend
 from .layers import Affine, Conv2D, MaxPool2D, ReLU
 from .model import Sequential
+from .ops import cuda_kernels
 from .optim import Adam
 
 CHECK_SEED = 0
@@ -175,6 +177,10 @@ def run_doctor(out=None) -> int:
         results[device] = r
         say(f"  {device}: ok, loss {r['first_loss']:.4f} -> {r['last_loss']:.4f}; first step "
             f"{r['first_ms']:.1f} ms, then {r['step_ms']:.2f} ms/step (median of {CHECK_STEPS - 1})")
+    if gpu_ok:
+        fast = cuda_kernels.status()  # after the check: a kernel that failed to compile shows here
+        say("  gpu fused kernels: " + (f"on ({len(fast['kernels'])} kernels)" if fast["enabled"]
+                                       else f"off ({fast['reason']}); the portable CuPy code runs"))
     if "cpu" in results and "gpu" in results:
         a, b = results["cpu"]["first_loss"], results["gpu"]["first_loss"]
         if abs(a - b) <= AGREE_RTOL * abs(a):

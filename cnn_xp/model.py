@@ -2,7 +2,27 @@
 from __future__ import annotations
 
 from .backend import as_dtype, check_device, to_device, to_numpy
-from .layers import SoftmaxCrossEntropy
+from .layers import MaxPool2D, ReLU, SoftmaxCrossEntropy
+
+
+def execution_order(layers) -> list[int]:
+    """Indices of ``layers`` in the order the forward pass runs them.
+
+    ReLU followed by an unpadded MaxPool2D runs as pool-then-ReLU: max and ReLU commute
+    (max(relu(x)) == relu(max(x)), and both route the gradient to the window's first maximum
+    when it is positive, nowhere otherwise), so the ReLU and its backward touch a map
+    KH*KW times smaller. Values and gradients are exactly those of the declared order.
+    """
+    order = list(range(len(layers)))
+    i = 0
+    while i + 1 < len(layers):
+        relu, pool = layers[i], layers[i + 1]
+        if type(relu) is ReLU and type(pool) is MaxPool2D and pool.pad == (0, 0):
+            order[i], order[i + 1] = i + 1, i
+            i += 2
+        else:
+            i += 1
+    return order
 
 
 class Sequential:
@@ -55,8 +75,8 @@ class Sequential:
     def predict(self, x, train: bool = False):
         """Class scores (N, K) for input x (moved to the model's device and dtype)."""
         x = self._as_input(x)
-        for layer in self.layers:
-            x = layer.forward(x, train=train)
+        for index in execution_order(self.layers):
+            x = self.layers[index].forward(x, train=train)
         return x
 
     def loss(self, x, t, train: bool = True):
@@ -67,8 +87,8 @@ class Sequential:
     def backward(self, dout=1.0):
         """Backpropagate from the last ``loss``; fills every layer's grads. Returns dx or None."""
         grad = self.loss_layer.backward(dout)
-        for layer in reversed(self.layers):
-            grad = layer.backward(grad)
+        for index in reversed(execution_order(self.layers)):
+            grad = self.layers[index].backward(grad)
             if grad is None:
                 break
         return grad

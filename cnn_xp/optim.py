@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 
 from .backend import to_device, to_numpy, xp_of
+from .ops import cuda_kernels  # fused GPU updates
 
 
 class Optimizer:
@@ -71,6 +72,8 @@ class SGD(Optimizer):
     """p -= lr * g"""
 
     def update(self, name, param, grad):
+        if cuda_kernels.applies(param) and cuda_kernels.sgd_update(param, grad, self.lr) is not None:
+            return
         param -= self.lr * grad
 
 
@@ -83,6 +86,9 @@ class Momentum(Optimizer):
 
     def update(self, name, param, grad):
         v = self._slot(name, "v", param)
+        if cuda_kernels.applies(param) and cuda_kernels.momentum_update(
+                param, grad, v, self.lr, self.momentum) is not None:
+            return
         v *= self.momentum
         v -= self.lr * grad
         param += v
@@ -97,6 +103,9 @@ class Nesterov(Momentum):
 
     def update(self, name, param, grad):
         v = self._slot(name, "v", param)
+        if cuda_kernels.applies(param) and cuda_kernels.nesterov_update(
+                param, grad, v, self.lr, self.momentum) is not None:
+            return
         v *= self.momentum
         v -= self.lr * grad
         param += self.momentum * v - self.lr * grad
@@ -112,6 +121,9 @@ class AdaGrad(Optimizer):
     def update(self, name, param, grad):
         xp = xp_of(param)
         h = self._slot(name, "h", param)
+        if cuda_kernels.applies(param) and cuda_kernels.adagrad_update(
+                param, grad, h, self.lr, self.eps) is not None:
+            return
         h += grad * grad
         param -= self.lr * grad / (xp.sqrt(h) + self.eps)
 
@@ -129,6 +141,9 @@ class RMSProp(Optimizer):
     def update(self, name, param, grad):
         xp = xp_of(param)
         h = self._slot(name, "h", param)
+        if cuda_kernels.applies(param) and cuda_kernels.rmsprop_update(
+                param, grad, h, self.lr, self.decay, self.eps) is not None:
+            return
         h *= self.decay
         h += (1.0 - self.decay) * grad * grad
         param -= self.lr * grad / (xp.sqrt(h) + self.eps)
@@ -150,10 +165,13 @@ class Adam(Optimizer):
         xp = xp_of(param)
         m = self._slot(name, "m", param)
         v = self._slot(name, "v", param)
-        m += (1.0 - self.beta1) * (grad - m)
-        v += (1.0 - self.beta2) * (grad * grad - v)
         step = self.lr / (1.0 - self.beta1 ** self.t)
         v_scale = 1.0 / math.sqrt(1.0 - self.beta2 ** self.t)
+        if cuda_kernels.applies(param) and cuda_kernels.adam_update(
+                param, grad, m, v, self.beta1, self.beta2, step, v_scale, self.eps) is not None:
+            return
+        m += (1.0 - self.beta1) * (grad - m)
+        v += (1.0 - self.beta2) * (grad * grad - v)
         param -= step * m / (xp.sqrt(v) * v_scale + self.eps)
 
     def hyperparameters(self):

@@ -52,33 +52,40 @@ def plot_curves(history: list[dict], path, title: str = "") -> None:
     _save(fig, path)
 
 
-def _filter_grid(ax_grid, weights: numpy.ndarray) -> None:
-    """Draw each filter (channel 0 of W (out, in, kh, kw)), min black, max white."""
-    for i, ax in enumerate(ax_grid):
-        ax.set_xticks([])
-        ax.set_yticks([])
-        if i >= weights.shape[0]:
-            ax.axis("off")
-            continue
-        f = weights[i, 0]
-        ax.imshow(f, cmap="gray", interpolation="nearest", vmin=float(f.min()), vmax=float(f.max()))
+def filter_mosaic(weights: numpy.ndarray, columns: int = 10, gap: int = 1) -> numpy.ndarray:
+    """Tile filters (channel 0 of W (out, in, kh, kw)) into one 2-D image in [0, 1].
+
+    Each filter is scaled on its own, min to 0 (black) and max to 1 (white); tiles are
+    separated by ``gap`` pixels of NaN (drawn as the background)."""
+    w = numpy.asarray(weights, dtype=numpy.float32)[:, 0]
+    n, kh, kw = w.shape
+    cols = min(columns, n)
+    rows = math.ceil(n / cols)
+    mosaic = numpy.full((rows * (kh + gap) - gap, cols * (kw + gap) - gap), numpy.nan, dtype=numpy.float32)
+    for i in range(n):
+        f = w[i]
+        span = float(f.max() - f.min())
+        tile = (f - f.min()) / span if span > 0 else numpy.full_like(f, 0.5)
+        r, c = divmod(i, cols)
+        mosaic[r * (kh + gap):r * (kh + gap) + kh, c * (kw + gap):c * (kw + gap) + kw] = tile
+    return mosaic
 
 
 def plot_filters(before: numpy.ndarray, after: numpy.ndarray, path, columns: int = 10) -> None:
-    """First-layer filters before (left block) and after (right block) training, as in seed
-    002's figure 7-24: each filter in grayscale scaled from its own min (black) to max (white).
+    """First-layer filters before (left) and after (right) training, as in seed 002's
+    figure 7-24: grayscale, each filter from its own min (black) to max (white).
     ``before``/``after``: conv weights (out, in, kh, kw); the first input channel is shown."""
-    before = numpy.asarray(before, dtype=numpy.float32)
-    after = numpy.asarray(after, dtype=numpy.float32)
-    n = before.shape[0]
-    cols = min(columns, n)
-    rows = math.ceil(n / cols)
-    fig = plt.figure(figsize=(2 * cols * 0.9 + 0.6, rows * 0.9 + 0.8))
-    sub = fig.subfigures(1, 2, wspace=0.05)
-    for part, weights, label in ((sub[0], before, "before training"), (sub[1], after, "after training")):
-        axes = part.subplots(rows, cols, squeeze=False)
-        _filter_grid(axes.ravel(), weights)
-        part.suptitle(label)
+    left, right = filter_mosaic(before, columns), filter_mosaic(after, columns)
+    height = 4.0 * left.shape[0] / left.shape[1] + 0.8
+    fig, axes = plt.subplots(1, 2, figsize=(10, height))
+    cmap = matplotlib.colormaps["gray"].with_extremes(bad="#b0c4de")
+    for ax, mosaic, label in ((axes[0], left, "before training"), (axes[1], right, "after training")):
+        ax.imshow(mosaic, cmap=cmap, vmin=0.0, vmax=1.0, interpolation="nearest")
+        ax.set_title(label)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(f"first-layer filters ({numpy.asarray(before).shape[0]} x "
+                 f"{numpy.asarray(before).shape[2]}x{numpy.asarray(before).shape[3]})")
     _save(fig, path)
 
 

@@ -205,7 +205,7 @@ def test_dockerignore_keeps_every_copied_source_and_drops_bulk():
     for py in (ROOT / "cnn_xp").rglob("*.py"):
         rel = py.relative_to(ROOT).as_posix()
         assert not ignored(rel), f".dockerignore drops package file {rel}"
-    for bulky in (".git/HEAD", ".venv/bin/python", "tests/test_docker.py", "data/x.gz",
+    for bulky in (".git/HEAD", ".venv/bin/python", ".venv-ci/bin/python", "tests/test_docker.py", "data/x.gz",
                   "runs/a/ckpt.npz", "cnn_xp/__pycache__/backend.cpython-311.pyc"):
         assert ignored(bulky), f".dockerignore should drop {bulky}"
 

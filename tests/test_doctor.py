@@ -129,3 +129,15 @@ def test_module_entry_point_exits_zero():
                           text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "cpu: ok" in proc.stdout
+
+
+def test_a_broken_gpu_is_reported_but_cpu_decides_the_exit_code(monkeypatch, fresh_probe):
+    """A "usable" GPU whose cupy cannot allocate: the GPU check fails, loudly, exit stays 0."""
+    monkeypatch.setattr(backend, "_import_cupy", lambda: _fake_cupy(12090, 12090, lambda: 1))
+    code, text = _run()
+    assert code == 0, text
+    assert "gpu: usable (cupy)" in text
+    assert "gpu properties: unknown" in text
+    assert re.search(r"  gpu: FAILED: \w+", text), text
+    assert "gpu fused kernels: on" in text
+    assert "cpu: ok" in text and "cpu and gpu" not in text

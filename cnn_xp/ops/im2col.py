@@ -6,6 +6,7 @@ per output pixel, rows ordered (n, oh, ow), columns ordered (c, i, j) -- the lay
 The windows are a strided view (``sliding_window_view``); no Python loop runs over pixels.
 """
 from ..backend import xp_of
+from . import cuda_kernels
 
 
 def pair(value) -> tuple[int, int]:
@@ -57,6 +58,10 @@ def sliding_windows(x, kh, kw, stride=1, pad=0, pad_value=0.0):
 def fold_windows(windows, x_shape, stride=1, pad=0):
     """Adjoint of ``sliding_windows``: sum (N, C, OH, OW, KH, KW) window values back into
     an (N, C, H, W) image. Loops over the KH*KW kernel offsets, never over pixels."""
+    if cuda_kernels.applies(windows):  # GPU: one gather kernel, no atomics
+        image = cuda_kernels.fold_windows(windows, x_shape, stride, pad)
+        if image is not None:
+            return image
     n, c, h, w = x_shape
     _, _, oh, ow, kh, kw = windows.shape
     (sh, sw), (ph, pw) = pair(stride), pair(pad)
@@ -78,6 +83,10 @@ def fold_windows(windows, x_shape, stride=1, pad=0):
 
 def im2col(x, kh, kw, stride=1, pad=0):
     """NCHW ``x`` -> ``col`` (N*OH*OW, C*KH*KW), rows (n, oh, ow), columns (c, i, j)."""
+    if cuda_kernels.applies(x):  # GPU: padding and gather in one kernel
+        col = cuda_kernels.im2col(x, kh, kw, stride, pad)
+        if col is not None:
+            return col
     n, c = x.shape[:2]
     windows = sliding_windows(x, kh, kw, stride, pad)
     oh, ow = windows.shape[2:4]

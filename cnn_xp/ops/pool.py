@@ -1,39 +1,84 @@
 """Max and average pooling on NCHW arrays, any window, stride and padding.
 
-Windows come from ``sliding_windows`` (a strided view; for the usual non-overlapping case a
-plain reshape). Max pooling pads with -inf and sends each output's gradient to the first
-maximum of its window (row-major), as argmax does; average pooling counts zero padding in
-the average (divides by KH*KW). No Python loop runs over pixels.
+Max pooling pads with -inf and sends each output's gradient to the first maximum of its
+window (row-major), as argmax does (a NaN counts as the maximum); average pooling counts zero
+padding in the average (divides by KH*KW). Both loop over the KH*KW kernel offsets, each a
+strided view of the image, never over pixels, and never copy the windows out: max pooling is
+a running ``maximum`` of the offset views and its argmax is counted from equality masks.
+Outputs and input gradients keep the memory layout of the input (an NCHW view of NHWC memory
+stays one), so no transpose copy is made between a conv layer and its pooling.
 """
 from ..backend import xp_of
-from .im2col import fold_windows, output_shape, pair, sliding_windows
+from . import cuda_kernels
+from .im2col import fold_windows, output_shape, pad_image, pair, sliding_windows
 
 
-def _flat_windows(x, kh, kw, stride, pad, pad_value):
-    """Windows as (N, C, OH, OW, KH*KW)."""
-    n, c = x.shape[:2]
-    windows = sliding_windows(x, kh, kw, stride, pad, pad_value)
-    oh, ow = windows.shape[2:4]
-    return windows.reshape(n, c, oh, ow, kh * kw)
+def _offset_views(x, kh, kw, stride, pad, pad_value):
+    """The KH*KW strided views (N, C, OH, OW) of padded ``x``, one per kernel offset,
+    in row-major offset order: view k holds element (i, j) = divmod(k, KW) of every window."""
+    (sh, sw) = pair(stride)
+    oh, ow = output_shape(x.shape, kh, kw, stride, pad)
+    x = pad_image(x, pad, pad_value)
+    return [x[:, :, i : i + sh * (oh - 1) + 1 : sh, j : j + sw * (ow - 1) + 1 : sw]
+            for i in range(kh) for j in range(kw)]
+
+
+def _empty_like_layout(xp, shape, dtype, like):
+    """An uninitialised (N, C, H, W) array in the memory layout of ``like`` (N, C, ., .):
+    NHWC memory (returned as an NCHW view) when ``like`` is channels-last, else NCHW."""
+    n, c, h, w = shape
+    if like.ndim == 4 and like.shape[1] > 1 and like.strides[1] < like.strides[3]:
+        return xp.empty((n, h, w, c), dtype=dtype).transpose(0, 3, 1, 2)
+    return xp.empty(shape, dtype=dtype)
 
 
 def maxpool2d_forward(x, kh, kw, stride=None, pad=0):
     """Return (out (N, C, OH, OW), cache). ``stride`` defaults to the window."""
     stride = pair((kh, kw) if stride is None else stride)
-    windows = _flat_windows(x, kh, kw, stride, pad, float("-inf"))
-    argmax = windows.argmax(axis=-1)
-    out = windows.max(axis=-1)
+    if cuda_kernels.applies(x):  # GPU: max and argmax in one kernel
+        fast = cuda_kernels.maxpool_forward(x, kh, kw, stride, pad)
+        if fast is not None:
+            return fast[0], (x.shape, fast[1], kh, kw, stride, pair(pad))
+    xp = xp_of(x)
+    views = _offset_views(x, kh, kw, stride, pad, float("-inf"))
+    out = views[0].copy() if len(views) == 1 else xp.maximum(views[0], views[1])
+    for view in views[2:]:
+        xp.maximum(out, view, out=out)                     # NaN propagates, as in max()
+    # argmax = index of the first view equal to out (or NaN, which equals nothing): count
+    # the leading views that miss.
+    argmax = xp.zeros(out.shape, dtype=xp.int64)
+    missing = None
+    for view in views[:-1]:
+        hit = view == out
+        hit |= view != view                                 # NaN: first NaN is the argmax
+        missing = ~hit if missing is None else xp.greater(missing, hit, out=missing)
+        argmax += missing
     return out, (x.shape, argmax, kh, kw, stride, pair(pad))
 
 
 def maxpool2d_backward(dout, cache):
     """dout (N, C, OH, OW) -> dx (N, C, H, W)."""
     x_shape, argmax, kh, kw, stride, pad = cache
+    if cuda_kernels.applies(dout):  # GPU: gather from argmax, no one-hot temporaries
+        dx = cuda_kernels.maxpool_backward(dout, argmax, x_shape, kh, kw, stride, pad)
+        if dx is not None:
+            return dx
     xp = xp_of(dout)
-    hit = argmax[..., None] == xp.arange(kh * kw)          # (N, C, OH, OW, KH*KW) one-hot
-    windows = hit * dout[..., None]
-    windows = windows.reshape(*dout.shape, kh, kw)
-    return fold_windows(windows, x_shape, stride, pad)
+    n, c, h, w = x_shape
+    (sh, sw), (ph, pw) = stride, pad
+    oh, ow = dout.shape[2:]
+    padded = (n, c, h + 2 * ph, w + 2 * pw)
+    tiles = (sh, sw) == (kh, kw) and (oh * kh, ow * kw) == padded[2:]
+    # Non-overlapping windows that tile the image: every pixel is written exactly once.
+    dx = _empty_like_layout(xp, padded, dout.dtype, argmax) if tiles else xp.zeros(padded, dout.dtype)
+    for k in range(kh * kw):
+        i, j = divmod(k, kw)
+        target = dx[:, :, i : i + sh * (oh - 1) + 1 : sh, j : j + sw * (ow - 1) + 1 : sw]
+        if tiles:
+            xp.multiply(dout, argmax == k, out=target)
+        else:
+            target += dout * (argmax == k)
+    return dx[:, :, ph : ph + h, pw : pw + w]
 
 
 def avgpool2d_forward(x, kh, kw, stride=None, pad=0):

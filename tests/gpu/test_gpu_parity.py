@@ -3,13 +3,16 @@
 Each case builds its inputs on the host from a fixed seed, runs once on the CPU and once on
 the GPU, and compares every output: same shape, same dtype (no silent upcast), the GPU result
 still on the GPU, values within tolerance (float64 1e-10, float32 1e-4, relative to the
-array's scale). ``test_every_op_and_layer_has_a_case`` fails when an op or layer is added
-without a parity case here.
+array's scale). Every case runs twice on the GPU: with the fused CUDA kernels of
+``cnn_xp.ops.cuda_kernels`` ("fast") and with them switched off ("portable"), so both GPU
+paths are held to the CPU. ``test_every_op_and_layer_has_a_case`` fails when an op or layer
+is added without a parity case here.
 """
 import numpy as np
 import pytest
 
 from cnn_xp import backend, layers, ops
+from cnn_xp.ops import cuda_kernels
 
 DTYPES = ["float32", "float64"]
 TOL = {"float32": 1e-4, "float64": 1e-10}
@@ -46,6 +49,20 @@ def assert_parity(got: dict, want: dict, dtype: str, device: str):
             assert np.isfinite(g).all(), f"{key}: non-finite values on {device}"
         scale = max(1.0, float(np.abs(w).max())) if w.size else 1.0
         np.testing.assert_allclose(g, w, rtol=tol, atol=tol * scale, err_msg=key)
+
+
+@pytest.fixture(params=["fast", "portable"])
+def kernels(request, monkeypatch, gpu):
+    """Run the GPU side with the fused kernels on ("fast") or off ("portable"); afterwards a
+    "fast" run must not have fallen back silently (a kernel that failed to compile)."""
+    if request.param == "portable":
+        monkeypatch.setenv(cuda_kernels.ENV_DISABLE, "1")
+    else:
+        monkeypatch.delenv(cuda_kernels.ENV_DISABLE, raising=False)
+    yield request.param
+    if request.param == "fast" and gpu == "gpu":
+        status = cuda_kernels.status()
+        assert status["enabled"], f"fused kernels switched off: {status['reason']}"
 
 
 # -- ops --------------------------------------------------------------------------------------
@@ -162,7 +179,7 @@ OP_HELPERS = {"pair", "output_shape"}  # shape arithmetic on Python ints: no arr
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case", sorted(OP_CASES))
-def test_op_parity(case, dtype, gpu):
+def test_op_parity(case, dtype, gpu, kernels):
     fn, _ = OP_CASES[case]
     assert_parity(fn(gpu, dtype), fn("cpu", dtype), dtype, gpu)
 
@@ -212,7 +229,7 @@ def run_layer(factory, shape, scale, device, dtype, train=True):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case", sorted(LAYER_CASES))
-def test_layer_parity(case, dtype, gpu):
+def test_layer_parity(case, dtype, gpu, kernels):
     factory, shape, scale = LAYER_CASES[case]
     got = run_layer(factory, shape, scale, gpu, dtype)
     want = run_layer(factory, shape, scale, "cpu", dtype)

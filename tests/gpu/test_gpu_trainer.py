@@ -1,0 +1,52 @@
+"""The trainer product on the GPU: ``cnn-xp train --device gpu`` end to end on a tiny IDX data
+set, resume on the GPU, and a GPU checkpoint evaluated on the CPU."""
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cnn_xp import cli
+from cnn_xp.checkpoint import load_checkpoint
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tiny_idx import write_dataset  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return write_dataset(tmp_path_factory.mktemp("tiny") / "data", n_train=200, n_test=60)
+
+
+def _train(gpu, data_dir, out, *extra, model="simple_convnet"):
+    return cli.main(["train", "--model", model, "--dataset", "mnist", "--data-dir", data_dir, "--device", gpu,
+                     "--out", str(out), "--no-download", "--no-progress", "--batch-size", "50", *extra])
+
+
+def test_train_on_gpu_then_evaluate_on_both_devices(gpu, data_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert _train(gpu, data_dir, out, "--epochs", "3") == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["device"] == gpu and summary["test_accuracy"] > 0.5
+    for name in ("metrics.csv", "checkpoint.npz", "curves.png", "filters.png", "confusion.png"):
+        assert (out / name).is_file()
+    capsys.readouterr()
+    for device in (gpu, "cpu"):
+        assert cli.main(["evaluate", "--checkpoint", str(out / "checkpoint.npz"), "--data-dir", data_dir,
+                         "--device", device, "--no-download"]) == 0
+        assert f"test accuracy: {summary['test_accuracy']:.4f}" in capsys.readouterr().out
+
+
+def test_resume_on_gpu(gpu, data_dir, tmp_path):
+    """A resumed GPU run continues the same batch order and optimizer state: without dropout
+    it ends where the uninterrupted run ends (up to float reduction order)."""
+    extra = ("--limit-train", "100", "--limit-test", "20")
+    assert _train(gpu, data_dir, tmp_path / "full", "--epochs", "3", *extra) == 0
+    assert _train(gpu, data_dir, tmp_path / "split", "--epochs", "1", *extra) == 0
+    assert _train(gpu, data_dir, tmp_path / "split", "--epochs", "3", "--resume", *extra) == 0
+    full = load_checkpoint(tmp_path / "full" / "checkpoint.npz")
+    split = load_checkpoint(tmp_path / "split" / "checkpoint.npz")
+    assert split.meta["epoch"] == 3 and full.meta["rng"]["batches"] == split.meta["rng"]["batches"]
+    for key, value in full.model_state.items():
+        np.testing.assert_allclose(split.model_state[key], value, rtol=1e-3, atol=1e-5, err_msg=key)

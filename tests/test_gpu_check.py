@@ -1,0 +1,131 @@
+"""scripts/gpu_check.py, the prepared GPU check, dry-run on the CPU (``--device cpu --quick``):
+every step runs for real on a tiny generated data set, so the script cannot rot between the
+sessions that are lent a GPU. Also its timeouts (a step that hangs is killed, with its
+children) and its one-line error for a bad output folder."""
+import importlib.util
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "scripts" / "gpu_check.py"
+STEPS = ["doctor", "train", "kernels", "pytest", "train_cpu", "bench"]
+
+
+def _load_script():
+    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+gpu_check = _load_script()
+
+
+@pytest.fixture(scope="module")
+def dry_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("gpu_check_out")
+    tic = time.monotonic()
+    proc = subprocess.run([sys.executable, str(SCRIPT), str(out), "--device", "cpu", "--quick"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    return out, proc, time.monotonic() - tic
+
+
+def test_dry_run_passes_every_step(dry_run):
+    out, proc, wall = dry_run
+    summary = json.loads((out / "summary.json").read_text())
+    steps = {s["name"]: s for s in summary["steps"]}
+    assert list(steps) == STEPS
+    bad = {name: s for name, s in steps.items() if s["status"] != "ok"}
+    assert not bad, f"{bad}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    assert proc.returncode == 0 and summary["ok"] is True
+    assert all(s["wall_s"] >= 0 for s in steps.values())
+    assert summary["device"] == "cpu" and summary["quick"] is True
+    assert wall < 120, f"the dry run took {wall:.0f}s"
+
+
+def test_dry_run_writes_few_small_flat_files(dry_run):
+    out, _, _ = dry_run
+    files = sorted(p.name for p in out.iterdir())
+    assert all((out / name).is_file() for name in files), "no subfolders"
+    assert set(files) == {"summary.json", "doctor.txt", "train.txt", "kernels.json", "pytest.txt",
+                          "bench.json", "bench.md"}
+    assert len(files) <= 7
+    assert all((out / name).stat().st_size < 200_000 for name in files)
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["files"]) == set(files)
+
+
+def test_dry_run_reports_training_and_the_loss_comparison(dry_run):
+    out, _, _ = dry_run
+    results = json.loads((out / "summary.json").read_text())["results"]
+    device_run, cpu_run = results["train_device"], results["train_cpu"]
+    assert 0.0 <= device_run["test_accuracy"] <= 1.0
+    assert device_run["test_accuracy"] > 0.3  # the tiny data set is learnable
+    assert len(device_run["epoch_seconds"]) == 1 and device_run["epoch_seconds"][0] > 0
+    cmp = results["first_epoch_loss"]
+    assert cmp["device_first_epoch_loss"] == device_run["train_loss"][0]
+    assert cmp["cpu_first_epoch_loss"] == cpu_run["train_loss"][0]
+    # Both runs are on the CPU here, same seed: they agree up to BLAS thread-count rounding.
+    assert cmp["abs_diff"] < 1e-4 and cmp["rel_diff"] < 1e-4
+    assert "CPU reference run" in (out / "train.txt").read_text()
+
+
+def test_dry_run_times_the_portable_kernels_and_runs_doctor_and_bench(dry_run):
+    out, _, _ = dry_run
+    kernels = json.loads((out / "kernels.json").read_text())
+    assert kernels["device"] == "cpu"
+    assert len(kernels["cases"]) == 5
+    for name, entry in kernels["cases"].items():
+        assert "error" not in entry, (name, entry)
+        assert entry["portable_us"] > 0 and "fast_us" not in entry  # no fast path on the CPU
+    assert "cpu" in (out / "doctor.txt").read_text()
+    bench = json.loads((out / "bench.json").read_text())
+    assert bench  # cnn-xp bench's own JSON
+    assert "skipped" in (out / "pytest.txt").read_text()  # tests/gpu skips without a GPU
+
+
+def test_a_hanging_step_is_killed_with_its_children(tmp_path):
+    log = tmp_path / "log.txt"
+    tic = time.monotonic()
+    rc, timed_out, wall = gpu_check.run(
+        ["bash", "-c", "sleep 60 & echo started; sleep 60"], log, timeout=1.0)
+    assert timed_out and rc is None
+    assert time.monotonic() - tic < 10
+    assert "started" in log.read_text()
+    assert gpu_check.status_of(rc, timed_out) == "timeout"
+    assert gpu_check.status_of(0, False) == "ok" and gpu_check.status_of(3, False) == "failed"
+
+
+def test_no_budget_left_stops_every_step_at_once(tmp_path):
+    out = tmp_path / "out"
+    tic = time.monotonic()
+    proc = subprocess.run([sys.executable, str(SCRIPT), str(out), "--device", "cpu", "--quick",
+                           "--budget", "1"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert time.monotonic() - tic < 60
+    assert proc.returncode == 1
+    summary = json.loads((out / "summary.json").read_text())
+    assert [s["name"] for s in summary["steps"]] == STEPS
+    assert summary["ok"] is False
+    assert summary["steps"][-1]["status"] == "skipped"  # bench: no time left
+    assert {s["status"] for s in summary["steps"]} <= {"timeout", "failed", "skipped"}
+
+
+def test_loss_comparison_with_a_missing_run():
+    assert "error" in gpu_check.compare_first_epoch({"train_loss": [1.0]}, {})
+    cmp = gpu_check.compare_first_epoch({"train_loss": [1.1, 0.5]}, {"train_loss": [1.0]})
+    assert cmp["abs_diff"] == pytest.approx(0.1) and cmp["rel_diff"] == pytest.approx(0.1)
+
+
+def test_unwritable_output_folder_is_one_line(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    proc = subprocess.run([sys.executable, str(SCRIPT), str(blocker / "out"), "--quick",
+                           "--device", "cpu"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "cannot create" in proc.stderr
+    assert "Traceback" not in proc.stderr
