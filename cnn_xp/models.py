@@ -71,6 +71,11 @@ def _simple_convnet(rng, dtype, seed):
 
 
 def _deep_convnet(rng, dtype, seed):
+    """Seed 004's pseudocode, unpadded variant: 1x28x28 -> 16x26x26 -> 16x24x24 -> 16x12x12
+    -> 32x10x10 -> 32x8x8 -> 32x4x4 -> 64x4x4 -> 64x4x4 -> 64x2x2 -> FC 50 -> FC 10.
+    The report's He-initialisation list names 64*4*4 inputs for the first FC layer: that is
+    the padded variant (pad 1 on every conv, as in DLFS ch. 8); we use the pseudocode's
+    unpadded shapes, so the FC layer sees 64*2*2 = 256 inputs."""
     he = init.he()
 
     def conv(cin, cout, pad):
