@@ -31,6 +31,15 @@ class Optimizer:
             per_param[slot] = xp_of(like).zeros_like(like)
         return per_param[slot]
 
+    def _scratch(self, name: str, like, count: int = 1):
+        """``count`` reusable work arrays shaped like ``like`` (not saved): updates write
+        their temporaries into them instead of allocating new arrays at every step."""
+        bufs = self.__dict__.setdefault("_scratch_bufs", {}).get(name)
+        if bufs is None or len(bufs) < count or bufs[0].shape != like.shape or bufs[0].dtype != like.dtype:
+            bufs = [xp_of(like).empty_like(like) for _ in range(count)]
+            self._scratch_bufs[name] = bufs
+        return bufs
+
     def step(self) -> None:
         """Apply one update to every parameter that has a gradient."""
         self.t += 1
@@ -124,8 +133,13 @@ class AdaGrad(Optimizer):
         if cuda_kernels.applies(param) and cuda_kernels.adagrad_update(
                 param, grad, h, self.lr, self.eps) is not None:
             return
-        h += grad * grad
-        param -= self.lr * grad / (xp.sqrt(h) + self.eps)
+        a, b = self._scratch(name, param, 2)
+        h += xp.multiply(grad, grad, out=a)
+        denom = xp.sqrt(h, out=a)
+        denom += self.eps
+        step = xp.multiply(grad, self.lr, out=b)
+        step /= denom
+        param -= step
 
     def hyperparameters(self):
         return {"lr": self.lr, "eps": self.eps}
@@ -170,9 +184,20 @@ class Adam(Optimizer):
         if cuda_kernels.applies(param) and cuda_kernels.adam_update(
                 param, grad, m, v, self.beta1, self.beta2, step, v_scale, self.eps) is not None:
             return
-        m += (1.0 - self.beta1) * (grad - m)
-        v += (1.0 - self.beta2) * (grad * grad - v)
-        param -= step * m / (xp.sqrt(v) * v_scale + self.eps)
+        a, b = self._scratch(name, param, 2)
+        delta = xp.subtract(grad, m, out=a)
+        delta *= 1.0 - self.beta1
+        m += delta
+        delta = xp.multiply(grad, grad, out=a)
+        delta -= v
+        delta *= 1.0 - self.beta2
+        v += delta
+        denom = xp.sqrt(v, out=a)
+        denom *= v_scale
+        denom += self.eps
+        update = xp.multiply(m, step, out=b)
+        update /= denom
+        param -= update
 
     def hyperparameters(self):
         return {"lr": self.lr, "beta1": self.beta1, "beta2": self.beta2, "eps": self.eps}

@@ -8,7 +8,8 @@
 - each kernel body, compiled as host C++ (g++) over the same memory (strided views included),
   computes what the portable NumPy op computes (skipped without g++). This runs the real
   index arithmetic of every kernel on the CPU, so a GPU run only has to confirm it.
-The GPU parity of fast vs portable paths is tests/gpu/test_cuda_kernels.py.
+The GPU parity of fast vs portable paths is tests/gpu/test_cuda_kernels.py (this file has
+another name: pytest here runs without package __init__ files, so basenames must differ).
 """
 import ctypes
 import shutil
