@@ -363,8 +363,7 @@ def parse_args(argv):
 def rerun_without_openblas_env(argv) -> int:
     """Run this benchmark again in a child Python whose environment lacks the OpenBLAS vars."""
     env = {k: v for k, v in os.environ.items() if k not in OPENBLAS_VARS}
-    child = [a for a in argv if a != "--unset-openblas-env"]
-    return subprocess.call([sys.executable, "-m", "cnn_xp.bench", *child], env=env)
+    return subprocess.call([sys.executable, "-m", "cnn_xp.bench", *argv], env=env)
 
 
 def run(args, argv) -> int:
@@ -416,8 +415,8 @@ def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         args = parse_args(argv)
-        if args.unset_openblas_env:
-            return rerun_without_openblas_env(argv)
+        if args.unset_openblas_env and any(k in os.environ for k in OPENBLAS_VARS):
+            return rerun_without_openblas_env(argv)  # the child finds them unset and runs
         return run(args, argv)
     except BenchError as exc:
         print(f"cnn-xp bench: error: {exc}", file=sys.stderr)

@@ -1,5 +1,5 @@
 """SoftmaxCrossEntropy: the loss layer closing every classifier."""
-from ..ops import cross_entropy, cross_entropy_backward
+from ..ops import cross_entropy_backward, softmax_cross_entropy
 
 
 class SoftmaxCrossEntropy:
@@ -8,14 +8,17 @@ class SoftmaxCrossEntropy:
 
     def __init__(self):
         self.params, self.grads, self.buffers = {}, {}, {}
-        self._scores = self._labels = None
+        self._scores = self._labels = self._probs = None
 
     def forward(self, scores, labels, train=True):
         self._scores, self._labels = scores, labels
-        return cross_entropy(scores, labels)
+        loss, self._probs = softmax_cross_entropy(scores, labels)
+        return loss
 
     def backward(self, dout=1.0):
-        return cross_entropy_backward(self._scores, self._labels, dout)
+        # The forward's probabilities become the gradient in place (recomputed if reused).
+        probs, self._probs = self._probs, None
+        return cross_entropy_backward(self._scores, self._labels, dout, probs=probs)
 
     def __repr__(self) -> str:
         return "SoftmaxCrossEntropy()"

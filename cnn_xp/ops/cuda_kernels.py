@@ -315,3 +315,13 @@ def adam_update(param, grad, m, v, beta1, beta2, step, v_scale, eps):
     ``v_scale`` = 1 / sqrt(1 - b2^t), as the portable Adam computes them."""
     return _update("adam_update", param, grad, 1.0 - float(beta1), 1.0 - float(beta2),
                    float(step), float(v_scale), float(eps), param, m, v)
+
+
+def column_sums(matrix):
+    """Sum over the rows of a tall (M, K) CuPy matrix, as one GEMV with a ones vector.
+
+    CuPy's ``sum(axis=0)`` gives each of the K outputs one thread block, which crawls when M
+    is large (conv bias gradients: M = N*OH*OW): measured on an H100, the first conv of
+    simple_convnet spent 7 ms of its 7.1 ms backward there at batch 1000."""
+    ones = backend.cupy().ones(matrix.shape[0], dtype=matrix.dtype)
+    return ones @ matrix

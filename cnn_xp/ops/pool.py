@@ -23,11 +23,16 @@ def _offset_views(x, kh, kw, stride, pad, pad_value):
             for i in range(kh) for j in range(kw)]
 
 
+def _channels_last(a) -> bool:
+    """True for an (N, C, H, W) view of NHWC memory."""
+    return a.ndim == 4 and a.shape[1] > 1 and a.strides[1] < a.strides[3]
+
+
 def _empty_like_layout(xp, shape, dtype, like):
     """An uninitialised (N, C, H, W) array in the memory layout of ``like`` (N, C, ., .):
     NHWC memory (returned as an NCHW view) when ``like`` is channels-last, else NCHW."""
     n, c, h, w = shape
-    if like.ndim == 4 and like.shape[1] > 1 and like.strides[1] < like.strides[3]:
+    if _channels_last(like):
         return xp.empty((n, h, w, c), dtype=dtype).transpose(0, 3, 1, 2)
     return xp.empty(shape, dtype=dtype)
 
@@ -46,7 +51,7 @@ def maxpool2d_forward(x, kh, kw, stride=None, pad=0):
         xp.maximum(out, view, out=out)                     # NaN propagates, as in max()
     # argmax = index of the first view equal to out (or NaN, which equals nothing): count
     # the leading views that miss.
-    argmax = xp.zeros(out.shape, dtype=xp.int64)
+    argmax = xp.zeros_like(out, dtype=xp.int64)               # in the layout of out (and x)
     missing = None
     for view in views[:-1]:
         hit = view == out
@@ -71,6 +76,11 @@ def maxpool2d_backward(dout, cache):
     tiles = (sh, sw) == (kh, kw) and (oh * kh, ow * kw) == padded[2:]
     # Non-overlapping windows that tile the image: every pixel is written exactly once.
     dx = _empty_like_layout(xp, padded, dout.dtype, argmax) if tiles else xp.zeros(padded, dout.dtype)
+    if tiles and _channels_last(dout) != _channels_last(argmax):
+        # One small transposed copy so that dout, the masks and dx share one memory order.
+        dout_like = xp.empty_like(argmax, dtype=dout.dtype)
+        dout_like[...] = dout
+        dout = dout_like
     for k in range(kh * kw):
         i, j = divmod(k, kw)
         target = dx[:, :, i : i + sh * (oh - 1) + 1 : sh, j : j + sw * (ow - 1) + 1 : sw]

@@ -29,19 +29,29 @@ def _is_one_hot(scores, labels) -> bool:
 
 def cross_entropy(scores, labels):
     """Mean cross-entropy of softmax(scores) against labels; a 0-d array."""
+    return softmax_cross_entropy(scores, labels)[0]
+
+
+def softmax_cross_entropy(scores, labels):
+    """(mean cross-entropy, softmax(scores)) from one log-softmax pass; hand the
+    probabilities to ``cross_entropy_backward`` to skip recomputing them."""
     xp = xp_of(scores)
     n = scores.shape[0]
     log_p = log_softmax(scores)
     if _is_one_hot(scores, labels):
-        return -(labels.astype(scores.dtype, copy=False) * log_p).sum() / n
-    return -log_p[xp.arange(n), labels].sum() / n
+        loss = -(labels.astype(scores.dtype, copy=False) * log_p).sum() / n
+    else:
+        loss = -log_p[xp.arange(n), labels].sum() / n
+    return loss, xp.exp(log_p, out=log_p)
 
 
-def cross_entropy_backward(scores, labels, dout=1.0):
-    """d loss / d scores for ``cross_entropy`` (the mean): (softmax - target) * dout / N."""
+def cross_entropy_backward(scores, labels, dout=1.0, probs=None):
+    """d loss / d scores for ``cross_entropy`` (the mean): (softmax - target) * dout / N.
+
+    ``probs``: softmax(scores) from ``softmax_cross_entropy``; it is overwritten."""
     xp = xp_of(scores)
     n = scores.shape[0]
-    grad = softmax(scores)
+    grad = softmax(scores) if probs is None else probs
     if _is_one_hot(scores, labels):
         grad -= labels.astype(scores.dtype, copy=False)
     else:

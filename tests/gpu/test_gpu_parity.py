@@ -158,7 +158,8 @@ def _cross_entropy(device, dtype):
     return {"loss_index": ops.cross_entropy(scores, t),
             "loss_one_hot": ops.cross_entropy(scores, one_hot),
             "grad_index": ops.cross_entropy_backward(scores, t),
-            "grad_one_hot_half": ops.cross_entropy_backward(scores, one_hot, 0.5)}
+            "grad_one_hot_half": ops.cross_entropy_backward(scores, one_hot, 0.5),
+            **dict(zip(("fused_loss", "fused_probs"), ops.softmax_cross_entropy(scores, t)))}
 
 
 OP_CASES = {  # case id -> (function(device, dtype) -> outputs, the ops it exercises)
@@ -172,7 +173,8 @@ OP_CASES = {  # case id -> (function(device, dtype) -> outputs, the ops it exerc
     **{f"avgpool_{c}": (_pool("avg", c), {"avgpool2d_forward", "avgpool2d_backward"})
        for c in POOL_CONFIGS},
     "softmax": (_softmax, {"softmax", "log_softmax"}),
-    "cross_entropy": (_cross_entropy, {"cross_entropy", "cross_entropy_backward"}),
+    "cross_entropy": (_cross_entropy, {"cross_entropy", "cross_entropy_backward",
+                                       "softmax_cross_entropy"}),
 }
 OP_HELPERS = {"pair", "output_shape"}  # shape arithmetic on Python ints: no arrays, no device
 
