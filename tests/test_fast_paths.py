@@ -79,7 +79,7 @@ def test_applies_rejects_other_dtypes_and_devices_without_touching_cupy(monkeypa
 
 # -- nvcc: the bodies compile inside CuPy's generated-kernel shape ------------------------------
 
-RAW_NDIM = {"windows": 6, "x": 4, "dout": 4, "argmax": 4}
+RAW_NDIM = {"windows": 6, "x": 4, "dout": 4, "argmax": 4, "scores": 2, "labels": 1, "probs": 2}
 ELEMENTWISE_INPUTS = {"g"}  # array (not scalar) inputs of the optimizer kernels
 
 
@@ -163,7 +163,7 @@ def _call(lib, name, *args):
     ints as int32/int64 per the spec, floats in the arrays' dtype; the output size last."""
     ins, outs, _ = ck.KERNEL_SPECS[name]
     specs = _params(ins) + _params(outs)
-    arrays = [a for a in args if isinstance(a, np.ndarray)]
+    arrays = [a for a in args if isinstance(a, np.ndarray) and a.dtype.kind == "f"]
     ctype = "float" if arrays[0].dtype == np.float32 else "double"
     scalar_t = ctypes.c_float if ctype == "float" else ctypes.c_double
     converted = []
@@ -306,3 +306,22 @@ def test_host_optimizer_kernels_match_the_optimizers(host_kernels, name, dtype):
     np.testing.assert_allclose(fused_p, model.layer.params["W"], rtol=tol, atol=tol)
     for slot, value in fused_state.items():
         np.testing.assert_allclose(value, opt.state["0.W"][slot], rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n, classes", [(7, 10), (1, 3), (33, 1)])
+def test_host_softmax_cross_entropy_kernels_match_portable(host_kernels, n, classes, dtype):
+    from cnn_xp import ops
+    rng = np.random.default_rng(5)
+    scores = (rng.standard_normal((n, classes)) * 30).astype(dtype)  # large: stability
+    labels = rng.integers(0, classes, n).astype(np.int64)
+    probs = np.empty_like(scores)
+    row_loss = np.empty(n, dtype=dtype)
+    _call(host_kernels, "softmax_xent_rows", scores, labels, probs, classes, row_loss)
+    loss, want_probs = ops.softmax_cross_entropy(scores, labels)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(probs, want_probs, rtol=tol, atol=tol)
+    np.testing.assert_allclose(row_loss.sum() / n, loss, rtol=tol, atol=tol)
+    _call(host_kernels, "softmax_xent_grad", labels, classes, 0.5 / n, probs)
+    want_grad = ops.cross_entropy_backward(scores, labels, 0.5)
+    np.testing.assert_allclose(probs, want_grad, rtol=tol, atol=tol)

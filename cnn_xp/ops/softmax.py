@@ -4,6 +4,7 @@ Labels are either class indices (N,) of an integer type or one-hot / probability
 The loss is the mean over the batch, returned as a 0-d array on the scores' device.
 """
 from ..backend import xp_of
+from . import cuda_kernels
 
 
 def softmax(x, axis=-1):
@@ -37,8 +38,13 @@ def softmax_cross_entropy(scores, labels):
     probabilities to ``cross_entropy_backward`` to skip recomputing them."""
     xp = xp_of(scores)
     n = scores.shape[0]
+    one_hot = _is_one_hot(scores, labels)
+    if not one_hot and labels.dtype.kind in "iu" and cuda_kernels.applies(scores):
+        fused = cuda_kernels.softmax_cross_entropy(scores, labels)
+        if fused is not None:
+            return fused
     log_p = log_softmax(scores)
-    if _is_one_hot(scores, labels):
+    if one_hot:
         loss = -(labels.astype(scores.dtype, copy=False) * log_p).sum() / n
     else:
         loss = -log_p[xp.arange(n), labels].sum() / n
@@ -51,6 +57,11 @@ def cross_entropy_backward(scores, labels, dout=1.0, probs=None):
     ``probs``: softmax(scores) from ``softmax_cross_entropy``; it is overwritten."""
     xp = xp_of(scores)
     n = scores.shape[0]
+    if (probs is not None and isinstance(dout, (int, float)) and labels.ndim == 1
+            and labels.dtype.kind in "iu" and probs.flags.c_contiguous and cuda_kernels.applies(probs)):
+        fused = cuda_kernels.softmax_cross_entropy_grad(probs, labels, dout / n)
+        if fused is not None:
+            return fused
     grad = softmax(scores) if probs is None else probs
     if _is_one_hot(scores, labels):
         grad -= labels.astype(scores.dtype, copy=False)

@@ -150,3 +150,22 @@ def test_env_var_forces_the_portable_path(cp, monkeypatch):
     assert ck.applies(x)
     monkeypatch.setenv(ck.ENV_DISABLE, "1")
     assert not ck.applies(x)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n, classes", [(100, 10), (1000, 10), (3, 7)])
+def test_fused_softmax_cross_entropy_matches_portable(cp, monkeypatch, n, classes, dtype):
+    from cnn_xp import ops
+    rng = np.random.default_rng(6)
+    scores = cp.asarray((rng.standard_normal((n, classes)) * 20).astype(dtype))
+    labels = cp.asarray(rng.integers(0, classes, n))
+
+    def loss_and_grad(s, t):
+        loss, probs = ops.softmax_cross_entropy(s, t)
+        return loss, ops.cross_entropy_backward(s, t, 0.5, probs=probs)
+
+    want_loss, want_grad = _portable(monkeypatch, loss_and_grad, scores, labels)
+    loss, grad = _fast(cp, loss_and_grad, scores, labels)
+    assert loss.dtype == scores.dtype and grad.dtype == scores.dtype
+    _close(loss, want_loss, dtype)
+    _close(grad, want_grad, dtype)
