@@ -89,14 +89,17 @@ def _cuda_source(name, ctype):
     params, refs = [], []
     for raw, typ, var in _params(ins):
         ct = C_TYPES.get(typ, typ)
-        if raw:
-            params.append(f"CArray<{ct}, {RAW_NDIM[var]}, false, false> {var}")
+        if raw:  # CuPy passes raw inputs as const CArrays
+            params.append(f"const CArray<{ct}, {RAW_NDIM[var]}, false, false> {var}")
         elif var in ELEMENTWISE_INPUTS:
             params.append(f"CArray<{ct}, {nd}, false, false> _raw_{var}")
             refs.append(f"const {ct} {var} = _raw_{var}[_ind.get()];")
         else:
             params.append(f"{ct} {var}")
-    for _, typ, var in _params(outs):
+    for raw, typ, var in _params(outs):
+        if raw:
+            params.append(f"CArray<{typ}, {RAW_NDIM[var]}, false, false> {var}")
+            continue
         params.append(f"CArray<{typ}, {nd}, true, false> _raw_{var}")
         refs.append(f"{typ} &{var} = _raw_{var}[_ind.get()];")
     return (f"namespace ns_{name} {{ typedef {ctype} T; typedef long long I;\n"
@@ -128,13 +131,16 @@ def _host_function(name, ctype):
     params, refs = [], []
     for raw, typ, var in _params(ins):
         if raw:
-            params.append(f"{typ}* {var}")
+            params.append(f"const {typ}* {var}")
         elif var in ELEMENTWISE_INPUTS:
             params.append(f"const {typ}* _raw_{var}")
             refs.append(f"const {typ} {var} = _raw_{var}[i];")
         else:
             params.append(f"{C_TYPES.get(typ, typ)} {var}")
-    for _, typ, var in _params(outs):
+    for raw, typ, var in _params(outs):
+        if raw:
+            params.append(f"{typ}* {var}")
+            continue
         params.append(f"{typ}* _raw_{var}")
         refs.append(f"{typ} &{var} = _raw_{var}[i];")
     return (f"namespace ns_{name}_{ctype} {{ typedef {ctype} T; typedef long long I;\n"
@@ -317,7 +323,7 @@ def test_host_softmax_cross_entropy_kernels_match_portable(host_kernels, n, clas
     labels = rng.integers(0, classes, n).astype(np.int64)
     probs = np.empty_like(scores)
     row_loss = np.empty(n, dtype=dtype)
-    _call(host_kernels, "softmax_xent_rows", scores, labels, probs, classes, row_loss)
+    _call(host_kernels, "softmax_xent_rows", scores, labels, classes, probs, row_loss)
     loss, want_probs = ops.softmax_cross_entropy(scores, labels)
     tol = 1e-5 if dtype == np.float32 else 1e-12
     np.testing.assert_allclose(probs, want_probs, rtol=tol, atol=tol)

@@ -135,11 +135,11 @@ KERNEL_SPECS = {
           ? base[n * xs0 + c * xs1 + y * xs2 + xx * xs3] : (T)0;
 """,
     ),
-    # One thread per row of C-contiguous scores (N, K): probs (N, K) (written through the raw
-    # pointer) = softmax of the row, row_loss (N,) = -log probs[label] = log(sum) + max - s[label].
+    # One thread per row of C-contiguous scores (N, K): probs (N, K) (a raw output, written
+    # through its pointer) = softmax of the row, row_loss (N,) = -log probs[label] = log(sum) + max - s[label].
     "softmax_xent_rows": (
-        "raw T scores, raw I labels, raw T probs, int32 classes",
-        "T row_loss",
+        "raw T scores, raw I labels, int32 classes",
+        "raw T probs, T row_loss",
         """
     const T* s = &scores[(ptrdiff_t)i * classes];
     T* p = &probs[(ptrdiff_t)i * classes];
@@ -365,7 +365,7 @@ def softmax_cross_entropy(scores, labels):
     row_loss = cp.empty(n, dtype=scores.dtype)
     if n == 0:
         return row_loss.sum(), probs
-    done = _launch("softmax_xent_rows", scores, cp.ascontiguousarray(labels), probs, classes, row_loss)
+    done = _launch("softmax_xent_rows", scores, cp.ascontiguousarray(labels), classes, probs, row_loss)
     return None if done is None else (row_loss.sum() / n, probs)
 
 
