@@ -12,7 +12,7 @@ never hangs; a missing or failing step is recorded and the next one runs):
            train losses compared (absolute and relative difference)     -> train.txt
   kernels  the CuPy fast paths vs the portable path: max difference and median time of
            im2col, col2im, max-pool forward/backward and the Adam update -> kernels.json
-  pytest   ``pytest -m gpu tests/gpu``: the GPU suite (parity, fast paths, training)
+  pytest   ``pytest -m gpu tests``: the GPU suite (parity, fast paths, training) and every other gpu-marked test
                                                                         -> pytest.txt
   bench    ``cnn-xp bench``: every zoo model, float32, batch 100 and 1000, ours vs PyTorch on
            the same device, interleaved                                 -> bench.json, bench.md
@@ -417,7 +417,7 @@ def run_steps(args, check: Check, out: Path, work: Path) -> int:
             {"error": "kernel timing did not finish", "log": trim_log(work / "kernels.log")}) + "\n")
 
     # 4. the GPU test suite
-    pytest_cmd = [sys.executable, "-m", "pytest", "-m", "gpu", "tests/gpu", "-q", "-rfEs",
+    pytest_cmd = [sys.executable, "-m", "pytest", "-m", "gpu", "tests", "-q", "-rfEs",
                   "--durations=15", "-p", "no:cacheprovider"]
     rc, timed_out, wall = run(pytest_cmd, out / "pytest.txt", check.timeout_for("pytest"))
     check.record("pytest", status_of(rc, timed_out), wall,
