@@ -80,7 +80,7 @@ def test_applies_rejects_other_dtypes_and_devices_without_touching_cupy(monkeypa
 # -- nvcc: the bodies compile inside CuPy's generated-kernel shape ------------------------------
 
 RAW_NDIM = {"windows": 6, "x": 4, "dout": 4, "argmax": 4, "scores": 2, "labels": 1, "probs": 2}
-ELEMENTWISE_INPUTS = {"g"}  # array (not scalar) inputs of the optimizer kernels
+ELEMENTWISE_INPUTS = {"g", "dout", "out", "x", "u"}  # array (not scalar) non-raw inputs
 
 
 def _cuda_source(name, ctype):
@@ -331,3 +331,26 @@ def test_host_softmax_cross_entropy_kernels_match_portable(host_kernels, n, clas
     _call(host_kernels, "softmax_xent_grad", labels, classes, 0.5 / n, probs)
     want_grad = ops.cross_entropy_backward(scores, labels, 0.5)
     np.testing.assert_allclose(probs, want_grad, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_host_relu_backward_and_dropout_kernels_match_the_layers(host_kernels, dtype):
+    from cnn_xp.layers import Dropout, ReLU
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((4, 3, 5, 5)).astype(dtype)
+    dout = rng.standard_normal(x.shape).astype(dtype)
+    relu = ReLU()
+    out = relu.forward(x)
+    dx = np.empty_like(x)
+    _call(host_kernels, "relu_backward", dout, out, dx)
+    np.testing.assert_array_equal(dx, relu.backward(dout))
+
+    layer = Dropout(0.3, seed=11)
+    state = layer.rng_state()
+    want = layer.forward(x, train=True)
+    layer.set_rng_state(state)
+    u = layer.rng.uniform(x.shape, x.dtype)  # the same draws the forward used
+    y, mask = np.empty_like(x), np.empty_like(x)
+    _call(host_kernels, "dropout_forward", x, u, 0.3, 1.0 / 0.7, y, mask)
+    np.testing.assert_array_equal(mask, layer._mask)
+    np.testing.assert_array_equal(y, want)

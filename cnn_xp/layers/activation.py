@@ -1,5 +1,6 @@
 """Element-wise activations: ReLU, Sigmoid, Tanh (any shape, dtype preserved)."""
 from ..backend import xp_of
+from ..ops import cuda_kernels
 from .base import Layer
 
 
@@ -12,6 +13,10 @@ class ReLU(Layer):
         return self._out
 
     def backward(self, dout):
+        if cuda_kernels.applies(dout, self._out):
+            fused = cuda_kernels.relu_backward(dout, self._out)
+            if fused is not None:
+                return fused
         return dout * (self._out > 0)
 
 

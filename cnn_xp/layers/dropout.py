@@ -1,6 +1,7 @@
 """Dropout (inverted): in training each unit is kept with probability 1-p and scaled by
 1/(1-p), so inference is the identity and needs no rescaling."""
 from ..backend import RandomSource, device_of
+from ..ops import cuda_kernels
 from .base import Layer
 
 
@@ -23,9 +24,15 @@ class Dropout(Layer):
         device = device_of(x)
         if self.rng.device != device:
             self.rng.to(device)
-        keep = self.rng.uniform(x.shape, x.dtype) >= self.p
-        self._mask = keep * (1.0 / (1.0 - self.p))
-        self._mask = self._mask.astype(x.dtype, copy=False)
+        draws = self.rng.uniform(x.shape, x.dtype)
+        scale = 1.0 / (1.0 - self.p)
+        if cuda_kernels.applies(x, draws):
+            fused = cuda_kernels.dropout_forward(x, draws, self.p, scale)
+            if fused is not None:
+                out, self._mask = fused
+                return out
+        self._mask = (draws >= self.p).astype(x.dtype)
+        self._mask *= scale
         return x * self._mask
 
     def backward(self, dout):

@@ -13,6 +13,7 @@ temporaries:
                        windows whose argmax points at it.
 - ``softmax_cross_entropy`` / ``softmax_cross_entropy_grad``: one thread per row computes
                        the softmax and the row's loss; the gradient is one in-place pass.
+- ``relu_backward``, ``dropout_forward``: one pass each instead of two to four.
 - ``sgd_update``, ``momentum_update``, ``nesterov_update``, ``adagrad_update``,
   ``rmsprop_update``, ``adam_update``: one fused ElementwiseKernel per optimizer step of one
   parameter, updating the parameter and its state in place.
@@ -161,6 +162,11 @@ KERNEL_SPECS = {
     grad = (grad - (labels[row] == (I)j ? (T)1 : (T)0)) * scale;
 """,
     ),
+    # ReLU backward in one pass, with the portable code's NaN behaviour (dout * (out > 0)).
+    "relu_backward": ("T dout, T out", "T dx", "dx = dout * (T)(out > (T)0);"),
+    # Inverted dropout from uniform draws u: mask = scale where u >= p, else 0; y = x * mask.
+    "dropout_forward": ("T x, T u, T p, T scale", "T y, T mask",
+                        "mask = u >= p ? scale : (T)0; y = x * mask;"),
     "sgd_update": ("T g, T lr", "T p", "p -= lr * g;"),
     "momentum_update": (
         "T g, T lr, T momentum", "T p, T v",
@@ -376,3 +382,16 @@ def softmax_cross_entropy_grad(probs, labels, scale):
     cp = backend.cupy()
     done = _launch("softmax_xent_grad", cp.ascontiguousarray(labels), probs.shape[1], float(scale), probs)
     return None if done is None else probs
+
+
+def relu_backward(dout, out):
+    """dout * (out > 0) in one launch."""
+    dx = backend.cupy().empty_like(dout)
+    return None if _launch("relu_backward", dout, out, dx) is None else dx
+
+
+def dropout_forward(x, u, p, scale):
+    """(y, mask) of inverted dropout from uniform draws ``u`` (same shape and dtype as x)."""
+    cp = backend.cupy()
+    y, mask = cp.empty_like(x), cp.empty_like(x)
+    return None if _launch("dropout_forward", x, u, float(p), float(scale), y, mask) is None else (y, mask)

@@ -169,3 +169,30 @@ def test_fused_softmax_cross_entropy_matches_portable(cp, monkeypatch, n, classe
     assert loss.dtype == scores.dtype and grad.dtype == scores.dtype
     _close(loss, want_loss, dtype)
     _close(grad, want_grad, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_fused_relu_backward_and_dropout_match_portable(cp, monkeypatch, dtype):
+    from cnn_xp.layers import Dropout, ReLU
+    rng = np.random.default_rng(8)
+    x = cp.asarray(rng.standard_normal((50, 16, 12, 12)).astype(dtype))
+    dout = cp.asarray(rng.standard_normal((50, 16, 12, 12)).astype(dtype))
+
+    def relu_grad(x, dout):
+        layer = ReLU()
+        layer.forward(x)
+        return layer.backward(dout)
+
+    _close(_fast(cp, relu_grad, x, dout), _portable(monkeypatch, relu_grad, x, dout), dtype)
+
+    def dropout(x, dout):
+        layer = Dropout(0.5, seed=3).to("gpu")  # same seed, same draws on both paths
+        y = layer.forward(x, train=True)
+        return y, layer.backward(dout)
+
+    (y_fast, g_fast) = _fast(cp, dropout, x, dout)
+    (y_port, g_port) = _portable(monkeypatch, dropout, x, dout)
+    _close(y_fast, y_port, dtype)
+    _close(g_fast, g_port, dtype)
+    kept = float((y_fast != 0).mean().get())
+    assert 0.4 < kept < 0.6
