@@ -5,11 +5,10 @@ learns it in a few epochs, so end-to-end runs finish in seconds.
 """
 from __future__ import annotations
 
-import os
-
-import idx2numpy
 import numpy as np
 from PIL import Image, ImageDraw
+
+import data_helpers
 
 
 def bar_images(labels, rng) -> np.ndarray:
@@ -22,14 +21,14 @@ def bar_images(labels, rng) -> np.ndarray:
 
 
 def write_dataset(folder, n_train: int = 200, n_test: int = 100, seed: int = 0, gz: bool = False) -> str:
-    """Write the four MNIST-named IDX files of a tiny data set into ``folder``."""
+    """Write the four MNIST-named IDX files of a tiny learnable data set into ``folder``."""
     rng = np.random.default_rng(seed)
-    os.makedirs(folder, exist_ok=True)
-    for prefix, n in (("train", n_train), ("t10k", n_test)):
+    arrays = {}
+    for split, n in (("train", n_train), ("test", n_test)):
         labels = (np.arange(n) % 10).astype(np.uint8)
         rng.shuffle(labels)
-        idx2numpy.convert_to_file(os.path.join(folder, f"{prefix}-images-idx3-ubyte"), bar_images(labels, rng))
-        idx2numpy.convert_to_file(os.path.join(folder, f"{prefix}-labels-idx1-ubyte"), labels)
+        arrays[f"{split}_images"], arrays[f"{split}_labels"] = bar_images(labels, rng), labels
+    data_helpers.write_dataset(folder, arrays, gz=gz)
     return str(folder)
 
 
