@@ -19,9 +19,11 @@ class Conv2D(Layer):
         self.params["W"] = init.draw(weight_init, (out_channels, in_channels, kh, kw), rng, dtype)
         self.params["b"] = init.draw("zeros", (out_channels,), rng, dtype)
         self._cache = None
+        self._workspace = {}  # reused CPU temporaries of the conv ops (not saved)
 
     def forward(self, x, train=True):
-        out, self._cache = conv2d_forward(x, self.params["W"], self.params["b"], self.stride, self.pad)
+        out, self._cache = conv2d_forward(x, self.params["W"], self.params["b"], self.stride, self.pad,
+                                          self._workspace)
         return out
 
     def backward(self, dout):

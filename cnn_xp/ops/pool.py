@@ -23,18 +23,17 @@ def _offset_views(x, kh, kw, stride, pad, pad_value):
             for i in range(kh) for j in range(kw)]
 
 
-def _channels_last(a) -> bool:
-    """True for an (N, C, H, W) view of NHWC memory."""
-    return a.ndim == 4 and a.shape[1] > 1 and a.strides[1] < a.strides[3]
+def _axis_order(a) -> list[int]:
+    """The axes of ``a`` from outermost to innermost in memory: [0, 1, 2, 3] for NCHW
+    memory, [0, 2, 3, 1] for an NCHW view of NHWC memory, [1, 0, 2, 3] for one of CNHW."""
+    return sorted(range(a.ndim), key=lambda axis: -a.strides[axis])
 
 
 def _empty_like_layout(xp, shape, dtype, like):
-    """An uninitialised (N, C, H, W) array in the memory layout of ``like`` (N, C, ., .):
-    NHWC memory (returned as an NCHW view) when ``like`` is channels-last, else NCHW."""
-    n, c, h, w = shape
-    if _channels_last(like):
-        return xp.empty((n, h, w, c), dtype=dtype).transpose(0, 3, 1, 2)
-    return xp.empty(shape, dtype=dtype)
+    """An uninitialised array of ``shape`` with the memory axis order of ``like``."""
+    order = _axis_order(like)
+    memory = xp.empty([shape[axis] for axis in order], dtype=dtype)
+    return memory.transpose([order.index(axis) for axis in range(len(order))])
 
 
 def maxpool2d_forward(x, kh, kw, stride=None, pad=0):
@@ -76,7 +75,7 @@ def maxpool2d_backward(dout, cache):
     tiles = (sh, sw) == (kh, kw) and (oh * kh, ow * kw) == padded[2:]
     # Non-overlapping windows that tile the image: every pixel is written exactly once.
     dx = _empty_like_layout(xp, padded, dout.dtype, argmax) if tiles else xp.zeros(padded, dout.dtype)
-    if tiles and _channels_last(dout) != _channels_last(argmax):
+    if tiles and _axis_order(dout) != _axis_order(argmax):
         # One small transposed copy so that dout, the masks and dx share one memory order.
         dout_like = xp.empty_like(argmax, dtype=dout.dtype)
         dout_like[...] = dout
