@@ -19,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 
 from cnn_xp import backend, models, optim  # noqa: E402
+from cnn_xp.model import execution_order  # noqa: E402
 
 
 def profile(name: str, device: str, batch: int, steps: int, dtype: str) -> dict:
@@ -43,11 +44,13 @@ def profile(name: str, device: str, batch: int, steps: int, dtype: str) -> dict:
         if step == 2:
             times.clear()  # the first two steps warm caches and compile kernels
         h = x
-        for i, layer in enumerate(model.layers):
+        order = execution_order(model.layers)  # as Sequential runs them (ReLU after max pool)
+        for i in order:
+            layer = model.layers[i]
             h = timed(f"fwd {i} {type(layer).__name__}", lambda: layer.forward(h, train=True))
         timed("fwd loss", lambda: model.loss_layer.forward(h, t))
         g = timed("bwd loss", lambda: model.loss_layer.backward(1.0))
-        for i in reversed(range(len(model.layers))):
+        for i in reversed(order):
             layer = model.layers[i]
             g = timed(f"bwd {i} {type(layer).__name__}", lambda: layer.backward(g))
             if g is None:
