@@ -11,6 +11,7 @@ import importlib
 import numpy
 
 DEVICES = ("cpu", "gpu")
+FLOAT_DTYPES = ("float32", "float64")  # the dtypes a model can compute in
 
 
 class GPUUnavailableError(RuntimeError):

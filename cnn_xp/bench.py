@@ -24,13 +24,12 @@ import tracemalloc
 import numpy
 
 from . import backend, models, optim
+from .models import INPUT_SHAPE, NUM_CLASSES
 from .atomic import write_text
 from .layers import Affine, Conv2D
 
 DEFAULT_MODELS = ["simple_convnet", "deep_convnet", "one_conv", "lenet5"]
 OPENBLAS_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
-INPUT_SHAPE = (1, 28, 28)
-NUM_CLASSES = 10
 
 
 class BenchError(Exception):
@@ -335,7 +334,7 @@ def parse_args(argv):
     p.add_argument("--models", nargs="+", default=None, metavar="NAME",
                    help=f"zoo models (default: {' '.join(DEFAULT_MODELS)})")
     p.add_argument("--device", choices=backend.DEVICES, default="cpu")
-    p.add_argument("--dtypes", nargs="+", choices=["float32", "float64"], default=None)
+    p.add_argument("--dtypes", nargs="+", choices=backend.FLOAT_DTYPES, default=None)
     p.add_argument("--batch-sizes", nargs="+", type=int, default=None)
     p.add_argument("--repeats", type=int, default=3, help="timed repeats per measurement (>= 3)")
     p.add_argument("--steps", type=int, default=None, help="steps per repeat (default 2000 / batch)")

@@ -10,8 +10,10 @@ import argparse
 import importlib
 import sys
 
+from .backend import FLOAT_DTYPES
+from .data.sources import DATASETS
+
 PROG = "cnn-xp"
-DATASET_NAMES = ("mnist", "fashion-mnist")
 
 
 class _Exit(Exception):
@@ -34,24 +36,23 @@ class OneLineParser(argparse.ArgumentParser):
         raise _Exit(status)
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
-    return value
+def _int_at_least(minimum: int):
+    """An argparse ``type``: an int >= ``minimum`` (1: a positive integer, 0: 0 or more)."""
+    wanted = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {wanted}, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be {wanted}, got {value}")
+        return value
+
+    return parse
 
 
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
+_positive_int, _non_negative_int = _int_at_least(1), _int_at_least(0)
 
 
 def _positive_float(text: str) -> float:
@@ -65,7 +66,7 @@ def _positive_float(text: str) -> float:
 
 
 def _add_data_flags(p, dataset_required: bool = True):
-    p.add_argument("--dataset", choices=DATASET_NAMES, required=dataset_required,
+    p.add_argument("--dataset", choices=tuple(DATASETS), required=dataset_required,
                    default=None, help="data set (the four IDX files)")
     p.add_argument("--data-dir", metavar="DIR", help="folder holding the IDX files (searched first)")
     p.add_argument("--no-download", dest="download", action="store_false",
@@ -84,14 +85,14 @@ def add_train_arguments(p) -> None:
     p.add_argument("--lr", type=_positive_float, help="learning rate (default: the model's)")
     p.add_argument("--optimizer", metavar="NAME",
                    help="sgd, momentum, nesterov, adagrad, rmsprop or adam (default: the model's)")
-    p.add_argument("--seed", type=int, help="seed of weights, batch order and dropout (default 0)")
+    p.add_argument("--seed", type=_non_negative_int, help="seed of weights, batch order and dropout (default 0)")
     p.add_argument("--out", metavar="RUN_DIR", help="run folder (default runs/<model>-<dataset>-<time>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     p.add_argument("--val-size", type=_non_negative_int,
                    help="training images held out for validation (default: the model's)")
     p.add_argument("--limit-train", type=_positive_int, metavar="N", help="use only the first N training images")
     p.add_argument("--limit-test", type=_positive_int, metavar="N", help="use only the first N test images")
-    p.add_argument("--dtype", choices=("float32", "float64"), help="float32 (default) or float64")
+    p.add_argument("--dtype", choices=FLOAT_DTYPES, help="float32 (default) or float64")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no tqdm bars")
 
 
@@ -113,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("images", nargs="+", metavar="IMAGE")
 
     dl = sub.add_parser("download", help="download and verify a data set")
-    dl.add_argument("name", choices=DATASET_NAMES)
+    dl.add_argument("name", choices=tuple(DATASETS))
     dl.add_argument("--data-dir", metavar="DIR")
 
     sub.add_parser("doctor", help="check the installation and the GPU")
@@ -142,12 +143,11 @@ def cmd_train(args) -> int:
 def load_model(checkpoint_path, device: str):
     """(model, checkpoint) from a run's checkpoint.npz, on ``device``."""
     from . import models
-    from .checkpoint import load_checkpoint
-    from .train import UserError, check_device
+    from .train import UserError, check_device, load_run_checkpoint
 
     check_device(device)
-    ckpt = load_checkpoint(checkpoint_path)
-    name = ckpt.meta.get("model")
+    ckpt = load_run_checkpoint(checkpoint_path)
+    name = ckpt.meta["model"]
     if name not in models.MODELS:
         raise UserError(f"{checkpoint_path}: unknown model {name!r} in the checkpoint")
     model = models.build(name, seed=0, device=device, dtype=ckpt.meta["hyperparameters"].get("dtype", "float32"))

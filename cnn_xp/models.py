@@ -20,6 +20,7 @@ from . import init
 from .layers import Affine, Conv2D, Dropout, MaxPool2D, ReLU, SoftmaxCrossEntropy
 from .model import Sequential
 
+INPUT_SHAPE = (1, 28, 28)  # (C, H, W) of one image
 NUM_CLASSES = 10
 
 
@@ -167,7 +168,6 @@ def build(name: str, seed: int = 0, device: str = "cpu", dtype: str = "float32")
     spec = get_spec(name)
     rng = numpy.random.default_rng(seed)
     layers = spec.layers(rng, dtype, int(seed))
-    model = Sequential(layers, loss=SoftmaxCrossEntropy(), device=device, dtype=dtype)
-    model.layers[0].need_input_grad = False
+    model = Sequential(layers, loss=SoftmaxCrossEntropy(), device=device, dtype=dtype)  # first layer: no dx
     model.name = name
     return model

@@ -14,7 +14,8 @@ from .ops import cuda_kernels  # fused GPU updates
 
 
 class Optimizer:
-    slots: tuple[str, ...] = ()
+    """Base class: ``step()`` calls ``update(name, param, grad)`` for every parameter with a
+    gradient; subclasses keep per-parameter state arrays (slots) via ``_slot``."""
 
     def __init__(self, model, lr: float):
         if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
@@ -23,6 +24,7 @@ class Optimizer:
         self.lr = float(lr)
         self.t = 0
         self.state: dict[str, dict] = {}
+        self._scratch_bufs: dict[str, list] = {}  # name -> work arrays (see ``_scratch``)
 
     def _slot(self, name: str, slot: str, like):
         """Per-parameter state array, created as zeros like ``like`` on first use."""
@@ -34,7 +36,7 @@ class Optimizer:
     def _scratch(self, name: str, like, count: int = 1):
         """``count`` reusable work arrays shaped like ``like`` (not saved): updates write
         their temporaries into them instead of allocating new arrays at every step."""
-        bufs = self.__dict__.setdefault("_scratch_bufs", {}).get(name)
+        bufs = self._scratch_bufs.get(name)
         if bufs is None or len(bufs) < count or bufs[0].shape != like.shape or bufs[0].dtype != like.dtype:
             bufs = [xp_of(like).empty_like(like) for _ in range(count)]
             self._scratch_bufs[name] = bufs

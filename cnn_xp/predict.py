@@ -13,6 +13,7 @@ import numpy
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from . import backend
+from .ops import softmax
 
 FIELD = 28  # output side
 BOX = 20  # the ink's bounding box is scaled to fit in BOX x BOX
@@ -99,15 +100,7 @@ def load_images(paths) -> numpy.ndarray:
     return numpy.stack([preprocess_image(p) for p in paths])[:, None, :, :]
 
 
-def softmax_host(scores: numpy.ndarray) -> numpy.ndarray:
-    """Row softmax of (N, K) scores on the host."""
-    scores = numpy.asarray(scores, dtype=numpy.float64)
-    shifted = scores - scores.max(axis=1, keepdims=True)
-    exp = numpy.exp(shifted)
-    return exp / exp.sum(axis=1, keepdims=True)
-
-
 def classify(model, batch: numpy.ndarray) -> numpy.ndarray:
     """Class probabilities (N, K) on the host for an (N, 1, 28, 28) host batch."""
     x = backend.to_device(batch.astype(model.dtype, copy=False), model.device)
-    return softmax_host(backend.to_numpy(model.predict(x, train=False)))
+    return backend.to_numpy(softmax(model.predict(x, train=False)))

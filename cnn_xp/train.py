@@ -34,10 +34,10 @@ from . import backend, models, plots
 from .atomic import write_text
 from .checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
 from .ops import cross_entropy
+from .optim import OPTIMIZERS
 
 METRIC_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "seconds", "images_per_second")
 CHECKPOINT = "checkpoint.npz"
-DTYPES = ("float32", "float64")
 SYNC_EVERY = 20  # batches between host reads of the running loss (progress bar + NaN check)
 
 
@@ -73,15 +73,6 @@ class TrainConfig:
     explicit: set = field(default_factory=set)  # names of hyperparameters the user gave
 
 
-HYPER_KEYS = ("optimizer", "lr", "batch_size", "epochs", "val_size", "split_seed", "seed", "dtype",
-              "limit_train", "limit_test")
-
-
-def optimizer_classes() -> dict:
-    from .optim import OPTIMIZERS
-    return OPTIMIZERS
-
-
 def resolve_hyperparameters(cfg: TrainConfig) -> dict:
     """The model's defaults with the user's overrides, validated (UserError on a mistake)."""
     if cfg.model not in models.MODELS:
@@ -98,21 +89,22 @@ def resolve_hyperparameters(cfg: TrainConfig) -> dict:
 
 
 def validate_hyperparameters(hp: dict) -> None:
-    names = optimizer_classes()
-    if hp["optimizer"] not in names:
-        raise UserError(f"unknown optimizer {hp['optimizer']!r}; choose one of {', '.join(names)}")
+    """UserError naming the flag of the first bad value in a resolved hyperparameter dict."""
+    if hp["optimizer"] not in OPTIMIZERS:
+        raise UserError(f"unknown optimizer {hp['optimizer']!r}; choose one of {', '.join(OPTIMIZERS)}")
     for key in ("epochs", "batch_size"):
         if int(hp[key]) < 1:
             raise UserError(f"--{key.replace('_', '-')} must be a positive integer, got {hp[key]}")
     if not (math.isfinite(float(hp["lr"])) and float(hp["lr"]) > 0):
         raise UserError(f"--lr must be a positive number, got {hp['lr']}")
-    if int(hp["val_size"]) < 0:
-        raise UserError(f"--val-size must be 0 or more, got {hp['val_size']}")
+    for key in ("val_size", "seed"):
+        if int(hp[key]) < 0:
+            raise UserError(f"--{key.replace('_', '-')} must be 0 or more, got {hp[key]}")
     for key in ("limit_train", "limit_test"):
         if hp[key] is not None and int(hp[key]) < 1:
             raise UserError(f"--{key.replace('_', '-')} must be a positive integer, got {hp[key]}")
-    if hp["dtype"] not in DTYPES:
-        raise UserError(f"--dtype must be one of {', '.join(DTYPES)}, got {hp['dtype']!r}")
+    if hp["dtype"] not in backend.FLOAT_DTYPES:
+        raise UserError(f"--dtype must be one of {', '.join(backend.FLOAT_DTYPES)}, got {hp['dtype']!r}")
 
 
 def check_device(device: str) -> None:
@@ -146,6 +138,19 @@ def prepare_run_dir(path: Path) -> Path:
     except OSError as exc:
         raise UserError(f"--out {path}: cannot write there ({exc.strerror or exc})") from None
     return path
+
+
+def load_run_checkpoint(path) -> Checkpoint:
+    """A checkpoint written by the trainer (UserError when it is missing, unreadable or
+    lacks the trainer's metadata)."""
+    try:
+        ckpt = load_checkpoint(path)
+    except CheckpointError as exc:
+        raise UserError(str(exc)) from None
+    missing = [key for key in ("model", "dataset", "epoch", "hyperparameters") if key not in ckpt.meta]
+    if missing:
+        raise UserError(f"{path}: not a training checkpoint (no {', '.join(missing)} in its metadata)")
+    return ckpt
 
 
 def write_metrics(path: Path, history: list[dict]) -> None:
@@ -250,10 +255,7 @@ class Trainer:
             if run_dir is None or not (run_dir / CHECKPOINT).is_file():
                 where = run_dir if run_dir is not None else f"runs/{cfg.model}-{cfg.dataset}-*"
                 raise UserError(f"--resume: no {CHECKPOINT} in {where}")
-            try:
-                ckpt = load_checkpoint(run_dir / CHECKPOINT)
-            except CheckpointError as exc:
-                raise UserError(str(exc)) from None
+            ckpt = load_run_checkpoint(run_dir / CHECKPOINT)
             hp = dict(ckpt.meta["hyperparameters"])
             if ckpt.meta["model"] != cfg.model or ckpt.meta["dataset"] != cfg.dataset:
                 raise UserError(f"--resume: {run_dir} trained {ckpt.meta['model']} on {ckpt.meta['dataset']}, "
@@ -281,8 +283,6 @@ class Trainer:
             return self._run()
 
     def _run(self) -> dict:
-        from tqdm import tqdm
-
         from .data import BatchIterator
 
         cfg, out = self.cfg, self.out
@@ -290,7 +290,7 @@ class Trainer:
         x_tr, t_tr, x_val, t_val, x_test, t_test, class_names = load_data(cfg, hp, out)
         device = cfg.device
         model = models.build(cfg.model, seed=hp["seed"], device=device, dtype=hp["dtype"])
-        optimizer = optimizer_classes()[hp["optimizer"]](model, lr=float(hp["lr"]))
+        optimizer = OPTIMIZERS[hp["optimizer"]](model, lr=float(hp["lr"]))
         batches = BatchIterator(x_tr, t_tr, hp["batch_size"], seed=hp["seed"], device=device)
         x_val, t_val = backend.to_device(x_val, device), backend.to_device(t_val, device)
         x_test, t_test = backend.to_device(x_test, device), backend.to_device(t_test, device)
@@ -314,37 +314,11 @@ class Trainer:
         started = time.perf_counter()
         for epoch in range(start_epoch + 1, int(hp["epochs"]) + 1):
             tic = time.perf_counter()
-            loss_sum = correct = None
-            seen = 0
-            bar = tqdm(batches, total=len(batches), desc=f"epoch {epoch}/{hp['epochs']}", unit="batch",
-                       leave=False, disable=not cfg.progress, file=sys.stderr, dynamic_ncols=True)
-            for step, (xb, tb) in enumerate(bar, 1):
-                scores = model.predict(xb, train=True)
-                loss = model.loss_layer.forward(scores, tb)
-                model.backward()
-                optimizer.step()
-                n = int(xb.shape[0])
-                seen += n
-                batch_loss = loss * float(n)
-                hits = (scores.argmax(axis=1) == tb).sum()
-                loss_sum = batch_loss if loss_sum is None else loss_sum + batch_loss
-                correct = hits if correct is None else correct + hits
-                if step % SYNC_EVERY == 0 or step == len(batches):
-                    running = float(loss_sum) / seen
-                    if not math.isfinite(running):
-                        bar.close()
-                        raise TrainingDiverged(
-                            f"the training loss became {running} in epoch {epoch} (batch {step}); "
-                            f"learning rate {hp['lr']} is too large: try a smaller --lr, e.g. "
-                            f"{float(hp['lr']) / 10:g} (the last good weights are in {run_dir / CHECKPOINT} "
-                            f"if an epoch finished)")
-                    bar.set_postfix(loss=f"{running:.4f}", acc=f"{int(correct) / seen:.4f}", refresh=False)
-            bar.close()
+            train_loss, train_acc = self._train_epoch(model, optimizer, batches, epoch, hp, run_dir)
             backend.synchronize(device)
             seconds = time.perf_counter() - tic
             val_loss, val_acc, _ = evaluate_arrays(model, x_val, t_val)
-            row = {"epoch": epoch, "train_loss": round(float(loss_sum) / seen, 6),
-                   "train_acc": round(int(correct) / seen, 6),
+            row = {"epoch": epoch, "train_loss": round(train_loss, 6), "train_acc": round(train_acc, 6),
                    "val_loss": None if val_loss is None else round(val_loss, 6),
                    "val_acc": None if val_acc is None else round(val_acc, 6),
                    "seconds": round(seconds, 3), "images_per_second": round(n_train / seconds, 1)}
@@ -362,6 +336,39 @@ class Trainer:
             write_metrics(run_dir / "metrics.csv", history)
         wall = elapsed + (time.perf_counter() - started)
         return self._finish(run_dir, hp, model, history, class_names, x_test, t_test, filters_before, wall)
+
+    def _train_epoch(self, model, optimizer, batches, epoch: int, hp: dict, run_dir: Path) -> tuple[float, float]:
+        """One pass over ``batches``: (mean training loss, training accuracy). The sums stay on
+        the device; the host reads them every SYNC_EVERY batches (progress bar, divergence)."""
+        from tqdm import tqdm
+
+        loss_sum = correct = None
+        seen = 0
+        bar = tqdm(batches, total=len(batches), desc=f"epoch {epoch}/{hp['epochs']}", unit="batch",
+                   leave=False, disable=not self.cfg.progress, file=sys.stderr, dynamic_ncols=True)
+        for step, (xb, tb) in enumerate(bar, 1):
+            scores = model.predict(xb, train=True)
+            loss = model.loss_layer.forward(scores, tb)
+            model.backward()
+            optimizer.step()
+            n = int(xb.shape[0])
+            seen += n
+            batch_loss = loss * float(n)
+            hits = (scores.argmax(axis=1) == tb).sum()
+            loss_sum = batch_loss if loss_sum is None else loss_sum + batch_loss
+            correct = hits if correct is None else correct + hits
+            if step % SYNC_EVERY == 0 or step == len(batches):
+                running = float(loss_sum) / seen
+                if not math.isfinite(running):
+                    bar.close()
+                    raise TrainingDiverged(
+                        f"the training loss became {running} in epoch {epoch} (batch {step}); "
+                        f"learning rate {hp['lr']} is too large: try a smaller --lr, e.g. "
+                        f"{float(hp['lr']) / 10:g} (the last good weights are in {run_dir / CHECKPOINT} "
+                        f"if an epoch finished)")
+                bar.set_postfix(loss=f"{running:.4f}", acc=f"{int(correct) / seen:.4f}", refresh=False)
+        bar.close()
+        return float(loss_sum) / seen, int(correct) / seen
 
     def _finish(self, run_dir, hp, model, history, class_names, x_test, t_test, filters_before, wall) -> dict:
         cfg, out = self.cfg, self.out

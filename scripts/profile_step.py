@@ -19,24 +19,26 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 
 from cnn_xp import backend, models, optim  # noqa: E402
+from cnn_xp.atomic import write_text  # noqa: E402
 from cnn_xp.model import execution_order  # noqa: E402
 
 
 def profile(name: str, device: str, batch: int, steps: int, dtype: str) -> dict:
     spec = models.MODELS[name]
     model = models.build(name, seed=0, device=device, dtype=dtype)
-    opt = optim.create(spec.optimizer, model, lr=spec.lr)
+    opt = optim.create(spec.optimizer, model, lr=spec.lr, **spec.optimizer_kwargs)
     rng = np.random.default_rng(0)
-    x = backend.to_device(rng.random((batch, 1, 28, 28), dtype=np.float32).astype(dtype), device)
-    t = backend.to_device(rng.integers(0, 10, batch), device)
-    sync = lambda: backend.synchronize(device)  # noqa: E731
+    x = backend.to_device(rng.random((batch, *models.INPUT_SHAPE), dtype=np.float32).astype(dtype), device)
+    t = backend.to_device(rng.integers(0, models.NUM_CLASSES, batch), device)
+    order = execution_order(model.layers)  # as Sequential runs them (ReLU after max pool)
     times: dict[str, list[float]] = {}
 
-    def timed(label, fn):
-        sync()
+    def timed(label, fn, *args):
+        """fn(*args), its time (between two device synchronisations) recorded under label."""
+        backend.synchronize(device)
         start = time.perf_counter()
-        out = fn()
-        sync()
+        out = fn(*args)
+        backend.synchronize(device)
         times.setdefault(label, []).append(time.perf_counter() - start)
         return out
 
@@ -44,24 +46,23 @@ def profile(name: str, device: str, batch: int, steps: int, dtype: str) -> dict:
         if step == 2:
             times.clear()  # the first two steps warm caches and compile kernels
         h = x
-        order = execution_order(model.layers)  # as Sequential runs them (ReLU after max pool)
         for i in order:
             layer = model.layers[i]
-            h = timed(f"fwd {i} {type(layer).__name__}", lambda: layer.forward(h, train=True))
-        timed("fwd loss", lambda: model.loss_layer.forward(h, t))
-        g = timed("bwd loss", lambda: model.loss_layer.backward(1.0))
+            h = timed(f"fwd {i} {type(layer).__name__}", layer.forward, h)  # train=True
+        timed("fwd loss", model.loss_layer.forward, h, t)
+        g = timed("bwd loss", model.loss_layer.backward)
         for i in reversed(order):
             layer = model.layers[i]
-            g = timed(f"bwd {i} {type(layer).__name__}", lambda: layer.backward(g))
+            g = timed(f"bwd {i} {type(layer).__name__}", layer.backward, g)
             if g is None:
                 break
         timed("optimizer step", opt.step)
-        sync()
+        backend.synchronize(device)
         start = time.perf_counter()
         model.loss(x, t)
         model.backward()
         opt.step()
-        sync()
+        backend.synchronize(device)
         times.setdefault("whole step (unsynchronised)", []).append(time.perf_counter() - start)
     med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
     return {"model": name, "device": device, "batch": batch, "dtype": dtype, "ms": med}
@@ -73,7 +74,7 @@ def main(argv=None) -> int:
     p.add_argument("--device", choices=backend.DEVICES, default="cpu")
     p.add_argument("--batch-size", nargs="+", type=int, default=[100])
     p.add_argument("--steps", type=int, default=10)
-    p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    p.add_argument("--dtype", default="float32", choices=backend.FLOAT_DTYPES)
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     results = []
@@ -88,7 +89,7 @@ def main(argv=None) -> int:
                 share = f"{100 * ms / total:5.1f}%" if not label.startswith("whole") else "      "
                 print(f"  {label:32s} {ms:8.3f} ms {share}")
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=1))
+        write_text(args.json, json.dumps(results, indent=1) + "\n")
     return 0
 
 

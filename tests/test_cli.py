@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from cnn_xp import backend, cli
+from cnn_xp.checkpoint import Checkpoint, save_checkpoint
 from cnn_xp.data import sources
 from tiny_idx import draw_digit_one, write_dataset
 
@@ -95,6 +96,7 @@ def test_predict_bad_image(trained, tmp_path, capsys):
     (["--lr", "-0.1"], "--lr"),
     (["--lr", "nan"], "--lr"),
     (["--val-size", "500"], "--val-size"),
+    (["--seed", "-1"], "--seed"),
     (["--dataset", "cifar"], "--dataset"),
     (["--bogus"], "unrecognized arguments"),
 ])
@@ -157,6 +159,10 @@ def test_missing_or_bad_checkpoint(tmp_path, capsys):
     image = draw_digit_one(tmp_path / "d.png")
     assert "not a cnn_xp checkpoint" in one_line_error(
         capsys, cli.main(["predict", "--checkpoint", str(junk), image]))
+    bare = tmp_path / "bare.npz"  # a cnn_xp checkpoint without the trainer's metadata
+    save_checkpoint(bare, Checkpoint(meta={"model": "simple_convnet"}, model_state={}))
+    assert "not a training checkpoint" in one_line_error(
+        capsys, cli.main(["evaluate", "--checkpoint", str(bare)]))
 
 
 def test_missing_command_and_bench_or_doctor_absent(capsys, monkeypatch):

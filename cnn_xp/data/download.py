@@ -1,22 +1,21 @@
 """Checksummed downloads from a list of mirrors, and the ``cnn-xp download`` command.
 
 Each file is streamed (with a tqdm bar) into a temp file in the destination folder, checked
-against every published checksum (md5, sha256), then renamed into place with ``os.replace``;
+against every published checksum (md5, sha256), then renamed into place (``atomic_open``);
 a failed or mismatching mirror is skipped for the next one, and no partial file is left.
 """
 from __future__ import annotations
 
 import hashlib
 import http.client
-import os
 import sys
-import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 from tqdm import tqdm
 
+from ..atomic import atomic_open
 from . import sources
 from .errors import DatasetError
 
@@ -46,11 +45,11 @@ def _mismatch(digests: dict[str, str], checksums: dict[str, str]) -> str | None:
 
 def _fetch_one(url: str, target: Path, checksums: dict[str, str], progress: bool,
                timeout: float) -> None:
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+    """Stream ``url`` into ``target`` atomically; _MirrorFailure (and no file) on any problem."""
+    hashes = {alg: hashlib.new(alg) for alg in checksums}
+    request = urllib.request.Request(url, headers={"User-Agent": "cnn_xp"})
     try:
-        hashes = {alg: hashlib.new(alg) for alg in checksums}
-        request = urllib.request.Request(url, headers={"User-Agent": "cnn_xp"})
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(request, timeout=timeout) as resp:
+        with urllib.request.urlopen(request, timeout=timeout) as resp, atomic_open(target, "wb") as out:
             length = resp.headers.get("Content-Length")
             total = int(length) if length and length.isdigit() else None
             with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024,
@@ -60,19 +59,15 @@ def _fetch_one(url: str, target: Path, checksums: dict[str, str], progress: bool
                     for h in hashes.values():
                         h.update(chunk)
                     bar.update(len(chunk))
-        bad = _mismatch({a: h.hexdigest() for a, h in hashes.items()}, checksums)
-        if bad:
-            raise _MirrorFailure(bad)
-        os.replace(tmp, target)
+            bad = _mismatch({a: h.hexdigest() for a, h in hashes.items()}, checksums)
+            if bad:
+                raise _MirrorFailure(bad)  # inside the ``with``: the temp file is dropped
     except urllib.error.HTTPError as exc:
         raise _MirrorFailure(f"HTTP {exc.code} {exc.reason}") from None
     except urllib.error.URLError as exc:
         raise _MirrorFailure(str(exc.reason)) from None
     except (OSError, http.client.HTTPException, ValueError) as exc:
         raise _MirrorFailure(f"{type(exc).__name__}: {exc}") from None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def fetch_file(filename: str, dest_dir, mirrors, checksums: dict[str, str], *,

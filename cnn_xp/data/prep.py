@@ -5,8 +5,6 @@ import numpy as np
 
 from .. import backend
 
-FLOAT_DTYPES = ("float32", "float64")
-
 
 def to_float(images, dtype="float32") -> np.ndarray:
     """uint8 images (N, H, W) or (N, C, H, W) -> floats in [0, 1], shape (N, C, H, W).
@@ -14,7 +12,7 @@ def to_float(images, dtype="float32") -> np.ndarray:
     ``dtype`` is float32 (default) or float64. A new host array is returned.
     """
     dtype = np.dtype(dtype)
-    if dtype.name not in FLOAT_DTYPES:
+    if dtype.name not in backend.FLOAT_DTYPES:
         raise ValueError(f"dtype must be float32 or float64, not {dtype.name}")
     images = np.asarray(images)
     if images.dtype != np.uint8:

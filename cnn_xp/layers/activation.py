@@ -36,6 +36,8 @@ class Sigmoid(Layer):
 
 
 class Tanh(Layer):
+    """tanh(x); the gradient is 1 - tanh(x)^2."""
+
     def forward(self, x, train=True):
         self._out = xp_of(x).tanh(x)
         return self._out

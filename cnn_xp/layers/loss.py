@@ -1,13 +1,14 @@
 """SoftmaxCrossEntropy: the loss layer closing every classifier."""
 from ..ops import cross_entropy_backward, softmax_cross_entropy
+from .base import Layer
 
 
-class SoftmaxCrossEntropy:
+class SoftmaxCrossEntropy(Layer):
     """``forward(scores (N, K), labels)`` -> mean loss (0-d array); labels are class
     indices (N,) or one-hot (N, K). ``backward(dout=1.0)`` -> d scores (N, K)."""
 
     def __init__(self):
-        self.params, self.grads, self.buffers = {}, {}, {}
+        super().__init__()
         self._scores = self._labels = self._probs = None
 
     def forward(self, scores, labels, train=True):

@@ -2,7 +2,7 @@
 
 x (N, C, H, W), W (OC, C, KH, KW), b (OC,) -> out (N, OC, OH, OW), possibly an NCHW-shaped
 view of other memory (no transpose copy); the backward pass reads ``dout`` back in that
-layout for free. Pooling and ReLU keep the layout they are given.
+layout for free. ReLU and unpadded pooling keep the layout they are given (see pool.py).
 
 CPU layouts (and wherever the CUDA kernels do not apply), chosen per layer by
 ``_channel_major``: building the columns copies runs of contiguous values, OW long in a
@@ -13,12 +13,13 @@ channel-major gather and C long in a channels-last one, so the longer run wins:
   back into CNHW memory.
 * channels-last (C > OW): columns (N*OH*OW, KH*KW*C), columns ordered (i, j, c), read from
   NHWC memory; out = columns @ W^T is (N*OH*OW, OC), i.e. NHWC memory; dx is folded into
-  NHWC memory, or for stride-1 convs with oc <= c on large maps computed as one
-  full-correlation GEMM.
+  NHWC memory.
 
-An input in the other memory layout is gathered all the same (only with shorter runs).
-The public ``im2col`` keeps the (c, i, j)-column, (n, oh, ow)-row order; on the GPU its
-kernel is used.
+In both layouts dx of a stride-1 conv with OC <= C on a large map is one full-correlation
+GEMM instead of GEMM + fold (``_prefer_full_correlation``). An input in the other memory
+layout is gathered all the same (only with shorter runs). Where the CUDA kernels apply, the
+public ``im2col`` (its kernel; columns (c, i, j), rows (n, oh, ow)) builds the columns and
+out is NHWC memory, as in the channels-last layout.
 """
 from . import cuda_kernels
 from .im2col import col2im, im2col, output_shape, pair

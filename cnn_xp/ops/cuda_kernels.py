@@ -1,8 +1,7 @@
 """CuPy fast paths: hand-fused GPU kernels for the ops where CuPy's generic ops are slow.
 
-Each public function here computes exactly what its portable twin computes (same layouts,
-same summation order) in ONE kernel launch, with no atomics (deterministic) and no large
-temporaries:
+Each kernel below computes exactly what its portable twin computes (same layouts, same
+summation order) in one launch, with no atomics (deterministic) and no large temporaries:
 
 - ``im2col``           NCHW x -> col (N*OH*OW, C*KH*KW); padding done in the kernel.
 - ``fold_windows``     the adjoint of ``sliding_windows`` / col2im, as a GATHER: each image
@@ -17,6 +16,9 @@ temporaries:
 - ``sgd_update``, ``momentum_update``, ``nesterov_update``, ``adagrad_update``,
   ``rmsprop_update``, ``adam_update``: one fused ElementwiseKernel per optimizer step of one
   parameter, updating the parameter and its state in place.
+
+Not a kernel: ``column_sums`` (conv bias gradients) is one cuBLAS GEMV with a ones vector,
+equal to ``sum(axis=0)`` up to float rounding (another summation order).
 
 Kernels are ``cupy.ElementwiseKernel`` objects built lazily on first GPU use (CuPy compiles
 and caches them per dtype); float32 and float64 are supported. cupy is reached only through

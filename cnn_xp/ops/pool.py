@@ -5,8 +5,11 @@ window (row-major), as argmax does (a NaN counts as the maximum); average poolin
 padding in the average (divides by KH*KW). Both loop over the KH*KW kernel offsets, each a
 strided view of the image, never over pixels, and never copy the windows out: max pooling is
 a running ``maximum`` of the offset views and its argmax is counted from equality masks.
-Outputs and input gradients keep the memory layout of the input (an NCHW view of NHWC memory
-stays one), so no transpose copy is made between a conv layer and its pooling.
+Memory layout on the portable path: an unpadded pooling's output keeps the memory order of
+its input (an NCHW view of NHWC or CNHW memory stays one), and so does the max-pool input
+gradient when the windows tile the image (the zoo's 2x2, stride-2 pools), so no transpose
+copy is made between a conv layer and its pooling. Padded inputs, overlapping max-pool
+windows, the average-pool gradient and the CUDA kernels give NCHW (C-contiguous) memory.
 """
 from ..backend import xp_of
 from . import cuda_kernels
@@ -107,5 +110,4 @@ def avgpool2d_backward(dout, cache):
     return fold_windows(windows, x_shape, stride, pad)
 
 
-__all__ = ["maxpool2d_forward", "maxpool2d_backward", "avgpool2d_forward",
-           "avgpool2d_backward", "output_shape"]
+__all__ = ["maxpool2d_forward", "maxpool2d_backward", "avgpool2d_forward", "avgpool2d_backward"]
