@@ -7,7 +7,6 @@ training run ends with exit status 1; success is 0.
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 
 from .backend import FLOAT_DTYPES
@@ -203,24 +202,15 @@ def cmd_download(args) -> int:
 
 
 def cmd_doctor(args) -> int:
-    try:
-        doctor = importlib.import_module("cnn_xp.doctor")
-    except ModuleNotFoundError as exc:
-        if exc.name != "cnn_xp.doctor":
-            raise
-        raise _Exit(2, "doctor is not available in this installation (cnn_xp.doctor is missing)") from None
-    status = doctor.run_doctor()
-    return int(status or 0)
+    from .doctor import run_doctor
+
+    return int(run_doctor() or 0)
 
 
 def cmd_bench(args) -> int:
-    try:
-        bench = importlib.import_module("cnn_xp.bench")
-    except ModuleNotFoundError as exc:
-        if exc.name != "cnn_xp.bench":
-            raise
-        raise _Exit(2, "bench is not available in this installation (cnn_xp.bench is missing)") from None
-    return int(bench.main(list(args.rest)) or 0)
+    from .bench import main as bench_main
+
+    return int(bench_main(list(args.rest)) or 0)
 
 
 def cmd_models(args) -> int:
