@@ -128,8 +128,9 @@ def latest_run_dir(model: str, dataset: str) -> Path | None:
     return found[-1] if found else None
 
 
-def prepare_run_dir(path: Path) -> Path:
-    """Create ``path`` and prove it writable (UserError otherwise)."""
+def prepare_run_dir(path: Path) -> bool:
+    """Create ``path`` and prove it writable (UserError otherwise); True if it was created."""
+    created = not path.exists()
     try:
         path.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=path)
@@ -137,7 +138,7 @@ def prepare_run_dir(path: Path) -> Path:
         os.unlink(probe)
     except OSError as exc:
         raise UserError(f"--out {path}: cannot write there ({exc.strerror or exc})") from None
-    return path
+    return created
 
 
 def load_run_checkpoint(path) -> Checkpoint:
@@ -273,7 +274,7 @@ class Trainer:
             if (run_dir / CHECKPOINT).exists():
                 raise UserError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
             ckpt = None
-        prepare_run_dir(run_dir)
+        self._created_run_dir = prepare_run_dir(run_dir)
         return run_dir, hp, ckpt
 
     # -- the run -----------------------------------------------------------------------
@@ -287,7 +288,12 @@ class Trainer:
 
         cfg, out = self.cfg, self.out
         run_dir, hp, ckpt = self._open_run()
-        x_tr, t_tr, x_val, t_val, x_test, t_test, class_names = load_data(cfg, hp, out)
+        try:
+            x_tr, t_tr, x_val, t_val, x_test, t_test, class_names = load_data(cfg, hp, out)
+        except BaseException:
+            if self._created_run_dir and not any(run_dir.iterdir()):
+                run_dir.rmdir()  # no data, no run: leave no empty folder behind
+            raise
         device = cfg.device
         model = models.build(cfg.model, seed=hp["seed"], device=device, dtype=hp["dtype"])
         optimizer = OPTIMIZERS[hp["optimizer"]](model, lr=float(hp["lr"]))

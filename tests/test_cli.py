@@ -121,8 +121,11 @@ def test_unwritable_out(data_dir, tmp_path, capsys):
 def test_missing_data_offline(tmp_path, capsys, download):
     empty = tmp_path / "empty"
     empty.mkdir()
-    argv = ["train", "--model", "simple_convnet", "--dataset", "mnist", "--data-dir", str(empty), "--no-progress"]
+    run_dir = tmp_path / "runs" / "never"
+    argv = ["train", "--model", "simple_convnet", "--dataset", "mnist", "--data-dir", str(empty),
+            "--out", str(run_dir), "--no-progress"]
     line = one_line_error(capsys, cli.main(argv + ([] if download else ["--no-download"])))
+    assert not run_dir.exists()  # no data, no run: no empty run folder left behind
     if download:
         assert "could not download" in line and "127.0.0.1" in line
     else:
