@@ -368,6 +368,7 @@ def rerun_without_openblas_env(argv) -> int:
 
 
 def run(args, argv) -> int:
+    backend.retain_host_memory()  # as the cnn-xp commands do; PyTorch's host memory too
     if args.device == "gpu":
         try:
             backend.cupy()

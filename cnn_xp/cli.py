@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from . import backend
 from .backend import FLOAT_DTYPES
 from .data.sources import DATASETS
 
@@ -158,7 +159,6 @@ def load_model(checkpoint_path, device: str):
 
 
 def cmd_evaluate(args) -> int:
-    from . import backend
     from .data import load_dataset, to_float
     from .train import confusion_matrix, evaluate_arrays, per_class_accuracy
 
@@ -251,6 +251,7 @@ def main(argv=None, parser: argparse.ArgumentParser | None = None, command: str 
     from .train import TrainingDiverged
 
     argv = sys.argv[1:] if argv is None else list(argv)
+    backend.retain_host_memory()  # reuse freed step temporaries (see there)
     if parser is None and argv[:1] == ["bench"]:  # bench parses its own flags (including --help)
         return _run(lambda: cmd_bench(argparse.Namespace(rest=argv[1:])))
     parser = parser or build_parser()

@@ -24,6 +24,7 @@ from cnn_xp.model import execution_order  # noqa: E402
 
 
 def profile(name: str, device: str, batch: int, steps: int, dtype: str) -> dict:
+    backend.retain_host_memory()  # as cnn-xp train does
     spec = models.MODELS[name]
     model = models.build(name, seed=0, device=device, dtype=dtype)
     opt = optim.create(spec.optimizer, model, lr=spec.lr, **spec.optimizer_kwargs)

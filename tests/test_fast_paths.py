@@ -247,7 +247,7 @@ def test_host_maxpool_matches_portable(host_kernels, x_shape, kh, kw, stride, pa
     dout = rng.standard_normal(out.shape).astype(dtype)
     expected = maxpool2d_backward(dout, cache)
     dx = np.full(x_shape, np.nan, dtype)
-    _call(host_kernels, "maxpool_backward", dout, np.ascontiguousarray(cache[1]),
+    _call(host_kernels, "maxpool_backward", dout, np.ascontiguousarray(cache[1], dtype=np.int64),
           *_geometry(x_shape, oh, ow, kh, kw, stride, pad), dx)
     np.testing.assert_allclose(dx, expected, rtol=1e-6, atol=0)
 

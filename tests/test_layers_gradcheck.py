@@ -154,6 +154,15 @@ def test_pool_stride_defaults_to_kernel():
     assert AvgPool2D((2, 3)).forward(x).shape == (1, 2, 3, 3)
 
 
+def test_maxpool_inference_forward_keeps_no_argmax():
+    x = np.random.default_rng(1).standard_normal((2, 3, 4, 4))
+    layer = MaxPool2D(2)
+    np.testing.assert_array_equal(layer.forward(x, train=False), layer.forward(x, train=True))
+    layer.forward(x, train=False)
+    with pytest.raises(RuntimeError, match="train=True"):
+        layer.backward(np.ones((2, 3, 2, 2)))
+
+
 def test_flatten_gradcheck():
     rng = np.random.default_rng(0)
     x = rng.standard_normal((2, 3, 2, 4))

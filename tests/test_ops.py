@@ -200,6 +200,9 @@ def test_maxpool_matches_naive(seed):
     ref, where = naive.maxpool2d(x, c["kh"], c["kw"], c["stride"], c["pad"])
     assert out.shape == ref.shape
     np.testing.assert_array_equal(np.asarray(out), ref)
+    inference, no_cache = ops.maxpool2d_forward(x, c["kh"], c["kw"], c["stride"], c["pad"], with_argmax=False)
+    np.testing.assert_array_equal(np.asarray(inference), ref)
+    assert no_cache is None
     dout = c["rng"].standard_normal(out.shape)
     dx = ops.maxpool2d_backward(dout, cache)
     assert dx.shape == x.shape
@@ -234,6 +237,20 @@ def test_maxpool_pads_with_minus_infinity():
     x = -1.0 - np.arange(12, dtype=np.float64).reshape(1, 1, 3, 4)
     out, _ = ops.maxpool2d_forward(x, 2, 2, 2, 1)
     np.testing.assert_array_equal(np.asarray(out), [[[[-1.0, -2.0, -4.0], [-5.0, -6.0, -8.0]]]])
+
+
+def test_maxpool_window_of_more_than_256_offsets():
+    """The argmax is one byte per output up to 256 window offsets, int64 beyond."""
+    rng = np.random.default_rng(12)
+    x = rng.integers(0, 3, size=(2, 2, 19, 18)).astype(np.float64)  # ties in every window
+    out, cache = ops.maxpool2d_forward(x, 17, 16, 1, 0)
+    assert cache[1].dtype == np.int64
+    ref, where = naive.maxpool2d(x, 17, 16, 1, 0)
+    np.testing.assert_array_equal(np.asarray(out), ref)
+    dout = rng.standard_normal(out.shape)
+    np.testing.assert_allclose(ops.maxpool2d_backward(dout, cache),
+                               naive.maxpool2d_backward(dout, x.shape, where, 0), atol=1e-12)
+    assert ops.maxpool2d_forward(x, 2, 2)[1][1].dtype == np.uint8
 
 
 def test_maxpool_overlapping_3x3_stride_2():

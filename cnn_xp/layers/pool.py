@@ -19,10 +19,12 @@ class MaxPool2D(_Pool2D):
     """(N, C, H, W) -> (N, C, OH, OW): window maximum; padding is -inf."""
 
     def forward(self, x, train=True):
-        out, self._cache = maxpool2d_forward(x, *self.kernel, self.stride, self.pad)
+        out, self._cache = maxpool2d_forward(x, *self.kernel, self.stride, self.pad, with_argmax=train)
         return out
 
     def backward(self, dout):
+        if self._cache is None:
+            raise RuntimeError("MaxPool2D.backward needs a forward pass with train=True first")
         return maxpool2d_backward(dout, self._cache)
 
 

@@ -183,11 +183,11 @@ def conv2d_backward(dout, cache, need_dx=True):
     channels_last = layout == "channels_last"
     dout_mat = dout.transpose(0, 2, 3, 1).reshape(-1, oc)  # (N*OH*OW, OC); free for our own views
     db = cuda_kernels.column_sums(dout_mat) if cuda_kernels.applies(dout_mat) else dout_mat.sum(axis=0)
-    dw_mat = dout_mat.T @ col                              # (OC, columns)
     if channels_last:
+        dw_mat = (col.T @ dout_mat).T                      # (OC, columns); see _backward_cm
         dW = dw_mat.reshape(oc, kh, kw, c).transpose(0, 3, 1, 2).copy()
     else:
-        dW = dw_mat.reshape(W.shape)
+        dW = (dout_mat.T @ col).reshape(W.shape)
     dx = None
     if need_dx:
         if channels_last and _prefer_full_correlation(x_shape, W, stride, pad, dout.shape[2:]):
@@ -207,7 +207,9 @@ def _backward_cm(dout, x_shape, col, W, w_mat, stride, pad, need_dx, workspace):
     oc, c, kh, kw = W.shape
     dout_mat = dout.transpose(1, 0, 2, 3).reshape(oc, -1)  # (OC, N*OH*OW); free for CNHW memory
     db = dout_mat.sum(axis=1)
-    dW = (dout_mat @ col.T).reshape(W.shape)
+    # (columns @ dout^T)^T, not dout @ columns^T: OpenBLAS runs this long-K, 16-row GEMM
+    # 1.1-2x faster in this orientation (deep_convnet's 16->16 conv: 2.9 -> 2.3 ms).
+    dW = (col @ dout_mat.T).T.reshape(W.shape)
     if not need_dx:
         return None, dW, db
     if _prefer_full_correlation(x_shape, W, stride, pad, dout.shape[2:]):

@@ -39,21 +39,26 @@ def _empty_like_layout(xp, shape, dtype, like):
     return memory.transpose([order.index(axis) for axis in range(len(order))])
 
 
-def maxpool2d_forward(x, kh, kw, stride=None, pad=0):
-    """Return (out (N, C, OH, OW), cache). ``stride`` defaults to the window."""
+def maxpool2d_forward(x, kh, kw, stride=None, pad=0, with_argmax=True):
+    """Return (out (N, C, OH, OW), cache). ``stride`` defaults to the window.
+    ``with_argmax=False`` (inference) skips the argmax, which is most of the work on the
+    portable path, and returns cache None (no backward)."""
     stride = pair((kh, kw) if stride is None else stride)
     if cuda_kernels.applies(x):  # GPU: max and argmax in one kernel
         fast = cuda_kernels.maxpool_forward(x, kh, kw, stride, pad)
         if fast is not None:
-            return fast[0], (x.shape, fast[1], kh, kw, stride, pair(pad))
+            return fast[0], (x.shape, fast[1], kh, kw, stride, pair(pad)) if with_argmax else None
     xp = xp_of(x)
     views = _offset_views(x, kh, kw, stride, pad, float("-inf"))
     out = views[0].copy() if len(views) == 1 else xp.maximum(views[0], views[1])
     for view in views[2:]:
         xp.maximum(out, view, out=out)                     # NaN propagates, as in max()
+    if not with_argmax:
+        return out, None
     # argmax = index of the first view equal to out (or NaN, which equals nothing): count
-    # the leading views that miss.
-    argmax = xp.zeros_like(out, dtype=xp.int64)               # in the layout of out (and x)
+    # the leading views that miss. One byte per output while the window has <= 256 offsets.
+    index_dtype = xp.uint8 if len(views) <= 256 else xp.int64
+    argmax = xp.zeros_like(out, dtype=index_dtype)          # in the layout of out (and x)
     missing = None
     for view in views[:-1]:
         hit = view == out
