@@ -1,7 +1,8 @@
 """The fast CPU paths chosen inside the ops give the naive results on every branch:
-conv columns channel-major vs channels-last, dx by fold vs by one full-correlation GEMM,
-inputs and gradients in NCHW, NHWC or CNHW memory, reused conv workspaces, max pooling over
-tiling and non-tiling windows in any layout, and the model-level ReLU/MaxPool swap."""
+conv columns channel-major vs channels-last, dx by fold, by one full-correlation GEMM or by
+kernel offsets, inputs and gradients in NCHW, NHWC or CNHW memory, reused conv workspaces,
+max pooling over tiling and non-tiling windows in any layout, and the model-level
+ReLU/MaxPool swap."""
 import functools
 
 import numpy as np
@@ -24,7 +25,8 @@ def _in_memory(x, order):
 
 
 # (c, oc, hw, k, stride, pad, layout, full): every CPU conv branch, channel-major
-# (OW >= C) and channels-last (C > OW), dx by fold and by one full-correlation GEMM.
+# (OW >= C; dx by fold, or by one full-correlation GEMM where ``full``) and channels-last
+# (C > OW; dx by one GEMM per kernel offset, whatever the full-correlation rule says).
 CONV_PATHS = [
     (16, 16, 18, 3, 1, 0, "channel_major", True), (8, 4, 17, 5, 1, 2, "channel_major", True),
     (3, 3, 16, 2, 1, 1, "channel_major", True), (4, 8, 18, 3, 1, 0, "channel_major", False),
