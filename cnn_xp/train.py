@@ -296,7 +296,10 @@ class Trainer:
             raise
         device = cfg.device
         model = models.build(cfg.model, seed=hp["seed"], device=device, dtype=hp["dtype"])
-        optimizer = OPTIMIZERS[hp["optimizer"]](model, lr=float(hp["lr"]))
+        spec = models.MODELS[cfg.model]
+        # The model's own optimizer settings (momentum, betas, ...) apply to its own optimizer only.
+        optimizer_kwargs = spec.optimizer_kwargs if hp["optimizer"] == spec.optimizer.lower() else {}
+        optimizer = OPTIMIZERS[hp["optimizer"]](model, lr=float(hp["lr"]), **optimizer_kwargs)
         batches = BatchIterator(x_tr, t_tr, hp["batch_size"], seed=hp["seed"], device=device)
         x_val, t_val = backend.to_device(x_val, device), backend.to_device(t_val, device)
         x_test, t_test = backend.to_device(x_test, device), backend.to_device(t_test, device)

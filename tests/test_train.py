@@ -125,3 +125,25 @@ def test_default_run_dir_and_limits(data_dir, tmp_path, capsys):
     assert "60 train" in capsys.readouterr().out
     ckpt = load_checkpoint(runs[0] / "checkpoint.npz")
     assert ckpt.model_state["0.W"].dtype == np.float64
+
+
+def test_model_optimizer_settings_reach_its_own_optimizer_only(data_dir, tmp_path, monkeypatch):
+    """ModelSpec.optimizer_kwargs apply when the run uses the model's optimizer, not another."""
+    import dataclasses
+
+    from cnn_xp import models, train as train_module
+
+    spec = models.MODELS["simple_convnet"]
+    monkeypatch.setitem(models.MODELS, "simple_convnet", dataclasses.replace(spec, optimizer_kwargs={"beta1": 0.5}))
+    made = []
+    for name in ("adam", "sgd"):
+        cls = train_module.OPTIMIZERS[name]
+
+        def record(model, cls=cls, **kwargs):
+            optimizer = cls(model, **kwargs)
+            made.append((type(optimizer).__name__, kwargs))
+            return optimizer
+        monkeypatch.setitem(train_module.OPTIMIZERS, name, record)
+    assert train(data_dir, tmp_path / "adam", "--epochs", "1", "--limit-train", "100") == 0
+    assert train(data_dir, tmp_path / "sgd", "--epochs", "1", "--limit-train", "100", "--optimizer", "sgd") == 0
+    assert made == [("Adam", {"lr": 1e-3, "beta1": 0.5}), ("SGD", {"lr": 1e-3})]
