@@ -251,9 +251,9 @@ def main(argv=None, parser: argparse.ArgumentParser | None = None, command: str 
     from .train import TrainingDiverged
 
     argv = sys.argv[1:] if argv is None else list(argv)
-    backend.retain_host_memory()  # reuse freed step temporaries (see there)
     if parser is None and argv[:1] == ["bench"]:  # bench parses its own flags (including --help)
         return _run(lambda: cmd_bench(argparse.Namespace(rest=argv[1:])))
+    backend.retain_host_memory()  # reuse freed step temporaries (see there; bench does its own)
     parser = parser or build_parser()
     try:
         args = parser.parse_args(argv)

@@ -24,7 +24,6 @@ from cnn_xp.model import execution_order  # noqa: E402
 
 
 def profile(name: str, device: str, batch: int, steps: int, dtype: str) -> dict:
-    backend.retain_host_memory()  # as cnn-xp train does
     spec = models.MODELS[name]
     model = models.build(name, seed=0, device=device, dtype=dtype)
     opt = optim.create(spec.optimizer, model, lr=spec.lr, **spec.optimizer_kwargs)
@@ -78,6 +77,7 @@ def main(argv=None) -> int:
     p.add_argument("--dtype", default="float32", choices=backend.FLOAT_DTYPES)
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
+    backend.retain_host_memory()  # as cnn-xp train does
     results = []
     for name in args.model:
         for batch in args.batch_size:

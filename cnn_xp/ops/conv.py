@@ -16,9 +16,9 @@ channel-major gather and C long in a channels-last one, so the longer run wins:
   NHWC memory; out = columns @ W^T is (N*OH*OW, OC), i.e. NHWC memory; dx is one small GEMM
   per kernel offset added into NHWC memory (``_dx_hwc``).
 
-An input in the other memory layout is gathered all the same (only with shorter runs). Where the CUDA kernels apply, the
-public ``im2col`` (its kernel; columns (c, i, j), rows (n, oh, ow)) builds the columns and
-out is NHWC memory, as in the channels-last layout.
+An input in the other memory layout is gathered all the same (only with shorter runs).
+Where the CUDA kernels apply, the public ``im2col`` (its kernel; columns (c, i, j), rows
+(n, oh, ow)) builds the columns and out is NHWC memory, as in the channels-last layout.
 """
 from . import cuda_kernels
 from .im2col import col2im, im2col, output_shape, pair
@@ -178,12 +178,11 @@ def conv2d_backward(dout, cache, need_dx=True):
         dW = dw_mat.reshape(oc, kh, kw, c).transpose(0, 3, 1, 2).copy()
     else:
         dW = (dout_mat.T @ col).reshape(W.shape)
-    dx = None
-    if need_dx:
-        if channels_last:
-            return _dx_hwc(dout_mat, W, x_shape, stride, pad), dW, db
-        dx = col2im(dout_mat @ w_mat, x_shape, kh, kw, stride, pad)
-    return dx, dW, db
+    if not need_dx:
+        return None, dW, db
+    if channels_last:
+        return _dx_hwc(dout_mat, W, x_shape, stride, pad), dW, db
+    return col2im(dout_mat @ w_mat, x_shape, kh, kw, stride, pad), dW, db
 
 
 def _backward_cm(dout, x_shape, col, W, w_mat, stride, pad, need_dx, workspace):
