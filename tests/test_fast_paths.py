@@ -79,7 +79,8 @@ def test_applies_rejects_other_dtypes_and_devices_without_touching_cupy(monkeypa
 
 # -- nvcc: the bodies compile inside CuPy's generated-kernel shape ------------------------------
 
-RAW_NDIM = {"windows": 6, "x": 4, "dout": 4, "argmax": 4, "scores": 2, "labels": 1, "probs": 2}
+RAW_NDIM = {"windows": 6, "x": 4, "dout": 4, "argmax": 4, "scores": 2, "labels": 1, "probs": 2,
+            "col": 2}
 ELEMENTWISE_INPUTS = {"g", "dout", "out", "x", "u"}  # array (not scalar) non-raw inputs
 
 
@@ -222,11 +223,19 @@ def test_host_im2col_matches_portable(host_kernels, x_shape, kh, kw, stride, pad
     x = rng.standard_normal((x_shape[0], *x_shape[2:], x_shape[1])).astype(np.float32)
     x = x.transpose(0, 3, 1, 2)
     expected = im2col(x, kh, kw, stride, pad)
-    col = np.full(expected.shape, np.nan, np.float32)
     oh, ow = sliding_windows(x, kh, kw, stride, pad).shape[2:4]
-    _call(host_kernels, "im2col", x, *_geometry(x_shape, oh, ow, kh, kw, stride, pad),
-          *[s // x.itemsize for s in x.strides], col)
-    np.testing.assert_array_equal(col, expected)
+    rows = expected.shape[0]
+    for per_thread in (1, 2, 3, 8, rows + 5):  # whole and partial last groups of rows
+        col = np.full(expected.shape, np.nan, np.float32)
+        _call(host_kernels, "im2col", x, *_geometry(x_shape, oh, ow, kh, kw, stride, pad),
+              rows, per_thread, *[s // x.itemsize for s in x.strides], col)
+        np.testing.assert_array_equal(col, expected)
+
+
+def test_im2col_rows_per_thread_keeps_enough_threads():
+    assert ck.rows_per_thread(1000) == 1
+    assert ck.rows_per_thread(3 << 18) == 3
+    assert ck.rows_per_thread(83_000_000) == 8
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -354,3 +363,11 @@ def test_host_relu_backward_and_dropout_kernels_match_the_layers(host_kernels, d
     _call(host_kernels, "dropout_forward", x, u, 0.3, 1.0 / 0.7, y, mask)
     np.testing.assert_array_equal(mask, layer._mask)
     np.testing.assert_array_equal(y, want)
+
+
+def test_launch_declines_arrays_too_large_for_32_bit_indices():
+    class Huge:  # only its size is looked at, before cupy is touched
+        size = ck.INDEX_LIMIT + 1
+
+    assert ck._launch("relu_backward", Huge(), Huge(), Huge()) is None
+    assert ck._broken is None  # this call falls back; the fast paths stay on

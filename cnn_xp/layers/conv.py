@@ -23,10 +23,12 @@ class Conv2D(Layer):
 
     def forward(self, x, train=True):
         out, self._cache = conv2d_forward(x, self.params["W"], self.params["b"], self.stride, self.pad,
-                                          self._workspace)
+                                          self._workspace, need_cache=train)
         return out
 
     def backward(self, dout):
+        if self._cache is None:
+            raise RuntimeError("Conv2D.backward needs a forward pass with train=True first")
         dx, self.grads["W"], self.grads["b"] = conv2d_backward(dout, self._cache, self.need_input_grad)
         return dx
 

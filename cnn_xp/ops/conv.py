@@ -130,11 +130,12 @@ def _prefer_full_correlation(x_shape, W, stride, pad, out_hw) -> bool:
             and pad[0] < kh and pad[1] < kw)
 
 
-def conv2d_forward(x, W, b, stride=1, pad=0, workspace=None):
+def conv2d_forward(x, W, b, stride=1, pad=0, workspace=None, need_cache=True):
     """Return (out, cache); out (N, OC, OH, OW), possibly a non-contiguous view.
     ``workspace``: a dict kept by the caller across calls, in which the CPU paths reuse
     their large temporaries (the columns stay referenced by ``cache``, so a later call
-    with the same workspace invalidates the earlier cache)."""
+    with the same workspace invalidates the earlier cache). ``need_cache=False`` (no
+    backward pass will follow): cache is None, so nothing keeps the columns alive."""
     if x.ndim != 4 or W.ndim != 4 or x.shape[1] != W.shape[1]:
         raise ValueError(f"conv2d: input {tuple(x.shape)} does not match weights {tuple(W.shape)}")
     n = x.shape[0]
@@ -161,7 +162,7 @@ def conv2d_forward(x, W, b, stride=1, pad=0, workspace=None):
         out += b
         out = out.reshape(n, oh, ow, oc).transpose(0, 3, 1, 2)
     cache = (x.shape, col, W, w_mat, layout, pair(stride), pair(pad), workspace)
-    return out, cache
+    return out, (cache if need_cache else None)
 
 
 def conv2d_backward(dout, cache, need_dx=True):

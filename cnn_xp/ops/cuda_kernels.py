@@ -46,11 +46,15 @@ _broken: str | None = None  # why the fast paths were switched off (compile fail
 _GEOMETRY = ("int32 channels, int32 height, int32 width, int32 out_h, int32 out_w, "
              "int32 k_h, int32 k_w, int32 s_h, int32 s_w, int32 p_h, int32 p_w")
 
-# Decode the flat index i of an (N, C, H, W) image into n*C + c, c, y, x.
+# Decode the flat index i of an (N, C, H, W) image into n*C + c, y, x. Index arithmetic is
+# 32-bit (a GPU divides 64-bit integers in a longer software routine; on an H100 that made
+# im2col 8% slower); ``_launch`` guarantees every array has fewer than 2^31 elements.
+# Pointer offsets (index * int64 stride) are still computed in 64 bits.
 _DECODE_PIXEL = """
-    const ptrdiff_t x = i % width;
-    const ptrdiff_t y = (i / width) % height;
-    const ptrdiff_t nc = i / ((ptrdiff_t)width * height);
+    const int pixel = (int)i;
+    const int x = pixel % width;
+    const int y = (pixel / width) % height;
+    const int nc = pixel / (width * height);
 """
 
 # Loop over the windows that cover padded pixel (yq, xq): kernel rows ki = yq mod s_h, +s_h...
@@ -72,7 +76,7 @@ KERNEL_SPECS = {
         "int64 ws4, int64 ws5",
         "T image",
         _DECODE_PIXEL + """
-    const ptrdiff_t c = nc % channels, n = nc / channels;
+    const int c = nc % channels, n = nc / channels;
     const T* base = &windows[(ptrdiff_t)0] + n * ws0 + c * ws1;
     T acc = 0;""" + _FOR_COVERING_WINDOWS + """
             acc += base[oh * ws2 + ow * ws3 + ki * ws4 + kj * ws5];
@@ -86,7 +90,7 @@ KERNEL_SPECS = {
         "raw T dout, raw I argmax, " + _GEOMETRY,
         "T dx",
         _DECODE_PIXEL + """
-    const ptrdiff_t plane = nc * out_h * out_w;
+    const ptrdiff_t plane = (ptrdiff_t)nc * out_h * out_w;
     T acc = 0;""" + _FOR_COVERING_WINDOWS + """
             const ptrdiff_t o = plane + (ptrdiff_t)oh * out_w + ow;
             if (argmax[o] == (I)(ki * k_w + kj)) acc += dout[o];
@@ -100,10 +104,11 @@ KERNEL_SPECS = {
         "raw T x, " + _GEOMETRY + ", int64 xs0, int64 xs1, int64 xs2, int64 xs3, T neg_inf",
         "T out, I argmax",
         """
-    const ptrdiff_t ow = i % out_w;
-    const ptrdiff_t oh = (i / out_w) % out_h;
-    const ptrdiff_t nc = i / ((ptrdiff_t)out_w * out_h);
-    const ptrdiff_t c = nc % channels, n = nc / channels;
+    const int pixel = (int)i;
+    const int ow = pixel % out_w;
+    const int oh = (pixel / out_w) % out_h;
+    const int nc = pixel / (out_w * out_h);
+    const int c = nc % channels, n = nc / channels;
     const T* base = &x[(ptrdiff_t)0] + n * xs0 + c * xs1;
     T best = neg_inf;
     int best_k = 0;
@@ -121,21 +126,28 @@ KERNEL_SPECS = {
     argmax = (I)best_k;
 """,
     ),
-    # x: any strided (N, C, H, W) view. Output col (N*OH*OW, C*KH*KW), zero padding.
+    # x: any strided (N, C, H, W) view. Output col (N*OH*OW, C*KH*KW), C-contiguous, zero
+    # padding. One thread per column entry q of rows_per_thread consecutive rows (output
+    # pixels): its integer divisions, most of the work of a gather, happen once per thread,
+    # and neighbouring threads still write neighbouring entries of each row.
     "im2col": (
-        "raw T x, " + _GEOMETRY + ", int64 xs0, int64 xs1, int64 xs2, int64 xs3",
-        "T col",
+        "raw T x, " + _GEOMETRY + ", int32 rows, int32 rows_per_thread, "
+        "int64 xs0, int64 xs1, int64 xs2, int64 xs3",
+        "raw T col",
         """
-    const ptrdiff_t width_col = (ptrdiff_t)channels * k_h * k_w;
-    const ptrdiff_t q = i % width_col, row = i / width_col;
-    const int kj = q % k_w, ki = (q / k_w) % k_h;
-    const ptrdiff_t c = q / ((ptrdiff_t)k_w * k_h);
-    const ptrdiff_t ow = row % out_w, oh = (row / out_w) % out_h;
-    const ptrdiff_t n = row / ((ptrdiff_t)out_w * out_h);
-    const int y = (int)oh * s_h - p_h + ki, xx = (int)ow * s_w - p_w + kj;
-    const T* base = &x[(ptrdiff_t)0];
-    col = (y >= 0 && y < height && xx >= 0 && xx < width)
-          ? base[n * xs0 + c * xs1 + y * xs2 + xx * xs3] : (T)0;
+    const int width_col = channels * k_h * k_w;
+    const int q = (int)i % width_col, first = (int)i / width_col * rows_per_thread;
+    const int last = first + rows_per_thread < rows ? first + rows_per_thread : rows;
+    const int kj = q % k_w, ki = (q / k_w) % k_h, c = q / (k_w * k_h);
+    int ow = first % out_w, oh = (first / out_w) % out_h, n = first / (out_w * out_h);
+    const T* xc = &x[(ptrdiff_t)0] + c * xs1;
+    T* out = &col[(ptrdiff_t)0] + q;
+    for (int row = first; row < last; ++row) {
+        const int y = oh * s_h - p_h + ki, xx = ow * s_w - p_w + kj;
+        out[(ptrdiff_t)row * width_col] = (y >= 0 && y < height && xx >= 0 && xx < width)
+                                          ? xc[n * xs0 + y * xs2 + xx * xs3] : (T)0;
+        if (++ow == out_w) { ow = 0; if (++oh == out_h) { oh = 0; ++n; } }
+    }
 """,
     ),
     # One thread per row of C-contiguous scores (N, K): probs (N, K) (a raw output, written
@@ -159,8 +171,7 @@ KERNEL_SPECS = {
         "raw I labels, int32 classes, T scale",
         "T grad",
         """
-    const ptrdiff_t row = i / classes;
-    const int j = (int)(i % classes);
+    const int row = (int)i / classes, j = (int)i % classes;
     grad = (grad - (labels[row] == (I)j ? (T)1 : (T)0)) * scale;
 """,
     ),
@@ -230,14 +241,20 @@ def reset() -> None:
     _kernels, _broken = None, None
 
 
-def _launch(name, *args):
-    """Run kernel ``name``; on a compile failure switch the fast paths off and return None."""
+INDEX_LIMIT = 2**31 - 1  # the kernels index elements with 32-bit ints
+
+
+def _launch(name, *args, **kwargs):
+    """Run kernel ``name``; on a compile failure switch the fast paths off and return None.
+    Also None (this call only) when an array is too large for 32-bit element indices."""
     global _kernels, _broken
+    if any(getattr(a, "size", 0) > INDEX_LIMIT for a in args):
+        return None
     cp = backend.cupy()
     if _kernels is None:
         _kernels = build_kernels(cp)
     try:
-        return _kernels[name](*args)
+        return _kernels[name](*args, **kwargs)
     except cp.cuda.compiler.CompileException as exc:
         _broken = f"kernel {name} failed to compile: {str(exc).strip().splitlines()[0]}"
         warnings.warn(f"cnn_xp: {_broken}; using the portable CuPy code", RuntimeWarning,
@@ -263,12 +280,21 @@ def im2col(x, kh, kw, stride=1, pad=0):
     (sh, sw), (ph, pw) = _pairs(stride, pad)
     n, c, h, w = x.shape
     oh, ow = output_shape(x.shape, kh, kw, stride, pad)
-    col = backend.cupy().empty((n * oh * ow, c * kh * kw), dtype=x.dtype)
+    rows, width_col = n * oh * ow, c * kh * kw
+    col = backend.cupy().empty((rows, width_col), dtype=x.dtype)
     if col.size == 0:
         return col
-    done = _launch("im2col", x, c, h, w, oh, ow, kh, kw, sh, sw, ph, pw,
-                   *_element_strides(x), col)
+    per_thread = rows_per_thread(col.size)
+    threads = -(-rows // per_thread) * width_col
+    done = _launch("im2col", x, c, h, w, oh, ow, kh, kw, sh, sw, ph, pw, rows, per_thread,
+                   *_element_strides(x), col, size=threads)
     return None if done is None else col
+
+
+def rows_per_thread(size: int) -> int:
+    """How many column rows one im2col thread fills: up to 8, while at least 2^18 threads
+    (enough to fill an H100) remain."""
+    return max(1, min(8, size >> 18))
 
 
 def fold_windows(windows, x_shape, stride=1, pad=0):

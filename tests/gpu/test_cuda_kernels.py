@@ -63,7 +63,12 @@ def test_im2col_col2im_fold_match_portable(cp, monkeypatch, x_shape, kh, kw, str
     x = cp.asarray(rng.standard_normal((x_shape[0], *x_shape[2:], x_shape[1])).astype(dtype))
     x = x.transpose(0, 3, 1, 2)
     col = _fast(cp, im2col, x, kh, kw, stride, pad)
-    np.testing.assert_array_equal(col.get(), _portable(monkeypatch, im2col, x, kh, kw, stride, pad).get())
+    want = _portable(monkeypatch, im2col, x, kh, kw, stride, pad).get()
+    np.testing.assert_array_equal(col.get(), want)
+    for per_thread in (1, 3, 8):  # whole and partial last groups of rows per thread
+        monkeypatch.setattr(ck, "rows_per_thread", lambda size, k=per_thread: k)
+        np.testing.assert_array_equal(_fast(cp, im2col, x, kh, kw, stride, pad).get(), want)
+    monkeypatch.undo()
 
     dcol = cp.asarray(rng.standard_normal(col.shape).astype(dtype))
     fast = _fast(cp, col2im, dcol, x_shape, kh, kw, stride, pad)
@@ -77,6 +82,14 @@ def test_im2col_col2im_fold_match_portable(cp, monkeypatch, x_shape, kh, kw, str
     windows = cp.broadcast_to(share[..., None, None], windows_shape)  # zero strides
     _close(_fast(cp, fold_windows, windows, x_shape, stride, pad),
            _portable(monkeypatch, fold_windows, windows, x_shape, stride, pad), dtype)
+
+
+def test_arrays_too_large_for_32_bit_indices_take_the_portable_path(cp):
+    class Huge:  # only its size is looked at before anything launches
+        size = ck.INDEX_LIMIT + 1
+
+    assert ck._launch("relu_backward", Huge(), Huge(), Huge()) is None
+    assert ck.status()["enabled"]  # one call fell back; the fast paths stay on
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
