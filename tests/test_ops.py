@@ -83,6 +83,9 @@ def test_col2im_matches_naive(seed):
     assert dx.shape == shape
     np.testing.assert_allclose(dx, naive.col2im(col, shape, c["kh"], c["kw"], c["stride"], c["pad"]),
                                rtol=1e-12, atol=1e-12)
+    # The transposed-columns fold (conv's GPU backward): the same sums in the same order.
+    dx_t = ops.col2im_t(np.ascontiguousarray(col.T), shape, c["kh"], c["kw"], stride=c["stride"], pad=c["pad"])
+    np.testing.assert_array_equal(dx_t, dx)
 
 
 @pytest.mark.parametrize("seed", SEEDS, ids=cfg_id)

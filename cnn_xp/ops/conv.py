@@ -18,10 +18,12 @@ channel-major gather and C long in a channels-last one, so the longer run wins:
 
 An input in the other memory layout is gathered all the same (only with shorter runs).
 Where the CUDA kernels apply, the public ``im2col`` (its kernel; columns (c, i, j), rows
-(n, oh, ow)) builds the columns and out is NHWC memory, as in the channels-last layout.
+(n, oh, ow)) builds the columns and out is NHWC memory, as in the channels-last layout; dx
+is one GEMM giving the column gradient transposed, (C*KH*KW, N*OH*OW), folded by the
+gather kernel (``col2im_t``), which reads that layout coalesced.
 """
 from . import cuda_kernels
-from .im2col import col2im, im2col, output_shape, pair
+from .im2col import col2im_t, im2col, output_shape, pair
 from ..backend import xp_of
 
 
@@ -183,7 +185,8 @@ def conv2d_backward(dout, cache, need_dx=True):
         return None, dW, db
     if channels_last:
         return _dx_hwc(dout_mat, W, x_shape, stride, pad), dW, db
-    return col2im(dout_mat @ w_mat, x_shape, kh, kw, stride, pad), dW, db
+    # GPU: the column gradient transposed, (C*KH*KW, N*OH*OW), so the fold reads it coalesced
+    return col2im_t(w_mat.T @ dout_mat.T, x_shape, kh, kw, stride, pad), dW, db
 
 
 def _backward_cm(dout, x_shape, col, W, w_mat, stride, pad, need_dx, workspace):

@@ -99,3 +99,13 @@ def col2im(col, x_shape, kh, kw, stride=1, pad=0):
     oh, ow = output_shape(x_shape, kh, kw, stride, pad)
     windows = col.reshape(n, oh, ow, c, kh, kw).transpose(0, 3, 1, 2, 4, 5)
     return fold_windows(windows, x_shape, stride, pad)
+
+
+def col2im_t(col_t, x_shape, kh, kw, stride=1, pad=0):
+    """``col2im`` of transposed columns: ``col_t`` (C*KH*KW, N*OH*OW) -> (N, C, H, W).
+    On the GPU the fold kernel's neighbouring threads (neighbouring image columns) then
+    read neighbouring entries; in the (N*OH*OW, C*KH*KW) layout they read one per row."""
+    n, c = x_shape[:2]
+    oh, ow = output_shape(x_shape, kh, kw, stride, pad)
+    windows = col_t.reshape(c, kh, kw, n, oh, ow).transpose(3, 0, 4, 5, 1, 2)
+    return fold_windows(windows, x_shape, stride, pad)

@@ -9,7 +9,7 @@ import pytest
 
 from cnn_xp import backend, optim
 from cnn_xp.ops import cuda_kernels as ck
-from cnn_xp.ops import (col2im, fold_windows, im2col, maxpool2d_backward, maxpool2d_forward,
+from cnn_xp.ops import (col2im, col2im_t, fold_windows, im2col, maxpool2d_backward, maxpool2d_forward,
                         sliding_windows)
 
 pytestmark = pytest.mark.skipif(os.environ.get("CNN_XP_GPU_DRY_RUN") == "1",
@@ -76,6 +76,10 @@ def test_im2col_col2im_fold_match_portable(cp, monkeypatch, x_shape, kh, kw, str
     _close(fast, _portable(monkeypatch, col2im, dcol, x_shape, kh, kw, stride, pad), dtype)
     # Deterministic (a gather, no atomics): the same bits twice.
     np.testing.assert_array_equal(fast.get(), _fast(cp, col2im, dcol, x_shape, kh, kw, stride, pad).get())
+
+    dcol_t = cp.ascontiguousarray(dcol.T)  # the layout conv's GPU backward folds
+    fast_t = _fast(cp, col2im_t, dcol_t, x_shape, kh, kw, stride, pad)
+    np.testing.assert_array_equal(fast_t.get(), fast.get())  # same sums, same order
 
     windows_shape = sliding_windows(cp.zeros(x_shape, dtype), kh, kw, stride, pad).shape
     share = cp.asarray(rng.standard_normal(windows_shape[:4]).astype(dtype))

@@ -79,7 +79,8 @@ def _im2col(device, dtype):
 def _col2im(device, dtype):
     oh, ow = ops.output_shape(X_SHAPE, 3, 2, (2, 1), (1, 0))
     col = put(rand((X_SHAPE[0] * oh * ow, X_SHAPE[1] * 3 * 2), 2, dtype), device)
-    return {"image": ops.col2im(col, X_SHAPE, 3, 2, stride=(2, 1), pad=(1, 0))}
+    return {"image": ops.col2im(col, X_SHAPE, 3, 2, stride=(2, 1), pad=(1, 0)),
+            "image_t": ops.col2im_t(col.T.copy(), X_SHAPE, 3, 2, stride=(2, 1), pad=(1, 0))}
 
 
 def _windows(device, dtype):
@@ -164,7 +165,7 @@ def _cross_entropy(device, dtype):
 
 OP_CASES = {  # case id -> (function(device, dtype) -> outputs, the ops it exercises)
     "im2col": (_im2col, {"im2col"}),
-    "col2im": (_col2im, {"col2im"}),
+    "col2im": (_col2im, {"col2im", "col2im_t"}),
     "windows": (_windows, {"sliding_windows", "pad_image"}),
     "fold": (_fold, {"fold_windows"}),
     **{f"conv_{c}": (_conv(c), {"conv2d_forward", "conv2d_backward"}) for c in CONV_CONFIGS},
