@@ -23,7 +23,7 @@ import tracemalloc
 
 import numpy
 
-from . import backend, models, optim
+from . import backend, models, optim, parallel
 from .models import INPUT_SHAPE, NUM_CLASSES
 from .atomic import write_text
 from .layers import Affine, Conv2D
@@ -43,17 +43,7 @@ def flops_per_image(model) -> dict:
     A multiply-add counts 2. Training = forward + dW (same count as forward per layer) + dX
     (same again) for every learnable layer except the first, whose input gradient is skipped.
     """
-    x = numpy.zeros((1, *INPUT_SHAPE), dtype=model.dtype)
-    per_layer = []
-    for layer in model.layers:
-        out = layer.forward(backend.to_device(x, model.device), train=False)
-        if isinstance(layer, Conv2D):
-            oc, c, kh, kw = layer.params["W"].shape
-            per_layer.append(2 * int(numpy.prod(out.shape[1:])) * c * kh * kw)
-        elif isinstance(layer, Affine):
-            fan_in, fan_out = layer.params["W"].shape
-            per_layer.append(2 * fan_in * fan_out)
-        x = backend.to_numpy(out)
+    per_layer = [f for f in model.layer_flops(INPUT_SHAPE) if f]
     forward = sum(per_layer)
     first_dx = per_layer[0] if per_layer and not model.layers[0].need_input_grad else 0
     return {"forward": forward, "train": 3 * forward - first_dx}
@@ -205,11 +195,22 @@ def summarize(rates: list[float]) -> dict:
             "runs": [round(r, 1) for r in rates]}
 
 
-def time_interleaved(runners: dict, phase: str, steps: int, batch: int, repeats: int) -> dict:
-    """images/s per runner; repeats alternate between runners (ours, torch, ours, ...)."""
+# Pause before each timed CPU run. Both libraries leave worker threads spinning for a while
+# after their last parallel call (OpenBLAS for NumPy, OpenMP for PyTorch); on a 2-core CPU
+# a run that starts at once shares the cores with them. Measured: PyTorch's deep_convnet
+# training ran at 4,300 img/s right after ours and 8,500-9,500 img/s after a 0.2 s pause
+# (our own runs lost 5-15% after PyTorch's).
+SETTLE_SECONDS = 0.3
+
+
+def time_interleaved(runners: dict, phase: str, steps: int, batch: int, repeats: int,
+                     settle: float = 0.0) -> dict:
+    """images/s per runner; repeats alternate between runners (ours, torch, ours, ...),
+    each run after ``settle`` idle seconds."""
     rates = {key: [] for key in runners}
     for _ in range(repeats):
         for key, runner in runners.items():
+            time.sleep(settle)
             start = time.perf_counter()
             getattr(runner, phase)(steps)
             rates[key].append(steps * batch / (time.perf_counter() - start))
@@ -260,8 +261,9 @@ def bench_one(name, dtype, batch, args, torch, gemm) -> dict:
     for runner in runners.values():  # warm-up: caches, allocator pools, BLAS threads
         runner.train(max(1, steps // 4))
         runner.infer(max(1, steps // 4))
-    train = time_interleaved(runners, "train", steps, batch, args.repeats)
-    infer = time_interleaved(runners, "infer", steps, batch, args.repeats)
+    settle = SETTLE_SECONDS if args.device == "cpu" and len(runners) > 1 else 0.0
+    train = time_interleaved(runners, "train", steps, batch, args.repeats, settle)
+    infer = time_interleaved(runners, "infer", steps, batch, args.repeats, settle)
     result = {
         "model": name, "dtype": dtype, "batch": batch, "device": args.device, "steps": steps,
         "repeats": args.repeats, "optimizer": models.get_spec(name).optimizer,
@@ -420,7 +422,7 @@ def main(argv=None) -> int:
         if args.unset_openblas_env and any(k in os.environ for k in OPENBLAS_VARS):
             return rerun_without_openblas_env(argv)  # the child finds them unset and runs
         return run(args, argv)
-    except BenchError as exc:
+    except (BenchError, parallel.ThreadSettingError) as exc:
         print(f"cnn-xp bench: error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:

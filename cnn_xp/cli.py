@@ -231,10 +231,12 @@ def _user_errors() -> tuple:
     from .backend import GPUUnavailableError
     from .checkpoint import CheckpointError
     from .data import DatasetError
+    from .parallel import ThreadSettingError
     from .predict import ImageError
     from .train import UserError
 
-    return (UserError, DatasetError, GPUUnavailableError, CheckpointError, ImageError)
+    return (UserError, DatasetError, GPUUnavailableError, CheckpointError, ImageError,
+            ThreadSettingError)
 
 
 def _fail(message: str, status: int = 2) -> int:

@@ -1,4 +1,6 @@
 """Conv2D: a learnable 2-D convolution layer over NCHW maps."""
+import threading
+
 from .. import init
 from ..ops import conv2d_backward, conv2d_forward, pair
 from .base import Layer
@@ -19,11 +21,13 @@ class Conv2D(Layer):
         self.params["W"] = init.draw(weight_init, (out_channels, in_channels, kh, kw), rng, dtype)
         self.params["b"] = init.draw("zeros", (out_channels,), rng, dtype)
         self._cache = None
-        self._workspace = {}  # reused CPU temporaries of the conv ops (not saved)
+        self._workspaces = {}  # thread id -> reused CPU temporaries of the conv ops (not saved)
 
     def forward(self, x, train=True):
+        # One workspace per thread: CPU inference may run slices of a batch side by side.
+        workspace = self._workspaces.setdefault(threading.get_ident(), {})
         out, self._cache = conv2d_forward(x, self.params["W"], self.params["b"], self.stride, self.pad,
-                                          self._workspace, need_cache=train)
+                                          workspace, need_cache=train)
         return out
 
     def backward(self, dout):

@@ -1,0 +1,98 @@
+"""CPU inference in slices on a thread pool (cnn_xp/parallel.py) and what it relies on."""
+import threading
+
+import numpy as np
+import pytest
+
+from cnn_xp import bench, cli, models, parallel
+from cnn_xp.layers import Conv2D
+
+
+def test_slices_follow_cores_batch_and_work_per_image(monkeypatch):
+    monkeypatch.setenv(parallel.ENV_THREADS, "4")
+    big = parallel.MIN_FLOPS_PER_IMAGE
+    assert parallel.inference_slices(100, big) == 4
+    assert parallel.inference_slices(40, big) == 2        # at least 16 images a thread
+    assert parallel.inference_slices(20, big) == 1
+    assert parallel.inference_slices(100, big - 1) == 1   # small nets: no slicing
+    monkeypatch.setenv(parallel.ENV_THREADS, "1")
+    assert parallel.inference_slices(1000, 10 * big) == 1
+
+
+@pytest.mark.parametrize("value", ["0", "-2", "two", "1.5"])
+def test_bad_thread_setting_is_one_line_and_exit_2(monkeypatch, tmp_path, capsys, value):
+    monkeypatch.setenv(parallel.ENV_THREADS, value)
+    with pytest.raises(parallel.ThreadSettingError, match="CNN_XP_THREADS"):
+        parallel.cpu_threads()
+    assert parallel.ThreadSettingError in cli._user_errors()
+    assert bench.main(["--models", "deep_convnet", "--dtypes", "float32", "--batch-sizes", "32",
+                       "--repeats", "3", "--steps", "1", "--peer", "none"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "CNN_XP_THREADS" in err[0]
+
+
+def test_map_slices_covers_the_batch_in_order_and_restores_blas_threads():
+    from threadpoolctl import threadpool_info
+    before = [lib["num_threads"] for lib in threadpool_info()]
+    seen = []
+
+    def fn(part):
+        seen.append(threading.get_ident())
+        return part * 2
+
+    x = np.arange(23 * 3, dtype=np.float32).reshape(23, 3)
+    np.testing.assert_array_equal(parallel.map_slices(fn, x, 3), x * 2)
+    assert len(seen) == 3
+    assert [lib["num_threads"] for lib in threadpool_info()] == before
+
+
+def test_sliced_inference_matches_one_thread(monkeypatch):
+    model = models.build("deep_convnet", seed=0)
+    x = np.random.default_rng(0).random((40, 1, 28, 28), dtype=np.float32)
+    monkeypatch.setenv(parallel.ENV_THREADS, "1")
+    one = model.predict(x)
+    monkeypatch.setenv(parallel.ENV_THREADS, "2")
+    calls = []
+    real = parallel.map_slices
+    monkeypatch.setattr(parallel, "map_slices", lambda *a: calls.append(a[2]) or real(*a))
+    sliced = model.predict(x)
+    assert calls == [2]  # deep_convnet (6.7 MFLOP per image) is sliced
+    np.testing.assert_allclose(sliced, one, rtol=1e-5, atol=1e-6)
+    # training forwards are never sliced (they keep caches for the backward pass)
+    model.loss(x, np.zeros(40, dtype=np.int64))
+    assert calls == [2]
+
+
+def test_conv_layers_keep_one_workspace_per_thread():
+    layer = Conv2D(3, 4, 3, rng=0)
+    x = np.random.default_rng(1).random((2, 3, 6, 6), dtype=np.float32)
+    layer.forward(x, train=False)
+    worker = threading.Thread(target=layer.forward, args=(x,), kwargs={"train": False})
+    worker.start()
+    worker.join()
+    assert len(layer._workspaces) == 2
+
+
+def test_layer_flops_count_conv_and_affine_layers():
+    model = models.build("simple_convnet")
+    flops = model.layer_flops((1, 28, 28))
+    assert flops[0] == 2 * 24 * 24 * 30 * 25 and len(flops) == len(model.layers)
+    assert model.forward_flops_per_image((1, 28, 28)) == bench.flops_per_image(model)["forward"]
+
+
+def test_interleaved_runs_settle_before_each_timed_run(monkeypatch):
+    sleeps = []
+    monkeypatch.setattr(bench.time, "sleep", sleeps.append)
+
+    class Runner:
+        def train(self, steps):
+            pass
+
+    out = bench.time_interleaved({"ours": Runner(), "torch": Runner()}, "train", 2, 10, 3, settle=0.3)
+    assert sleeps == [0.3] * 6 and set(out) == {"ours", "torch"}
+
+
+def test_without_threadpoolctl_inference_is_not_sliced(monkeypatch):
+    monkeypatch.setenv(parallel.ENV_THREADS, "4")
+    monkeypatch.setattr(parallel, "_blas", False)  # as after a failed import
+    assert parallel.inference_slices(100, 10 * parallel.MIN_FLOPS_PER_IMAGE) == 1
