@@ -81,6 +81,8 @@ class Sequential:
         CPU inference of a large enough net and batch runs in slices on every core
         (``cnn_xp.parallel``); the scores agree with a one-thread run up to float rounding."""
         x = self._as_input(x)
+        if train:
+            self._sliced_batch = False
         if not train and self.device == "cpu" and x.ndim > 1:
             slices = parallel.inference_slices(len(x), self.forward_flops_per_image(x.shape[1:]))
             if slices > 1:
@@ -119,18 +121,56 @@ class Sequential:
         return sum(self.layer_flops(sample_shape))
 
     def loss(self, x, t, train: bool = True):
-        """Forward pass and mean loss (a 0-d array on the model's device)."""
-        scores = self.predict(x, train=train)
+        """Forward pass and mean loss (a 0-d array on the model's device).
+
+        On the CPU a training batch of at least 32 runs its leading batch-sliceable layers
+        (all but Dropout / BatchNorm and what follows them) in slices on every core
+        (``cnn_xp.parallel.SlicedLayers``); the loss is always taken over the whole batch."""
+        x = self._as_input(x)
+        sliced, slices = self._training_slices(x) if train and self.device == "cpu" else (None, 1)
+        if slices == 1:
+            scores = self.predict(x, train=train)
+        else:
+            scores = sliced.forward(x, slices)
+            for index in execution_order(self.layers)[len(sliced.layers):]:
+                scores = self.layers[index].forward(scores, train=True)
+            self._sliced_batch = True
         return self.loss_layer.forward(scores, to_device(t, self.device))
+
+    def _training_slices(self, x):
+        """(SlicedLayers or None, slices) for training batch ``x``; 1 slice: run it whole."""
+        from .layers import Affine
+        sliced = self._sliced_layers() if x.ndim > 1 else None
+        if sliced is None:
+            return None, 1
+        flops = dict(zip(map(id, self.layers), self.layer_flops(x.shape[1:])))
+        work = sum(flops[id(layer)] for layer in sliced.layers)
+        affine = sum(flops[id(layer)] for layer in sliced.layers if isinstance(layer, Affine))
+        return sliced, parallel.training_slices(len(x), work, affine)
+
+    def _sliced_layers(self):
+        """The SlicedLayers of the leading batch-sliceable layers (in execution order),
+        made once per layer list; None when the first layer is not sliceable."""
+        order = execution_order(self.layers)
+        count = 0
+        while count < len(order) and self.layers[order[count]].batch_sliceable:
+            count += 1
+        lead = [self.layers[index] for index in order[:count]]
+        sliced = getattr(self, "_sliced", None)
+        if sliced is None or [id(layer) for layer in sliced.layers] != [id(layer) for layer in lead]:
+            sliced = self._sliced = parallel.SlicedLayers(lead) if lead else None
+        return sliced
 
     def backward(self, dout=1.0):
         """Backpropagate from the last ``loss``; fills every layer's grads. Returns dx or None."""
         grad = self.loss_layer.backward(dout)
-        for index in reversed(execution_order(self.layers)):
+        order = execution_order(self.layers)
+        sliced = self._sliced if getattr(self, "_sliced_batch", False) else None
+        for index in reversed(order[len(sliced.layers):] if sliced else order):
             grad = self.layers[index].backward(grad)
             if grad is None:
-                break
-        return grad
+                return None
+        return sliced.backward(grad) if sliced else grad
 
     def accuracy(self, x, t, batch_size: int = 1000) -> float:
         """Fraction of correctly classified samples (t: indices or one-hot)."""

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from cnn_xp import bench, cli, models, parallel
-from cnn_xp.layers import Conv2D
+from cnn_xp.layers import Affine, BatchNorm, Conv2D, Dropout, Flatten, MaxPool2D, ReLU
+from cnn_xp.model import Sequential, execution_order
 
 
 def test_slices_follow_cores_batch_and_work_per_image(monkeypatch):
@@ -96,3 +97,98 @@ def test_without_threadpoolctl_inference_is_not_sliced(monkeypatch):
     monkeypatch.setenv(parallel.ENV_THREADS, "4")
     monkeypatch.setattr(parallel, "_blas", False)  # as after a failed import
     assert parallel.inference_slices(100, 10 * parallel.MIN_FLOPS_PER_IMAGE) == 1
+
+
+# -- training in slices ------------------------------------------------------------------------
+
+def _step(model, x, t):
+    loss = float(model.loss(x, t))
+    dx = model.backward()
+    grads = {f"{i}.{k}": g.copy() for i, layer in enumerate(model.layers) for k, g in layer.grads.items()}
+    return loss, grads, dx
+
+
+def _batch(n=40, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.random((n, 1, 28, 28), dtype=np.float32), rng.integers(0, 10, n)
+
+
+@pytest.mark.parametrize("name", ["deep_convnet", "simple_convnet", "lenet5"])
+def test_sliced_training_step_matches_the_whole_batch(monkeypatch, name):
+    x, t = _batch()
+    monkeypatch.setenv(parallel.ENV_THREADS, "1")
+    loss1, grads1, _ = _step(models.build(name, seed=0), x, t)
+    monkeypatch.setenv(parallel.ENV_THREADS, "2")
+    model = models.build(name, seed=0)
+    calls = []
+    real = parallel.SlicedLayers.forward
+    monkeypatch.setattr(parallel.SlicedLayers, "forward", lambda self, *a: calls.append(a[1]) or real(self, *a))
+    loss2, grads2, _ = _step(model, x, t)
+    assert calls == [2]
+    assert loss2 == pytest.approx(loss1, rel=1e-6)  # Dropout (deep_convnet) draws the same masks
+    assert grads1.keys() == grads2.keys()
+    for key in grads1:
+        np.testing.assert_allclose(grads2[key], grads1[key], rtol=1e-4, atol=1e-6 * np.abs(grads1[key]).max())
+    # the same slicing gives the same bits
+    assert _step(models.build(name, seed=0), x, t)[1].keys() == grads2.keys()
+    again = _step(models.build(name, seed=0), x, t)[1]
+    assert all(np.array_equal(again[k], grads2[k]) for k in grads2)
+
+
+def test_sliced_layers_stop_at_dropout_and_batchnorm():
+    deep = models.build("deep_convnet")
+    lead = deep._sliced_layers().layers
+    assert not any(isinstance(layer, (Dropout, BatchNorm)) for layer in lead)
+    assert type(deep.layers[execution_order(deep.layers)[len(lead)]]) is Dropout
+    bn_first = Sequential([BatchNorm(1), Flatten(), Affine(784, 10, rng=0)])
+    assert bn_first._sliced_layers() is None
+    x, t = _batch()
+    bn_first.loss(x, t)
+    bn_first.backward()  # runs whole; no slices
+
+
+def test_one_conv_is_not_sliced_its_work_is_one_big_gemm(monkeypatch):
+    monkeypatch.setenv(parallel.ENV_THREADS, "2")
+    model = models.build("one_conv")
+    x, _ = _batch()
+    assert model._training_slices(x)[1] == 1
+    assert models.build("simple_convnet")._training_slices(x)[1] == 2
+    assert parallel.training_slices(100, 100, 76) == 1 and parallel.training_slices(100, 100, 75) == 2
+
+
+def test_input_gradient_of_a_sliced_batch_is_the_whole_batch_one(monkeypatch):
+    def net():
+        return Sequential([Conv2D(1, 4, 3, rng=0), ReLU(), MaxPool2D(2), Flatten(), Affine(4 * 13 * 13, 10, rng=1)],
+                          input_grad=True)
+    x, t = _batch()
+    monkeypatch.setenv(parallel.ENV_THREADS, "1")
+    _, _, dx1 = _step(net(), x, t)
+    monkeypatch.setenv(parallel.ENV_THREADS, "2")
+    model = net()
+    assert model._training_slices(x)[1] == 2
+    _, _, dx2 = _step(model, x, t)
+    np.testing.assert_allclose(dx2, dx1, rtol=1e-5, atol=1e-7)
+
+
+def test_backward_after_a_plain_training_forward_is_not_sliced(monkeypatch):
+    monkeypatch.setenv(parallel.ENV_THREADS, "2")
+    model = models.build("simple_convnet", seed=0)
+    x, t = _batch()
+    _step(model, x, t)                           # sliced
+    model.loss_layer.forward(model.predict(x[:20], train=True), t[:20])
+    model.backward()                             # the layers' own caches, 20 images
+    assert model.layers[0].grads["W"].shape == model.layers[0].params["W"].shape
+
+
+def test_replicas_share_parameters_and_keep_their_own_state():
+    conv = Conv2D(1, 2, 3, rng=0)
+    twin = conv.replica()
+    assert twin.params is conv.params and twin.grads is not conv.grads
+    assert twin._workspaces is not conv._workspaces
+    model = models.build("simple_convnet", seed=0)
+    sliced = model._sliced_layers()
+    stacks = sliced._slice_layers(2)
+    model.load_state_dict(models.build("simple_convnet", seed=1).state_dict())
+    stacks = sliced._slice_layers(2)
+    for layer, twin in zip(*stacks):
+        assert twin.params is layer.params and twin is not layer

@@ -1,4 +1,6 @@
 """The layer protocol: ``forward(x, train=True) -> out`` and ``backward(dout) -> dx``."""
+import copy
+
 from ..backend import to_device
 
 
@@ -8,6 +10,9 @@ class Layer:
     ``need_input_grad = False`` lets ``backward`` skip dx and return None (first layer)."""
 
     need_input_grad = True
+    # Training on slices of a batch, one slice per thread (cnn_xp.parallel), gives this
+    # layer's outputs and gradients on the whole batch: no batch statistics, no random draws.
+    batch_sliceable = True
 
     def __init__(self):
         self.params: dict = {}
@@ -19,6 +24,13 @@ class Layer:
 
     def backward(self, dout):
         raise NotImplementedError
+
+    def replica(self) -> "Layer":
+        """A twin for another slice of the batch: the same params and buffers (shared
+        arrays), its own grads and forward caches."""
+        twin = copy.copy(self)
+        twin.grads = {}
+        return twin
 
     def to(self, device: str) -> "Layer":
         """Move params, grads and buffers to ``device`` ("cpu" or "gpu")."""

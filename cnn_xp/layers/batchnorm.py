@@ -12,6 +12,8 @@ class BatchNorm(Layer):
     inference uses the running statistics.
     """
 
+    batch_sliceable = False  # batch statistics
+
     def __init__(self, num_features, momentum=0.9, eps=1e-5, dtype="float32"):
         super().__init__()
         self.momentum, self.eps = float(momentum), float(eps)

@@ -21,11 +21,13 @@ class Conv2D(Layer):
         self.params["W"] = init.draw(weight_init, (out_channels, in_channels, kh, kw), rng, dtype)
         self.params["b"] = init.draw("zeros", (out_channels,), rng, dtype)
         self._cache = None
-        self._workspaces = {}  # thread id -> reused CPU temporaries of the conv ops (not saved)
+        # Reused CPU temporaries of the conv ops (not saved): "train" for training forwards
+        # (the cache refers to them until the backward), and one per thread for inference,
+        # which may run slices of a batch side by side.
+        self._workspaces = {}
 
     def forward(self, x, train=True):
-        # One workspace per thread: CPU inference may run slices of a batch side by side.
-        workspace = self._workspaces.setdefault(threading.get_ident(), {})
+        workspace = self._workspaces.setdefault("train" if train else threading.get_ident(), {})
         out, self._cache = conv2d_forward(x, self.params["W"], self.params["b"], self.stride, self.pad,
                                           workspace, need_cache=train)
         return out
@@ -35,6 +37,11 @@ class Conv2D(Layer):
             raise RuntimeError("Conv2D.backward needs a forward pass with train=True first")
         dx, self.grads["W"], self.grads["b"] = conv2d_backward(dout, self._cache, self.need_input_grad)
         return dx
+
+    def replica(self):
+        twin = super().replica()
+        twin._workspaces = {}  # its training columns must not be another slice's
+        return twin
 
     def __repr__(self) -> str:
         oc, ic, kh, kw = self.params["W"].shape

@@ -9,6 +9,8 @@ class Dropout(Layer):
     """Any shape in, same shape out. ``seed`` fixes the mask stream; its state is saved
     in checkpoints (``rng_state`` / ``set_rng_state``) so a resumed run draws the same masks."""
 
+    batch_sliceable = False  # one mask stream, drawn in batch order
+
     def __init__(self, p=0.5, seed=0):
         super().__init__()
         if not 0.0 <= p < 1.0:
