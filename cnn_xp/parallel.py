@@ -32,6 +32,7 @@ MIN_IMAGES_PER_THREAD = 16
 MAX_AFFINE_SHARE = 0.75  # training: a big fully connected GEMM already uses every core
 
 _executor: ThreadPoolExecutor | None = None
+_executor_threads = 0
 _blas = None  # threadpoolctl.ThreadpoolController (False: not installed), made on first use
 
 
@@ -53,10 +54,13 @@ def cpu_threads() -> int:
 
 
 def inference_slices(batch: int, flops_per_image: int) -> int:
-    """How many slices (threads) a CPU inference batch is run in: 1 means no slicing
-    (also where threadpoolctl, which keeps BLAS to one thread a slice, is missing)."""
-    if flops_per_image < MIN_FLOPS_PER_IMAGE:
-        return 1
+    """How many slices (threads) a CPU inference batch is run in: 1 means no slicing."""
+    return _slices(batch) if flops_per_image >= MIN_FLOPS_PER_IMAGE else 1
+
+
+def _slices(batch: int) -> int:
+    """One slice per core, each of at least ``MIN_IMAGES_PER_THREAD`` images; 1 without
+    threadpoolctl, which keeps BLAS to one thread a slice."""
     slices = max(1, min(cpu_threads(), batch // MIN_IMAGES_PER_THREAD))
     return slices if slices == 1 or _blas_controller() is not None else 1
 
@@ -78,10 +82,7 @@ def training_slices(batch: int, flops_per_image: int, affine_flops_per_image: in
     """How many slices a CPU training batch is run in (see ``SlicedLayers``), given the
     forward FLOPs per image of the layers that would be sliced and of the fully connected
     ones among them: none when those are more than ``MAX_AFFINE_SHARE`` of the work."""
-    if affine_flops_per_image > MAX_AFFINE_SHARE * flops_per_image:
-        return 1
-    slices = max(1, min(cpu_threads(), batch // MIN_IMAGES_PER_THREAD))
-    return slices if slices == 1 or _blas_controller() is not None else 1
+    return _slices(batch) if affine_flops_per_image <= MAX_AFFINE_SHARE * flops_per_image else 1
 
 
 def _bounds(n: int, slices: int) -> list[tuple[int, int]]:
@@ -91,9 +92,10 @@ def _bounds(n: int, slices: int) -> list[tuple[int, int]]:
 
 def _run_parallel(tasks):
     """Call each zero-argument task on the thread pool, BLAS single-threaded; results in order."""
-    global _executor
-    if _executor is None or _executor._max_workers < len(tasks):
+    global _executor, _executor_threads
+    if _executor is None or _executor_threads < len(tasks):
         _executor = ThreadPoolExecutor(max_workers=len(tasks), thread_name_prefix="cnn_xp")
+        _executor_threads = len(tasks)
     with _blas_controller().limit(limits=1, user_api="blas"):
         return list(_executor.map(lambda task: task(), tasks))
 
