@@ -67,9 +67,12 @@ def test_run_dir_holds_every_file_and_they_are_sane(data_dir, tmp_path, capsys):
     assert not np.array_equal(ckpt.extra["filters_before"], ckpt.model_state["0.W"])  # training moved them
 
 
+@pytest.mark.parametrize("threads", ["1", "2"])  # 2: batches of 50 train in two slices
 @pytest.mark.parametrize("model, optimizer", [("deep_convnet", "adagrad"), ("simple_convnet", "adam")])
-def test_resume_is_bit_identical_to_an_uninterrupted_run(data_dir, tmp_path, model, optimizer):
+def test_resume_is_bit_identical_to_an_uninterrupted_run(data_dir, tmp_path, monkeypatch, model, optimizer,
+                                                          threads):
     """3 epochs in one go == 1 epoch, stop, resume for 2 more (dropout and batch order included)."""
+    monkeypatch.setenv("CNN_XP_THREADS", threads)
     common = ("--batch-size", "50", "--seed", "7", "--optimizer", optimizer, "--limit-train", "120",
               "--limit-test", "20")
     assert train(data_dir, tmp_path / "full", "--epochs", "3", *common, model=model) == 0
