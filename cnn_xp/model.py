@@ -84,7 +84,7 @@ class Sequential:
         if train:
             self._sliced_batch = False
         if not train and self.device == "cpu" and x.ndim > 1:
-            slices = parallel.inference_slices(len(x), self.forward_flops_per_image(x.shape[1:]))
+            slices = parallel.inference_slices(len(x), *self._work_per_image(x, self.layers))
             if slices > 1:
                 return parallel.map_slices(self._forward, x, slices)
         return self._forward(x, train)
@@ -139,14 +139,18 @@ class Sequential:
 
     def _training_slices(self, x):
         """(SlicedLayers or None, slices) for training batch ``x``; 1 slice: run it whole."""
-        from .layers import Affine
         sliced = self._sliced_layers() if x.ndim > 1 else None
         if sliced is None:
             return None, 1
+        return sliced, parallel.training_slices(len(x), *self._work_per_image(x, sliced.layers))
+
+    def _work_per_image(self, x, layers) -> tuple[int, int]:
+        """Forward FLOPs per sample of ``x`` in ``layers`` (some of self.layers): all, and
+        those of the fully connected layers among them."""
+        from .layers import Affine
         flops = dict(zip(map(id, self.layers), self.layer_flops(x.shape[1:])))
-        work = sum(flops[id(layer)] for layer in sliced.layers)
-        affine = sum(flops[id(layer)] for layer in sliced.layers if isinstance(layer, Affine))
-        return sliced, parallel.training_slices(len(x), work, affine)
+        return (sum(flops[id(layer)] for layer in layers),
+                sum(flops[id(layer)] for layer in layers if isinstance(layer, Affine)))
 
     def _sliced_layers(self):
         """The SlicedLayers of the leading batch-sliceable layers (in execution order),

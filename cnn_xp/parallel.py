@@ -6,8 +6,9 @@ parallelises only the GEMMs; slices of a batch can run side by side (NumPy and B
 the GIL while they work).
 
 - Inference (``Sequential.predict``): the whole net in slices, for nets of at least
-  ``MIN_FLOPS_PER_IMAGE``. Measured on a 2-core CPU, batch 100: deep_convnet (6.7 MFLOP per
-  image) 9.9 -> 7.9 ms; the smaller zoo nets (0.8-3.4 MFLOP) ran no faster or slower.
+  ``MIN_FLOPS_PER_IMAGE`` not mostly fully connected. Measured on a 2-core CPU, batch 100:
+  deep_convnet (6.7 MFLOP per image) 9.9 -> 7.9 ms; the smaller zoo nets (0.8-3.4 MFLOP)
+  ran no faster or slower.
 - Training (``Sequential.loss`` / ``backward``, ``SlicedLayers``): the leading layers up to
   the first that is not ``batch_sliceable`` (Dropout, BatchNorm) run in slices; the rest and
   the loss run on the whole batch, and the parameter gradients are the sums of the slices'.
@@ -29,7 +30,7 @@ from .backend import xp_of
 ENV_THREADS = "CNN_XP_THREADS"
 MIN_FLOPS_PER_IMAGE = 5_000_000   # forward multiply-adds x 2
 MIN_IMAGES_PER_THREAD = 16
-MAX_AFFINE_SHARE = 0.75  # training: a big fully connected GEMM already uses every core
+MAX_AFFINE_SHARE = 0.75  # no slicing where fully connected layers are more of the work
 
 _executor: ThreadPoolExecutor | None = None
 _executor_threads = 0
@@ -53,9 +54,18 @@ def cpu_threads() -> int:
         return os.cpu_count() or 1
 
 
-def inference_slices(batch: int, flops_per_image: int) -> int:
-    """How many slices (threads) a CPU inference batch is run in: 1 means no slicing."""
-    return _slices(batch) if flops_per_image >= MIN_FLOPS_PER_IMAGE else 1
+def inference_slices(batch: int, flops_per_image: int, affine_flops_per_image: int) -> int:
+    """How many slices (threads) a CPU inference batch is run in, given the net's forward
+    FLOPs per image, all and those of its fully connected layers: 1 means no slicing."""
+    if flops_per_image < MIN_FLOPS_PER_IMAGE or _mostly_affine(flops_per_image, affine_flops_per_image):
+        return 1
+    return _slices(batch)
+
+
+def _mostly_affine(flops_per_image: int, affine_flops_per_image: int) -> bool:
+    """A big fully connected GEMM is one BLAS call that already uses every core; sliced, each
+    slice streams its whole weight matrix again (one_conv's training: 9.5 -> 9.9 ms)."""
+    return affine_flops_per_image > MAX_AFFINE_SHARE * flops_per_image
 
 
 def _slices(batch: int) -> int:
@@ -82,7 +92,7 @@ def training_slices(batch: int, flops_per_image: int, affine_flops_per_image: in
     """How many slices a CPU training batch is run in (see ``SlicedLayers``), given the
     forward FLOPs per image of the layers that would be sliced and of the fully connected
     ones among them: none when those are more than ``MAX_AFFINE_SHARE`` of the work."""
-    return _slices(batch) if affine_flops_per_image <= MAX_AFFINE_SHARE * flops_per_image else 1
+    return 1 if _mostly_affine(flops_per_image, affine_flops_per_image) else _slices(batch)
 
 
 def _bounds(n: int, slices: int) -> list[tuple[int, int]]:

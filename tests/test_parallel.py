@@ -12,12 +12,13 @@ from cnn_xp.model import Sequential, execution_order
 def test_slices_follow_cores_batch_and_work_per_image(monkeypatch):
     monkeypatch.setenv(parallel.ENV_THREADS, "4")
     big = parallel.MIN_FLOPS_PER_IMAGE
-    assert parallel.inference_slices(100, big) == 4
-    assert parallel.inference_slices(40, big) == 2        # at least 16 images a thread
-    assert parallel.inference_slices(20, big) == 1
-    assert parallel.inference_slices(100, big - 1) == 1   # small nets: no slicing
+    assert parallel.inference_slices(100, big, 0) == 4
+    assert parallel.inference_slices(40, big, 0) == 2        # at least 16 images a thread
+    assert parallel.inference_slices(20, big, 0) == 1
+    assert parallel.inference_slices(100, big - 1, 0) == 1   # small nets: no slicing
+    assert parallel.inference_slices(100, 4 * big, 3 * big + 1) == 1  # mostly fully connected
     monkeypatch.setenv(parallel.ENV_THREADS, "1")
-    assert parallel.inference_slices(1000, 10 * big) == 1
+    assert parallel.inference_slices(1000, 10 * big, 0) == 1
 
 
 @pytest.mark.parametrize("value", ["0", "-2", "two", "1.5"])
@@ -74,6 +75,14 @@ def test_conv_layers_keep_one_workspace_per_thread():
     assert len(layer._workspaces) == 2
 
 
+def test_a_big_fully_connected_net_is_not_sliced_at_inference(monkeypatch):
+    monkeypatch.setenv(parallel.ENV_THREADS, "2")
+    mlp = Sequential([Flatten(), Affine(784, 4096, rng=0), ReLU(), Affine(4096, 10, rng=1)])
+    assert mlp.forward_flops_per_image((1, 28, 28)) > parallel.MIN_FLOPS_PER_IMAGE
+    monkeypatch.setattr(parallel, "map_slices", lambda *a: pytest.fail("sliced"))
+    assert mlp.predict(np.zeros((64, 1, 28, 28), np.float32)).shape == (64, 10)
+
+
 def test_layer_flops_count_conv_and_affine_layers():
     model = models.build("simple_convnet")
     flops = model.layer_flops((1, 28, 28))
@@ -96,7 +105,7 @@ def test_interleaved_runs_settle_before_each_timed_run(monkeypatch):
 def test_without_threadpoolctl_inference_is_not_sliced(monkeypatch):
     monkeypatch.setenv(parallel.ENV_THREADS, "4")
     monkeypatch.setattr(parallel, "_blas", False)  # as after a failed import
-    assert parallel.inference_slices(100, 10 * parallel.MIN_FLOPS_PER_IMAGE) == 1
+    assert parallel.inference_slices(100, 10 * parallel.MIN_FLOPS_PER_IMAGE, 0) == 1
 
 
 # -- training in slices ------------------------------------------------------------------------
