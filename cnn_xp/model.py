@@ -5,7 +5,7 @@ from math import prod
 
 from . import parallel
 from .backend import as_dtype, check_device, get_xp, to_device, to_numpy
-from .layers import MaxPool2D, ReLU, SoftmaxCrossEntropy
+from .layers import Affine, Conv2D, MaxPool2D, ReLU, SoftmaxCrossEntropy
 
 
 def execution_order(layers) -> list[int]:
@@ -98,7 +98,6 @@ class Sequential:
         """FLOPs (a multiply-add counts 2) of each layer's forward pass for one sample of
         ``sample_shape`` (e.g. (1, 28, 28)): conv and affine layers, 0 for the others.
         Found by one forward pass of a zero sample; remembered per shape."""
-        from .layers import Affine, Conv2D
         cache = self.__dict__.setdefault("_layer_flops", {})
         key = tuple(int(d) for d in sample_shape)
         if key not in cache:
@@ -116,9 +115,6 @@ class Sequential:
                 x = out
             cache[key] = flops
         return list(cache[key])
-
-    def forward_flops_per_image(self, sample_shape) -> int:
-        return sum(self.layer_flops(sample_shape))
 
     def loss(self, x, t, train: bool = True):
         """Forward pass and mean loss (a 0-d array on the model's device).
@@ -147,7 +143,6 @@ class Sequential:
     def _work_per_image(self, x, layers) -> tuple[int, int]:
         """Forward FLOPs per sample of ``x`` in ``layers`` (some of self.layers): all, and
         those of the fully connected layers among them."""
-        from .layers import Affine
         flops = dict(zip(map(id, self.layers), self.layer_flops(x.shape[1:])))
         return (sum(flops[id(layer)] for layer in layers),
                 sum(flops[id(layer)] for layer in layers if isinstance(layer, Affine)))

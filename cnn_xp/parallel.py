@@ -122,6 +122,7 @@ class SlicedLayers:
     def __init__(self, layers):
         self.layers = list(layers)
         self._twins: list[list] = []
+        self._stacks: list[list] = []      # the layer stack of each slice of the last forward
         self._bounds: list[tuple[int, int]] = []
 
     def _slice_layers(self, slices: int) -> list[list]:
@@ -135,7 +136,7 @@ class SlicedLayers:
     def forward(self, x, slices: int):
         """Outputs of the layers for ``x`` (N, ...), computed in ``slices`` slices."""
         self._bounds = _bounds(len(x), slices)
-        stacks = self._slice_layers(slices)
+        stacks = self._stacks = self._slice_layers(slices)
 
         def run(stack, part):
             for layer in stack:
@@ -149,7 +150,7 @@ class SlicedLayers:
     def backward(self, dout):
         """dx of the last ``forward`` (None when the first layer skips it); sums the
         slices' parameter gradients into the layers' grads."""
-        stacks = self._slice_layers(len(self._bounds))
+        stacks = self._stacks
 
         def run(stack, grad):
             for layer in reversed(stack):
