@@ -4,8 +4,9 @@ Prints the versions that matter (Python, NumPy and its BLAS, the installed CuPy 
 CUDA runtime CuPy was built for and the driver's CUDA version, each GPU), says which devices
 are usable and why not, then trains a tiny conv net (conv - ReLU - maxpool - affine, softmax
 cross-entropy, Adam) for a few steps on every usable device: the loss must be finite and fall,
-and CPU and GPU must agree on the first loss (same seed, same weights); on a GPU it also says
-whether the fused CUDA kernels (``ops.cuda_kernels``) are on. Exit code 0 when the CPU works
+and CPU and GPU must agree on the first loss (same seed, same weights); it says whether the
+compiled CPU kernels (``ops.cpu_kernels``) are on, and on a GPU whether the fused CUDA
+kernels (``ops.cuda_kernels``) are. Exit code 0 when the CPU works
 (a missing GPU is reported, not an error), 1 otherwise.
 """
 from __future__ import annotations
@@ -22,7 +23,7 @@ import numpy
 from . import __version__, backend
 from .layers import Affine, Conv2D, MaxPool2D, ReLU
 from .model import Sequential
-from .ops import cuda_kernels
+from .ops import cpu_kernels, cuda_kernels
 from .optim import Adam
 
 CHECK_SEED = 0
@@ -177,6 +178,10 @@ def run_doctor(out=None) -> int:
         results[device] = r
         say(f"  {device}: ok, loss {r['first_loss']:.4f} -> {r['last_loss']:.4f}; first step "
             f"{r['first_ms']:.1f} ms, then {r['step_ms']:.2f} ms/step (median of {CHECK_STEPS - 1})")
+    if "cpu" in results:
+        compiled = cpu_kernels.status()
+        say("  cpu compiled kernels: " + ("on (" + ", ".join(compiled["files"]) + ")" if compiled["enabled"]
+                                          else f"off ({compiled['reason']}); the portable NumPy code runs"))
     if gpu_ok:
         fast = cuda_kernels.status()  # after the check: a kernel that failed to compile shows here
         say("  gpu fused kernels: " + (f"on ({len(fast['kernels'])} kernels)" if fast["enabled"]

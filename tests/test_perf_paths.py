@@ -2,7 +2,8 @@
 conv columns channel-major vs channels-last, dx by fold, by one full-correlation GEMM or by
 kernel offsets, inputs and gradients in NCHW, NHWC or CNHW memory, reused conv workspaces,
 max pooling over tiling and non-tiling windows in any layout, and the model-level
-ReLU/MaxPool swap."""
+ReLU/MaxPool swap. The compiled CPU kernels are off here (they have tests of their own,
+test_cpu_kernels.py): these are the portable NumPy paths that run without a C compiler."""
 import functools
 
 import numpy as np
@@ -14,6 +15,11 @@ from cnn_xp.layers import Affine, Conv2D, MaxPool2D, ReLU
 from cnn_xp.model import execution_order
 from cnn_xp.ops import conv as conv_ops
 from cnn_xp.ops import pool as pool_ops
+
+
+@pytest.fixture(autouse=True)
+def _portable_paths(monkeypatch):
+    monkeypatch.setenv("CNN_XP_NO_CPU_KERNELS", "1")
 
 
 def _in_memory(x, order):

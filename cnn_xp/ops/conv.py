@@ -22,9 +22,9 @@ Where the CUDA kernels apply, the public ``im2col`` (its kernel; columns (c, i, 
 is one GEMM giving the column gradient transposed, (C*KH*KW, N*OH*OW), folded by the
 gather kernel (``col2im_t``), which reads that layout coalesced.
 """
-from . import cuda_kernels
-from .im2col import col2im_t, im2col, output_shape, pair
 from ..backend import xp_of
+from . import cpu_kernels, cuda_kernels
+from .im2col import col2im_t, im2col, output_shape, pair
 
 
 def _scratch(workspace, name, shape, like):
@@ -143,6 +143,12 @@ def conv2d_forward(x, W, b, stride=1, pad=0, workspace=None, need_cache=True):
     n = x.shape[0]
     oc, _, kh, kw = W.shape
     oh, ow = output_shape(x.shape, kh, kw, stride, pad)
+    if cpu_kernels.applies(x, W, b):  # compiled direct convolution, NHWC memory
+        fast = cpu_kernels.conv_forward(x, W, b, stride, pad)
+        if fast is not None:
+            out, x_nhwc = fast
+            cache = (x.shape, x_nhwc, W, None, "compiled", pair(stride), pair(pad), workspace)
+            return out, (cache if need_cache else None)
     if cuda_kernels.applies(x):
         layout = "gpu"
     else:
@@ -171,6 +177,8 @@ def conv2d_backward(dout, cache, need_dx=True):
     """Return (dx or None, dW, db) for dout (N, OC, OH, OW); dx may be an NCHW view."""
     x_shape, col, W, w_mat, layout, stride, pad, workspace = cache
     oc, c, kh, kw = W.shape
+    if layout == "compiled":
+        return cpu_kernels.conv_backward(dout, col, W, x_shape, stride, pad, need_dx)
     if layout == "channel_major":
         return _backward_cm(dout, x_shape, col, W, w_mat, stride, pad, need_dx, workspace)
     channels_last = layout == "channels_last"

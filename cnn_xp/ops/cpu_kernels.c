@@ -1,0 +1,187 @@
+/* cnn_xp CPU kernels: direct 2-D convolution on channels-last (NHWC) arrays.
+ *
+ * Built on first use by cnn_xp/ops/cpu_kernels.py with the machine's C compiler, once per
+ * dtype: -DREAL=float or -DREAL=double. Plain C11 plus GCC/Clang vector extensions; the
+ * compiler maps the `vec` type onto the machine's SIMD registers (AVX-512, AVX2, NEON...).
+ *
+ * Why not im2col here: the column matrix of a small-channel convolution is KH*KW times its
+ * input, and writing it, then reading it back into a GEMM, costs more than the arithmetic.
+ * These kernels read the image directly. One output tile is R neighbouring output pixels of
+ * one row x LANES output channels, held in R vector registers: every weight vector loaded
+ * is used R times, every input value loaded is broadcast into one fused multiply-add.
+ *
+ * Layouts (all C-contiguous):
+ *   x        (N, H, W, C)              the input, already zero-padded
+ *   w_packed (OC/LANES, KH, KW*C, LANES) the weights, output channels in blocks of LANES
+ *                                      (the last block zero-filled); row q of a kernel row
+ *                                      is (j, c) = divmod(q, C)
+ *   out      (N, OH, OW, OC)
+ *   dw       (KH, KW*C, OC)            the weight gradient, rows (i, j, c)
+ * A window row of KW pixels x C channels is KW*C contiguous values of x, so both kernels
+ * walk a window as KH runs of KW*C values.
+ */
+#include <stddef.h>
+#include <string.h>
+
+#ifndef REAL
+#define REAL float
+#endif
+
+#if defined(__AVX512F__)
+#define VECTOR_BYTES 64
+#else
+#define VECTOR_BYTES 32
+#endif
+
+typedef REAL vec __attribute__((vector_size(VECTOR_BYTES)));
+enum { LANES = VECTOR_BYTES / sizeof(REAL) };
+#define MAX_TILE 12
+#define INLINE static inline __attribute__((always_inline))
+
+/* Lanes in one vector: the output-channel block size the caller packs the weights for. */
+int kernel_lanes(void) { return LANES; }
+
+INLINE vec load(const REAL *p) { vec v; memcpy(&v, p, sizeof v); return v; }
+
+/* The first `lanes` values at p in a vector, zeros after (reads nothing past them). */
+INLINE vec load_first(const REAL *p, int lanes) {
+    vec v = {0};
+    memcpy(&v, p, (size_t)lanes * sizeof(REAL));
+    return v;
+}
+
+INLINE void store_first(REAL *p, vec v, int lanes) {
+    memcpy(p, &v, (size_t)lanes * sizeof(REAL));
+}
+
+/* Outputs (n, oy, ox0 .. ox0+R-1), channels [block*LANES, +lanes): R must be a constant,
+ * so that the R accumulators live in registers.
+ *   x_win: x[n, oy*sh, ox0*sw, 0], the top-left of the first window
+ *   w_blk: w_packed[block]; step: sw*C, the distance between neighbouring windows */
+INLINE void forward_tile(const REAL *x_win, const REAL *w_blk, vec bias, REAL *out_px,
+                         ptrdiff_t kh, ptrdiff_t row, ptrdiff_t run, ptrdiff_t step,
+                         ptrdiff_t oc, int lanes, const int R)
+{
+    vec acc[MAX_TILE];
+    for (int r = 0; r < R; r++) acc[r] = bias;
+    for (ptrdiff_t i = 0; i < kh; i++) {
+        const REAL *xi = x_win + i * row;
+        const REAL *wi = w_blk + i * run * LANES;
+        for (ptrdiff_t q = 0; q < run; q++) {
+            vec wq = load(wi + q * LANES);
+            for (int r = 0; r < R; r++) acc[r] += xi[r * step + q] * wq;
+        }
+    }
+    for (int r = 0; r < R; r++) {
+        if (lanes == LANES) memcpy(out_px + r * oc, &acc[r], sizeof(vec));
+        else store_first(out_px + r * oc, acc[r], lanes);
+    }
+}
+
+/* out = conv(x, w) + bias, stride (sh, sw); bias_padded has OC rounded up to LANES. */
+void conv_forward(const REAL *x, ptrdiff_t n, ptrdiff_t h, ptrdiff_t w, ptrdiff_t c,
+                  const REAL *w_packed, ptrdiff_t kh, ptrdiff_t kw, ptrdiff_t oc,
+                  const REAL *bias_padded, ptrdiff_t sh, ptrdiff_t sw,
+                  REAL *out, ptrdiff_t oh, ptrdiff_t ow)
+{
+    const ptrdiff_t row = w * c, run = kw * c, step = sw * c;
+    const ptrdiff_t blocks = (oc + LANES - 1) / LANES;
+    for (ptrdiff_t img = 0; img < n; img++)
+        for (ptrdiff_t oy = 0; oy < oh; oy++) {
+            const REAL *x_row = x + (img * h + oy * sh) * row;
+            REAL *out_row = out + (img * oh + oy) * ow * oc;
+            for (ptrdiff_t b = 0; b < blocks; b++) {
+                const REAL *w_blk = w_packed + b * kh * run * LANES;
+                const vec bias = load(bias_padded + b * LANES);
+                const int lanes = oc - b * LANES < LANES ? (int)(oc - b * LANES) : LANES;
+                REAL *o = out_row + b * LANES;
+                ptrdiff_t ox = 0;
+#define TILE(R) forward_tile(x_row + ox * step, w_blk, bias, o + ox * oc, kh, row, run, step, oc, lanes, R)
+                for (; ox + 12 <= ow; ox += 12) TILE(12);
+                for (; ox + 8 <= ow; ox += 8) TILE(8);
+                for (; ox + 4 <= ow; ox += 4) TILE(4);
+                for (; ox + 2 <= ow; ox += 2) TILE(2);
+                for (; ox < ow; ox += 1) TILE(1);
+#undef TILE
+            }
+        }
+}
+
+/* Adds to dw rows q0 .. q0+R-1 of kernel row i (R constant), channels [first, +lanes), the
+ * sum over the output pixels p of `images` images of x[window of p, kernel row i, q0+r] *
+ * dout[p].
+ *   x_img: x[n, i, q0] (kernel row i, row offset q0, of the first image's first window)
+ *   d_img: dout[n, 0, 0, first]; image: h*W*C, the distance between images in x
+ *   full_loads: a constant; 1 where loading LANES values at every pixel stays inside dout.
+ *     Past the block's `lanes` such a load reads the next pixel's channels: harmless, as
+ *     those lanes are never stored. 0 (slower) for the last images' partial block. */
+INLINE void weight_grad_tile(const REAL *x_img, const REAL *d_img, int full_loads, REAL *dw_rows,
+                             ptrdiff_t images, ptrdiff_t image, ptrdiff_t row, ptrdiff_t oh,
+                             ptrdiff_t ow, ptrdiff_t sh, ptrdiff_t step, ptrdiff_t oc, int lanes,
+                             const int R)
+{
+    vec acc[MAX_TILE];
+    for (int r = 0; r < R; r++) acc[r] = load_first(dw_rows + r * oc, lanes);
+    const REAL *d = d_img;
+    for (ptrdiff_t img = 0; img < images; img++)
+        for (ptrdiff_t oy = 0; oy < oh; oy++) {
+            const REAL *xs = x_img + img * image + oy * sh * row;
+            for (ptrdiff_t ox = 0; ox < ow; ox++, d += oc, xs += step) {
+                vec dv = full_loads ? load(d) : load_first(d, lanes);
+                for (int r = 0; r < R; r++) acc[r] += xs[r] * dv;
+            }
+        }
+    for (int r = 0; r < R; r++) store_first(dw_rows + r * oc, acc[r], lanes);
+}
+
+/* dw = the gradient of conv_forward's weights for upstream gradient dout (N, OH, OW, OC).
+ * A few images at a time (at least CHUNK_PIXELS output pixels), so that their input and
+ * dout stay in cache while every tile of dw passes over them. */
+#define CHUNK_PIXELS 256
+void conv_weight_grad(const REAL *x, ptrdiff_t n, ptrdiff_t h, ptrdiff_t w, ptrdiff_t c,
+                      const REAL *dout, ptrdiff_t oh, ptrdiff_t ow, ptrdiff_t oc,
+                      ptrdiff_t kh, ptrdiff_t kw, ptrdiff_t sh, ptrdiff_t sw, REAL *dw)
+{
+    const ptrdiff_t row = w * c, image = h * row, run = kw * c, step = sw * c;
+    const ptrdiff_t blocks = (oc + LANES - 1) / LANES;
+    const ptrdiff_t chunk = oh * ow >= CHUNK_PIXELS ? 1 : CHUNK_PIXELS / (oh * ow);
+    const REAL *d_end = dout + n * oh * ow * oc;
+    memset(dw, 0, (size_t)(kh * run * oc) * sizeof(REAL));
+    for (ptrdiff_t img = 0; img < n; img += chunk) {
+        const ptrdiff_t images = n - img < chunk ? n - img : chunk;
+        for (ptrdiff_t i = 0; i < kh; i++)
+            for (ptrdiff_t b = 0; b < blocks; b++) {
+                const int lanes = oc - b * LANES < LANES ? (int)(oc - b * LANES) : LANES;
+                const REAL *d_img = dout + img * oh * ow * oc + b * LANES;
+                const int full = d_img + (images * oh * ow - 1) * oc + LANES <= d_end;
+                ptrdiff_t q = 0;
+#define TILE(F, R) weight_grad_tile(x + img * image + i * row + q, d_img, F, \
+                                    dw + (i * run + q) * oc + b * LANES, images, image, row, \
+                                    oh, ow, sh, step, oc, lanes, R)
+#define TILES(F) for (; q + 12 <= run; q += 12) TILE(F, 12); \
+                 for (; q + 8 <= run; q += 8) TILE(F, 8);   \
+                 for (; q + 4 <= run; q += 4) TILE(F, 4);   \
+                 for (; q + 2 <= run; q += 2) TILE(F, 2);   \
+                 for (; q < run; q += 1) TILE(F, 1);
+                if (full) { TILES(1) } else { TILES(0) }
+#undef TILES
+#undef TILE
+            }
+    }
+}
+
+/* sums[c] = the sum over `pixels` rows of d (pixels, C): a conv's bias gradient. Rows are
+ * added in blocks of SUM_BLOCK into `partial` (C values of scratch), each block's sum then
+ * into `sums`, which keeps float32 rounding errors near those of a pairwise sum. */
+#define SUM_BLOCK 64
+void channel_sums(const REAL *d, ptrdiff_t pixels, ptrdiff_t c, REAL *sums, REAL *partial)
+{
+    for (ptrdiff_t k = 0; k < c; k++) sums[k] = 0;
+    for (ptrdiff_t p0 = 0; p0 < pixels; p0 += SUM_BLOCK) {
+        const ptrdiff_t p1 = pixels - p0 < SUM_BLOCK ? pixels : p0 + SUM_BLOCK;
+        for (ptrdiff_t k = 0; k < c; k++) partial[k] = 0;
+        for (ptrdiff_t p = p0; p < p1; p++)
+            for (ptrdiff_t k = 0; k < c; k++) partial[k] += d[p * c + k];
+        for (ptrdiff_t k = 0; k < c; k++) sums[k] += partial[k];
+    }
+}

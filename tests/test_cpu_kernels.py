@@ -1,0 +1,175 @@
+"""The compiled CPU convolution kernels (cnn_xp/ops/cpu_kernels.c): naive results on random
+shapes, strides, pads and channel counts (full and partial SIMD channel blocks), in both
+dtypes and every memory order; the layer's finite-difference gradients through them; and
+the build story: the cache, no compiler, a failing compile, the off switch."""
+import ctypes
+import functools
+import os
+import shutil
+
+import naive
+import numpy as np
+import pytest
+
+from cnn_xp import gradcheck
+from cnn_xp.layers import Conv2D
+from cnn_xp.ops import conv as conv_ops
+from cnn_xp.ops import cpu_kernels
+
+HAVE_COMPILER = shutil.which(os.environ.get("CC", "cc").split()[0]) is not None
+needs_compiler = pytest.mark.skipif(not HAVE_COMPILER, reason="no C compiler (cc) on this machine")
+
+
+@pytest.fixture
+def kernels_on(monkeypatch):
+    """The kernels switched on (built once per test run, see conftest.py)."""
+    monkeypatch.delenv(cpu_kernels.ENV_DISABLE, raising=False)
+    if cpu_kernels.status()["enabled"] is False:
+        cpu_kernels.reset()
+
+
+@pytest.fixture
+def fresh_cache(tmp_path, monkeypatch):
+    """Kernels built into an empty cache folder, forgotten again afterwards."""
+    monkeypatch.setenv(cpu_kernels.ENV_CACHE, str(tmp_path / "kernels"))
+    monkeypatch.delenv(cpu_kernels.ENV_DISABLE, raising=False)
+    cpu_kernels.reset()
+    yield tmp_path / "kernels"
+    cpu_kernels.reset()
+
+
+def _in_memory(x, order):
+    """``x`` (N, C, H, W) as an NCHW view of memory laid out as ``order``."""
+    axes = {"nchw": (0, 1, 2, 3), "nhwc": (0, 2, 3, 1), "cnhw": (1, 0, 2, 3)}[order]
+    return np.ascontiguousarray(x.transpose(axes)).transpose([axes.index(a) for a in range(4)])
+
+
+def _random_case(seed):
+    """A random conv geometry: channels around the SIMD block sizes (8 and 16 lanes),
+    kernels 1-5 (rectangular too), strides 1-3, pads below the kernel."""
+    rng = np.random.default_rng(seed)
+    kh, kw = rng.integers(1, 6, size=2)
+    sh, sw = rng.integers(1, 4, size=2)
+    ph, pw = rng.integers(0, kh), rng.integers(0, kw)
+    c = int(rng.choice([1, 2, 3, 7, 16, 17]))
+    oc = int(rng.choice([1, 5, 8, 9, 16, 17, 33]))
+    h = int(rng.integers(max(kh - 2 * ph, 1), 12))
+    w = int(rng.integers(max(kw - 2 * pw, 1), 12))
+    n = int(rng.integers(1, 4))
+    x = rng.standard_normal((n, c, h, w))
+    W = rng.standard_normal((oc, c, kh, kw))
+    b = rng.standard_normal(oc)
+    return x, W, b, (int(sh), int(sw)), (int(ph), int(pw))
+
+
+@needs_compiler
+@pytest.mark.parametrize("seed", range(40))
+def test_kernels_match_naive_float64(seed, kernels_on):
+    x, W, b, stride, pad = _random_case(seed)
+    out, cache = conv_ops.conv2d_forward(x, W, b, stride, pad)
+    assert cache[4] == "compiled"
+    np.testing.assert_allclose(out, naive.conv2d(x, W, b, stride, pad), rtol=1e-12, atol=1e-12)
+    dout = np.random.default_rng(seed + 1000).standard_normal(out.shape)
+    want = naive.conv2d_backward(dout, x, W, stride, pad)
+    got = conv_ops.conv2d_backward(dout, cache, need_dx=True)
+    for name, g, w in zip(("dx", "dW", "db"), got, want):
+        assert g.shape == w.shape, name
+        np.testing.assert_allclose(g, w, rtol=1e-11, atol=1e-11, err_msg=name)
+    dx, dW, _ = conv_ops.conv2d_backward(dout, cache, need_dx=False)
+    assert dx is None
+    np.testing.assert_allclose(dW, want[1], rtol=1e-11, atol=1e-11)
+
+
+@functools.lru_cache(maxsize=None)
+def _float32_case():
+    """A float32 conv with 30 output channels (a partial block of 16 lanes), rectangular
+    kernel, stride (1, 2), pad (2, 1), and its naive float64 results."""
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((2, 6, 14, 13)).astype(np.float32)
+    W = rng.standard_normal((30, 6, 5, 3)).astype(np.float32)
+    b = rng.standard_normal(30).astype(np.float32)
+    x64, W64 = x.astype(np.float64), W.astype(np.float64)
+    out = naive.conv2d(x64, W64, b, (1, 2), (2, 1))
+    dout = rng.standard_normal(out.shape).astype(np.float32)
+    return x, W, b, out, dout, naive.conv2d_backward(dout.astype(np.float64), x64, W64, (1, 2), (2, 1))
+
+
+@needs_compiler
+@pytest.mark.parametrize("memory", ["nchw", "nhwc", "cnhw"])
+@pytest.mark.parametrize("dout_memory", ["nchw", "nhwc"])
+def test_kernels_accept_every_memory_order_float32(memory, dout_memory, kernels_on):
+    x, W, b, want_out, dout, want_grads = _float32_case()
+    out, cache = conv_ops.conv2d_forward(_in_memory(x, memory), W, b, (1, 2), (2, 1))
+    assert cache[4] == "compiled" and out.dtype == np.float32
+    # the output is an NCHW view of NHWC memory, the layout the next layer reads for free
+    assert out.transpose(0, 2, 3, 1).flags.c_contiguous
+    np.testing.assert_allclose(out, want_out, rtol=1e-4, atol=1e-4)
+    got = conv_ops.conv2d_backward(_in_memory(dout, dout_memory), cache)
+    for g, w in zip(got, want_grads):
+        assert g.dtype == np.float32
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-3)
+
+
+@needs_compiler
+def test_conv_layer_gradients_through_the_kernels(kernels_on):
+    rng = np.random.default_rng(3)
+    layer = Conv2D(3, 17, (3, 2), stride=(2, 1), pad=1, rng=0, dtype="float64")
+    layer.params["b"] = rng.standard_normal(17)
+    x = rng.standard_normal((2, 3, 7, 6))
+    layer.forward(x)
+    assert layer._cache[4] == "compiled"
+    errors = gradcheck.check_layer(layer, x, seed=0)
+    assert max(errors.values()) < 1e-7, errors
+
+
+@needs_compiler
+def test_built_once_then_loaded_from_the_cache(fresh_cache):
+    x, W, b, stride, pad = _random_case(1)
+    conv_ops.conv2d_forward(x, W, b, stride, pad)
+    files = sorted(fresh_cache.glob("cpu_kernels_float64_*.so"))
+    assert len(files) == 1 and not list(fresh_cache.glob("*.tmp*"))
+    built = files[0].stat().st_mtime_ns
+    cpu_kernels.reset()  # a new process: the library is loaded, not rebuilt
+    _, cache = conv_ops.conv2d_forward(x, W, b, stride, pad)
+    assert cache[4] == "compiled" and files[0].stat().st_mtime_ns == built
+    status = cpu_kernels.status()
+    assert status["enabled"] and str(files[0]) in status["files"]
+    assert isinstance(cpu_kernels._library("float64"), ctypes.CDLL)
+
+
+@pytest.mark.parametrize("compiler", ["/nonexistent/cc", "cc --no-such-option-xyz"])
+def test_no_or_broken_compiler_falls_back_to_numpy(compiler, fresh_cache, monkeypatch):
+    if compiler.startswith("cc") and not HAVE_COMPILER:
+        pytest.skip("no C compiler (cc) on this machine")
+    monkeypatch.setenv("CC", compiler)
+    x, W, b, stride, pad = _random_case(2)
+    with pytest.warns(RuntimeWarning, match="could not be built"):
+        out, cache = conv_ops.conv2d_forward(x, W, b, stride, pad)
+    assert cache[4] in ("channel_major", "channels_last")
+    np.testing.assert_allclose(out, naive.conv2d(x, W, b, stride, pad), rtol=1e-10, atol=1e-10)
+    status = cpu_kernels.status()
+    assert not status["enabled"] and "could not be built" in status["reason"]
+    assert not cpu_kernels.applies(x)
+    assert not list(fresh_cache.glob("*.so"))  # nothing half-written is left behind
+
+
+def test_off_switch_and_what_applies(fresh_cache, monkeypatch):
+    x = np.zeros((1, 1, 4, 4))
+    monkeypatch.setenv(cpu_kernels.ENV_DISABLE, "1")
+    assert not cpu_kernels.applies(x)
+    assert cpu_kernels.status() == {"enabled": False, "reason": "CNN_XP_NO_CPU_KERNELS is set"}
+    _, cache = conv_ops.conv2d_forward(x, np.ones((2, 1, 3, 3)), np.zeros(2))
+    assert cache[4] != "compiled"
+    monkeypatch.delenv(cpu_kernels.ENV_DISABLE)
+    assert not cpu_kernels.applies(x.astype(np.int64))  # other dtypes
+    assert not cpu_kernels.applies(x, x.astype(np.float32))  # mixed dtypes
+    assert not cpu_kernels.fits(x, np.ones((2, 1, 3, 3)), 3)  # padding as large as the kernel
+
+
+@needs_compiler
+def test_padding_as_large_as_the_kernel_runs_the_portable_path(kernels_on):
+    rng = np.random.default_rng(4)
+    x, W, b = rng.standard_normal((2, 3, 5, 5)), rng.standard_normal((4, 3, 2, 2)), rng.standard_normal(4)
+    out, cache = conv_ops.conv2d_forward(x, W, b, 1, 2)
+    assert cache[4] != "compiled"
+    np.testing.assert_allclose(out, naive.conv2d(x, W, b, 1, 2), rtol=1e-10, atol=1e-10)
