@@ -15,6 +15,7 @@ from cnn_xp import gradcheck
 from cnn_xp.layers import Conv2D
 from cnn_xp.ops import conv as conv_ops
 from cnn_xp.ops import cpu_kernels
+from cnn_xp.ops import pool as pool_ops
 
 HAVE_COMPILER = shutil.which(os.environ.get("CC", "cc").split()[0]) is not None
 needs_compiler = pytest.mark.skipif(not HAVE_COMPILER, reason="no C compiler (cc) on this machine")
@@ -173,3 +174,57 @@ def test_padding_as_large_as_the_kernel_runs_the_portable_path(kernels_on):
     out, cache = conv_ops.conv2d_forward(x, W, b, 1, 2)
     assert cache[4] != "compiled"
     np.testing.assert_allclose(out, naive.conv2d(x, W, b, 1, 2), rtol=1e-10, atol=1e-10)
+
+
+def _lanes(dtype):
+    return cpu_kernels._library(np.dtype(dtype).name).lanes
+
+
+@needs_compiler
+@pytest.mark.parametrize("seed", range(24))
+def test_maxpool_kernels_match_naive_and_the_portable_path(seed, kernels_on, monkeypatch):
+    """Random windows, strides and pads (overlapping, tiling, ragged edges); small integers,
+    so that most windows hold ties (the first maximum wins); NHWC memory, as conv gives."""
+    rng = np.random.default_rng(seed)
+    dtype = (np.float64, np.float32)[seed % 2]
+    c = _lanes(dtype) * int(rng.integers(1, 3))
+    kh, kw = (int(k) for k in rng.integers(1, 5, size=2))
+    stride = tuple(int(s) for s in rng.integers(1, 4, size=2))
+    pad = (int(rng.integers(0, kh)), int(rng.integers(0, kw)))
+    h, w = (int(v) for v in rng.integers(max(kh, kw), 11, size=2))
+    x = _in_memory(rng.integers(-2, 3, size=(2, c, h, w)).astype(dtype), "nhwc")
+    has_nan = seed % 3 == 0
+    if has_nan:
+        x[0, 1, 0, 0] = np.nan  # the maximum of its windows (the naive oracle knows no NaN)
+    out, cache = pool_ops.maxpool2d_forward(x, kh, kw, stride, pad)
+    assert cache[1].dtype == np.int32 and out.transpose(0, 2, 3, 1).flags.c_contiguous
+    dout = _in_memory(rng.standard_normal(out.shape).astype(dtype), "nhwc")
+    dx = pool_ops.maxpool2d_backward(dout, cache)
+    if not has_nan:
+        want, where = naive.maxpool2d(x.astype(np.float64), kh, kw, stride, pad)
+        np.testing.assert_array_equal(out, want)
+        np.testing.assert_allclose(dx, naive.maxpool2d_backward(dout.astype(np.float64), x.shape, where, pad),
+                                   rtol=1e-6, atol=1e-6)
+    monkeypatch.setenv(cpu_kernels.ENV_DISABLE, "1")
+    portable_out, portable_cache = pool_ops.maxpool2d_forward(x, kh, kw, stride, pad)
+    np.testing.assert_array_equal(out, portable_out)
+    np.testing.assert_array_equal(cache[1], portable_cache[1])  # the same argmax offsets
+    # overlapping windows: the same sums, added in another order
+    same = functools.partial(np.testing.assert_allclose, dx, rtol=1e-6, atol=1e-6)
+    same(pool_ops.maxpool2d_backward(dout, portable_cache))
+    # an argmax of the kernels is understood by the portable backward, and the reverse
+    same(pool_ops.maxpool2d_backward(dout, cache))
+    monkeypatch.delenv(cpu_kernels.ENV_DISABLE)
+    same(pool_ops.maxpool2d_backward(dout, portable_cache))
+
+
+@needs_compiler
+def test_maxpool_kernels_apply_to_nhwc_memory_and_whole_vectors_of_channels(kernels_on):
+    lanes = _lanes(np.float32)
+    x = np.zeros((2, lanes, 4, 4), dtype=np.float32)
+    assert pool_ops.maxpool2d_forward(x, 2, 2)[1][1].dtype == np.uint8  # NCHW memory: portable
+    assert pool_ops.maxpool2d_forward(_in_memory(x, "nhwc"), 2, 2)[1][1].dtype == np.int32
+    odd = _in_memory(np.zeros((2, lanes + 2, 4, 4), dtype=np.float32), "nhwc")
+    assert pool_ops.maxpool2d_forward(odd, 2, 2)[1][1].dtype == np.uint8  # a partial vector: portable
+    inference, no_cache = pool_ops.maxpool2d_forward(_in_memory(x, "nhwc"), 2, 2, with_argmax=False)
+    assert no_cache is None and inference.shape == (2, lanes, 2, 2)

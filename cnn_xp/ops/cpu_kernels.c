@@ -185,3 +185,66 @@ void channel_sums(const REAL *d, ptrdiff_t pixels, ptrdiff_t c, REAL *sums, REAL
         for (ptrdiff_t k = 0; k < c; k++) sums[k] += partial[k];
     }
 }
+
+/* Max pooling over NHWC x (N, H, W, C), unpadded in memory: window positions outside the
+ * image count as -inf (padding pH, pW). out (N, OH, OW, C) gets each window's maximum and
+ * argmax (N, OH, OW, C) the row-major offset i*KW + j of its first maximum; a NaN counts as
+ * the maximum (the first NaN wins), as in NumPy's argmax. The loops over channels are plain
+ * C: the compiler vectorises them. */
+void maxpool_forward(const REAL *x, ptrdiff_t n, ptrdiff_t h, ptrdiff_t w, ptrdiff_t c,
+                     ptrdiff_t kh, ptrdiff_t kw, ptrdiff_t sh, ptrdiff_t sw, ptrdiff_t ph, ptrdiff_t pw,
+                     REAL *out, int *argmax, ptrdiff_t oh, ptrdiff_t ow)
+{
+    for (ptrdiff_t img = 0; img < n; img++)
+        for (ptrdiff_t oy = 0; oy < oh; oy++)
+            for (ptrdiff_t ox = 0; ox < ow; ox++) {
+                REAL *restrict best = out + ((img * oh + oy) * ow + ox) * c;
+                int *restrict at = argmax + ((img * oh + oy) * ow + ox) * c;
+                for (ptrdiff_t k = 0; k < c; k++) { best[k] = -(REAL)__builtin_inf(); at[k] = 0; }
+                for (ptrdiff_t i = 0; i < kh; i++) {
+                    const ptrdiff_t y = oy * sh + i - ph;
+                    for (ptrdiff_t j = 0; j < kw; j++) {
+                        const ptrdiff_t xx = ox * sw + j - pw;
+                        const int offset = (int)(i * kw + j);
+                        if (y < 0 || y >= h || xx < 0 || xx >= w) continue;  /* -inf: never better */
+                        const REAL *restrict v = x + ((img * h + y) * w + xx) * c;
+                        for (ptrdiff_t k = 0; k < c; k++) {  /* branch-free: random data */
+                            const REAL vk = v[k], bk = best[k];
+                            const int better = (vk > bk) | ((vk != vk) & (bk == bk));
+                            best[k] = better ? vk : bk;
+                            at[k] = better ? offset : at[k];
+                        }
+                    }
+                }
+            }
+}
+
+/* dx (N, H, W, C) of maxpool_forward for dout (N, OH, OW, C): each output's gradient goes
+ * to its window's argmax, summed where windows overlap. Windows that tile the image write
+ * every pixel of dx once, without clearing it first. */
+void maxpool_backward(const REAL *dout, const int *argmax, ptrdiff_t n, ptrdiff_t oh,
+                      ptrdiff_t ow, ptrdiff_t c, ptrdiff_t kh, ptrdiff_t kw, ptrdiff_t sh, ptrdiff_t sw,
+                      ptrdiff_t ph, ptrdiff_t pw, REAL *dx, ptrdiff_t h, ptrdiff_t w)
+{
+    const int tiles = sh == kh && sw == kw && ph == 0 && pw == 0 && oh * kh == h && ow * kw == w;
+    if (!tiles) memset(dx, 0, (size_t)(n * h * w * c) * sizeof(REAL));
+    for (ptrdiff_t img = 0; img < n; img++)
+        for (ptrdiff_t oy = 0; oy < oh; oy++)
+            for (ptrdiff_t ox = 0; ox < ow; ox++) {
+                const REAL *restrict d = dout + ((img * oh + oy) * ow + ox) * c;
+                const int *restrict at = argmax + ((img * oh + oy) * ow + ox) * c;
+                for (ptrdiff_t i = 0; i < kh; i++) {
+                    const ptrdiff_t y = oy * sh + i - ph;
+                    for (ptrdiff_t j = 0; j < kw; j++) {
+                        const ptrdiff_t xx = ox * sw + j - pw;
+                        const int offset = (int)(i * kw + j);
+                        if (y < 0 || y >= h || xx < 0 || xx >= w) continue;
+                        REAL *restrict t = dx + ((img * h + y) * w + xx) * c;
+                        if (tiles)
+                            for (ptrdiff_t k = 0; k < c; k++) t[k] = at[k] == offset ? d[k] : 0;
+                        else
+                            for (ptrdiff_t k = 0; k < c; k++) t[k] += at[k] == offset ? d[k] : 0;
+                    }
+                }
+            }
+}

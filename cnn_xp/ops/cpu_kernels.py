@@ -52,6 +52,8 @@ _SIGNATURES = {
     "conv_forward": [_P, _N, _N, _N, _N, _P, _N, _N, _N, _P, _N, _N, _P, _N, _N],
     "conv_weight_grad": [_P, _N, _N, _N, _N, _P, _N, _N, _N, _N, _N, _N, _N, _P],
     "channel_sums": [_P, _N, _N, _P, _P],
+    "maxpool_forward": [_P, _N, _N, _N, _N, _N, _N, _N, _N, _N, _N, _P, _P, _N, _N],
+    "maxpool_backward": [_P, _P, _N, _N, _N, _N, _N, _N, _N, _N, _N, _N, _P, _N, _N],
 }
 
 
@@ -260,3 +262,41 @@ def conv_backward(dout, x_nhwc, W, x_shape, stride, pad, need_dx=True):
     w_flipped = W[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)  # (C, OC, KH, KW)
     dx = _run_forward(lib, spread, w_flipped, None, (1, 1), (h, w))
     return dx.transpose(0, 3, 1, 2), dW, db
+
+
+def maxpool_forward(x, kh, kw, stride, pad):
+    """Max pooling of ``x`` (N, C, H, W) held in NHWC memory -> (out, argmax), both NCHW
+    views of NHWC memory (argmax: int32 row-major window offsets of the first maximum), or
+    None: kernels off, x in another memory order, or C not a multiple of the vector lanes
+    (see cpu_kernels.c)."""
+    lib = _library(x.dtype.name)
+    x_nhwc = x.transpose(0, 2, 3, 1)
+    if lib is None or not x_nhwc.flags.c_contiguous or x.size == 0 or x.shape[1] % lib.lanes:
+        return None
+    xp = xp_of(x)
+    n, h, w, c = x_nhwc.shape
+    (sh, sw), (ph, pw) = pair(stride), pair(pad)
+    oh, ow = output_shape(x.shape, kh, kw, (sh, sw), (ph, pw))
+    out = xp.empty((n, oh, ow, c), dtype=x.dtype)
+    argmax = xp.empty((n, oh, ow, c), dtype=xp.int32)
+    lib.maxpool_forward(_address(x_nhwc), n, h, w, c, kh, kw, sh, sw, ph, pw,
+                        _address(out), _address(argmax), oh, ow)
+    return out.transpose(0, 3, 1, 2), argmax.transpose(0, 3, 1, 2)
+
+
+def maxpool_backward(dout, argmax, x_shape, kh, kw, stride, pad):
+    """dx (N, C, H, W), an NCHW view of NHWC memory, from ``maxpool_forward``'s argmax,
+    or None for another argmax (the portable path's: uint8 or int64, any memory order)."""
+    lib = _library(dout.dtype.name)
+    argmax_nhwc = argmax.transpose(0, 2, 3, 1)
+    if lib is None or argmax.dtype.name != "int32" or not argmax_nhwc.flags.c_contiguous:
+        return None
+    xp = xp_of(dout)
+    n, c, h, w = x_shape
+    oh, ow = dout.shape[2:]
+    (sh, sw), (ph, pw) = pair(stride), pair(pad)
+    d_nhwc = xp.ascontiguousarray(dout.transpose(0, 2, 3, 1))
+    dx = xp.empty((n, h, w, c), dtype=dout.dtype)
+    lib.maxpool_backward(_address(d_nhwc), _address(argmax_nhwc), n, oh, ow, c, kh, kw, sh, sw,
+                         ph, pw, _address(dx), h, w)
+    return dx.transpose(0, 3, 1, 2)

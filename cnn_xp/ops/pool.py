@@ -12,7 +12,7 @@ copy is made between a conv layer and its pooling. Padded inputs, overlapping ma
 windows, the average-pool gradient and the CUDA kernels give NCHW (C-contiguous) memory.
 """
 from ..backend import xp_of
-from . import cuda_kernels
+from . import cpu_kernels, cuda_kernels
 from .im2col import fold_windows, output_shape, pad_image, pair, sliding_windows
 
 
@@ -48,6 +48,10 @@ def maxpool2d_forward(x, kh, kw, stride=None, pad=0, with_argmax=True):
         fast = cuda_kernels.maxpool_forward(x, kh, kw, stride, pad)
         if fast is not None:
             return fast[0], (x.shape, fast[1], kh, kw, stride, pair(pad)) if with_argmax else None
+    if cpu_kernels.applies(x):  # CPU: compiled, for NHWC memory (what the conv kernels give)
+        fast = cpu_kernels.maxpool_forward(x, kh, kw, stride, pad)
+        if fast is not None:
+            return fast[0], (x.shape, fast[1], kh, kw, stride, pair(pad)) if with_argmax else None
     xp = xp_of(x)
     views = _offset_views(x, kh, kw, stride, pad, float("-inf"))
     out = views[0].copy() if len(views) == 1 else xp.maximum(views[0], views[1])
@@ -73,6 +77,10 @@ def maxpool2d_backward(dout, cache):
     x_shape, argmax, kh, kw, stride, pad = cache
     if cuda_kernels.applies(dout):  # GPU: gather from argmax, no one-hot temporaries
         dx = cuda_kernels.maxpool_backward(dout, argmax, x_shape, kh, kw, stride, pad)
+        if dx is not None:
+            return dx
+    if cpu_kernels.applies(dout):
+        dx = cpu_kernels.maxpool_backward(dout, argmax, x_shape, kh, kw, stride, pad)
         if dx is not None:
             return dx
     xp = xp_of(dout)
