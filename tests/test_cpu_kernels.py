@@ -228,3 +228,25 @@ def test_maxpool_kernels_apply_to_nhwc_memory_and_whole_vectors_of_channels(kern
     assert pool_ops.maxpool2d_forward(odd, 2, 2)[1][1].dtype == np.uint8  # a partial vector: portable
     inference, no_cache = pool_ops.maxpool2d_forward(_in_memory(x, "nhwc"), 2, 2, with_argmax=False)
     assert no_cache is None and inference.shape == (2, lanes, 2, 2)
+
+
+@needs_compiler
+@pytest.mark.parametrize("c, kw, stride, pad", [(1, 3, 1, 0), (3, 5, 2, 2), (5, 4, (1, 3), (0, 3)),
+                                                (7, 3, 1, 1), (6, 5, 1, 0)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_scattered_input_gradient_matches_naive(c, kw, stride, pad, dtype, kernels_on):
+    """dx for few input channels (window rows of 1-3 vectors, scattered into dx with slack)."""
+    lib = cpu_kernels._library(np.dtype(dtype).name)
+    if kw * c > cpu_kernels.SCATTER_MAX_VECTORS * lib.lanes:
+        pytest.skip("a window row longer than the scatter kernel takes")
+    rng = np.random.default_rng(c * 10 + kw)
+    x = rng.standard_normal((3, c, 9, 11))
+    W = rng.standard_normal((9, c, 3, kw))
+    out = naive.conv2d(x, W, np.zeros(9), stride, pad)
+    dout = rng.standard_normal(out.shape)
+    want_dx = naive.conv2d_backward(dout, x, W, stride, pad)[0]
+    d_nhwc = np.ascontiguousarray(dout.transpose(0, 2, 3, 1)).astype(dtype)
+    dx = cpu_kernels._input_grad_scattered(lib, d_nhwc, W.astype(dtype), x.shape,
+                                           conv_ops.pair(stride), conv_ops.pair(pad))
+    tol = 1e-12 if dtype == np.float64 else 1e-4
+    np.testing.assert_allclose(dx.transpose(0, 3, 1, 2), want_dx, rtol=tol, atol=tol)

@@ -170,6 +170,62 @@ void conv_weight_grad(const REAL *x, ptrdiff_t n, ptrdiff_t h, ptrdiff_t w, ptrd
     }
 }
 
+/* The input gradient by scattering, for layers of few input channels (C below LANES),
+ * where conv_forward on the spread dout would leave most lanes of each vector idle: every
+ * output pixel p adds, for every kernel row i, the vector sum over oc of dout[p, oc] *
+ * wt[oc, i] to the KW*C contiguous values of its window row in dx. Those run values are
+ * NV whole vectors (NV <= 3): wt (OC, KH, NV*LANES) is zero past the run, so the lanes
+ * past it add zero to whatever they cover, and dx needs NV*LANES - KW*C values of slack
+ * after its end. R neighbouring pixels (R constant) share each loaded wt vector; their
+ * windows overlap, so each adds to dx in turn.
+ *   d_px: dout[n, oy, ox0, 0]; wt_i: wt[0, i]; dx_win: dx[n, oy*sh + i, ox0*sw, 0] */
+INLINE void input_grad_tile(const REAL *d_px, const REAL *wt_i, REAL *dx_win, ptrdiff_t oc,
+                            ptrdiff_t wt_stride, ptrdiff_t step, const int NV, const int R)
+{
+    vec acc[8][3];
+    for (int r = 0; r < R; r++)
+        for (int v = 0; v < NV; v++) acc[r][v] = (vec){0};
+    for (ptrdiff_t o = 0; o < oc; o++) {
+        vec wv[3];
+        for (int v = 0; v < NV; v++) wv[v] = load(wt_i + o * wt_stride + v * LANES);
+        for (int r = 0; r < R; r++) {
+            const REAL d = d_px[r * oc + o];
+            for (int v = 0; v < NV; v++) acc[r][v] += d * wv[v];
+        }
+    }
+    for (int r = 0; r < R; r++)
+        for (int v = 0; v < NV; v++) {
+            REAL *seg = dx_win + r * step + v * LANES;
+            vec sum = load(seg) + acc[r][v];
+            memcpy(seg, &sum, sizeof sum);
+        }
+}
+
+/* dx (N, H, W, C), padded coordinates, of conv_forward for dout (N, OH, OW, OC); `total`:
+ * the values of dx plus its slack, all cleared first. */
+void conv_input_grad(const REAL *dout, ptrdiff_t n, ptrdiff_t oh, ptrdiff_t ow, ptrdiff_t oc,
+                     const REAL *wt, ptrdiff_t kh, ptrdiff_t kw, ptrdiff_t c, ptrdiff_t sh,
+                     ptrdiff_t sw, REAL *dx, ptrdiff_t h, ptrdiff_t w, ptrdiff_t total)
+{
+    const ptrdiff_t nv = (kw * c + LANES - 1) / LANES, wt_stride = kh * nv * LANES, step = sw * c;
+    memset(dx, 0, (size_t)total * sizeof(REAL));
+    for (ptrdiff_t img = 0; img < n; img++)
+        for (ptrdiff_t oy = 0; oy < oh; oy++)
+            for (ptrdiff_t i = 0; i < kh; i++) {
+                const REAL *d_row = dout + (img * oh + oy) * ow * oc;
+                const REAL *wt_i = wt + i * nv * LANES;
+                REAL *dx_row = dx + (img * h + oy * sh + i) * w * c;
+                ptrdiff_t ox = 0;
+#define TILE(NV, R) input_grad_tile(d_row + ox * oc, wt_i, dx_row + ox * step, oc, wt_stride, step, NV, R)
+#define TILES(NV) for (; ox + 8 <= ow; ox += 8) TILE(NV, 8); \
+                  for (; ox + 4 <= ow; ox += 4) TILE(NV, 4); \
+                  for (; ox < ow; ox += 1) TILE(NV, 1);
+                if (nv == 1) { TILES(1) } else if (nv == 2) { TILES(2) } else { TILES(3) }
+#undef TILES
+#undef TILE
+            }
+}
+
 /* sums[c] = the sum over `pixels` rows of d (pixels, C): a conv's bias gradient. Rows are
  * added in blocks of SUM_BLOCK into `partial` (C values of scratch), each block's sum then
  * into `sums`, which keeps float32 rounding errors near those of a pairwise sum. */

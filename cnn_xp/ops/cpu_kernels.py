@@ -1,23 +1,30 @@
-"""Compiled CPU fast paths: direct convolution in C (``cpu_kernels.c``), called through ctypes.
+"""Compiled CPU fast paths: convolution and max pooling in C (``cpu_kernels.c``), via ctypes.
 
 The CPU twin of ``cuda_kernels``. Where a C compiler is present (``$CC``, else ``cc``), the
 first CPU convolution builds ``cpu_kernels.c`` once per dtype (float32, float64) with
 ``-O3 -march=native`` into a cache folder (``$CNN_XP_KERNEL_CACHE``, else
 ``~/.cache/cnn_xp``; one file per source, compiler, flags and CPU, written atomically) and
 later runs load it. Without a compiler, or with ``CNN_XP_NO_CPU_KERNELS=1``, the portable
-im2col + GEMM code in ``conv.py`` runs instead (a failed build warns once).
+im2col + GEMM and offset-view code in ``conv.py`` and ``pool.py`` runs instead (a failed
+build warns once). ``cnn-xp doctor`` says which.
 
-What the kernels compute, in channels-last (NHWC) memory:
+What the kernels compute, in channels-last (NHWC) memory, read straight from the image
+(no im2col columns: for small-channel convs those are KH*KW times the input, and writing
+and re-reading them cost more than the arithmetic):
 
 - ``conv_forward``: out = conv(x, W) + b, any stride, padding below the kernel size.
-- ``conv_backward``: dW by ``conv_weight_grad``; dx by ``conv_forward`` itself, as the full
-  correlation of the stride-spread, padded ``dout`` with the flipped kernel; db by a sum.
+- ``conv_backward``: dW by ``conv_weight_grad``, db by ``channel_sums``; dx by
+  ``conv_forward`` itself, as the full correlation of the stride-spread, padded dout with
+  the flipped kernel, or, for few input channels, scattered by ``conv_input_grad``.
+- ``maxpool_forward`` / ``maxpool_backward``: max and first argmax (NaN wins) in one pass,
+  and the gradient routed by it; where C is a multiple of the vector lanes.
 
-The output is an NCHW view of NHWC memory, which ReLU and pooling keep, so the next conv
-reads its input without a copy. ctypes releases the GIL during a call, so the batch slices
-of ``parallel.py`` run these kernels side by side on every core. Measured on a 2-core CPU
-(one thread, float32, batch 100): deep_convnet's 16->16 conv on 26x26 forward 6.8 -> 1.6 ms
-against im2col + OpenBLAS.
+Outputs are NCHW views of NHWC memory, which ReLU and pooling keep, so the next layer reads
+its input without a copy. ctypes releases the GIL during a call, so the batch slices of
+``parallel.py`` run these kernels side by side on every core. Measured on a 2-core CPU (one
+thread, float32, batch 100) against the portable code: deep_convnet's 16->16 conv on 26x26
+forward 6.8 -> 1.6 ms, backward 12.2 -> 4.2 ms; its 2x2 max pooling of 16x24x24 maps forward
+1.0 -> 0.3 ms, backward 0.44 -> 0.16 ms.
 """
 from __future__ import annotations
 
@@ -52,6 +59,7 @@ _SIGNATURES = {
     "conv_forward": [_P, _N, _N, _N, _N, _P, _N, _N, _N, _P, _N, _N, _P, _N, _N],
     "conv_weight_grad": [_P, _N, _N, _N, _N, _P, _N, _N, _N, _N, _N, _N, _N, _P],
     "channel_sums": [_P, _N, _N, _P, _P],
+    "conv_input_grad": [_P, _N, _N, _N, _N, _P, _N, _N, _N, _N, _N, _P, _N, _N, _N],
     "maxpool_forward": [_P, _N, _N, _N, _N, _N, _N, _N, _N, _N, _N, _P, _P, _N, _N],
     "maxpool_backward": [_P, _P, _N, _N, _N, _N, _N, _N, _N, _N, _N, _N, _P, _N, _N],
 }
@@ -221,6 +229,30 @@ def fits(x, W, pad) -> bool:
     return ph < kh and pw < kw and x.size > 0 and W.size > 0
 
 
+SCATTER_MAX_VECTORS = 3  # conv_input_grad handles window rows of up to 3 vectors
+
+
+def _input_grad_scattered(lib, d_nhwc, W, x_shape, stride, pad):
+    """dx (N, H, W, C), possibly a view, by ``conv_input_grad``: for convs of few input
+    channels (C below the vector lanes). Measured, one thread, batch 100, float32 (16 lanes):
+    LeNet-5's 6->16 conv on 14x14, backward (dW and dx) 2.1 -> 0.8 ms against dx by
+    ``conv_forward`` on the spread dout, whose 6-channel output filled 6 of 16 lanes."""
+    xp = xp_of(d_nhwc)
+    n, c, h, w = x_shape
+    oc, _, kh, kw = W.shape
+    (ph, pw), lanes = pad, lib.lanes
+    run = kw * c
+    padded_run = -(-run // lanes) * lanes
+    wt = xp.zeros((oc, kh, padded_run), dtype=W.dtype)
+    wt[:, :, :run] = W.transpose(0, 2, 3, 1).reshape(oc, kh, run)
+    hp, wp = h + 2 * ph, w + 2 * pw
+    size = n * hp * wp * c
+    flat = xp.empty(size + padded_run, dtype=d_nhwc.dtype)  # slack for the last window's vectors
+    lib.conv_input_grad(_address(d_nhwc), n, d_nhwc.shape[1], d_nhwc.shape[2], oc, _address(wt),
+                        kh, kw, c, stride[0], stride[1], _address(flat), hp, wp, flat.size)
+    return flat[:size].reshape(n, hp, wp, c)[:, ph : ph + h, pw : pw + w]
+
+
 def conv_forward(x, W, b, stride, pad):
     """x (N, C, H, W), W (OC, C, KH, KW), b (OC,) -> (out, x_nhwc), or None when the
     kernels are off. out (N, OC, OH, OW) is an NCHW view of NHWC memory; x_nhwc, the padded
@@ -253,14 +285,17 @@ def conv_backward(dout, x_nhwc, W, x_shape, stride, pad, need_dx=True):
     db = sums[:oc]
     if not need_dx:
         return None, dW, db
-    # dx[y, x] = sum over (i, j) of dout[(y + ph - i) / sh, (x + pw - j) / sw] W[i, j] (where
-    # those divide): a stride-1 correlation of dout, spread by the stride and shifted by
-    # K-1-pad, with the kernel flipped and its channel axes swapped.
-    spread = xp.zeros((n, h + kh - 1, w + kw - 1, oc), dtype=dout.dtype)
-    top, left = kh - 1 - ph, kw - 1 - pw
-    spread[:, top : top + sh * (oh - 1) + 1 : sh, left : left + sw * (ow - 1) + 1 : sw] = d_nhwc
-    w_flipped = W[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)  # (C, OC, KH, KW)
-    dx = _run_forward(lib, spread, w_flipped, None, (1, 1), (h, w))
+    if c < lib.lanes and kw * c <= SCATTER_MAX_VECTORS * lib.lanes:
+        dx = _input_grad_scattered(lib, d_nhwc, W, x_shape, (sh, sw), (ph, pw))
+    else:
+        # dx[y, x] = sum over (i, j) of dout[(y + ph - i) / sh, (x + pw - j) / sw] W[i, j]
+        # (where those divide): a stride-1 correlation of dout, spread by the stride and
+        # shifted by K-1-pad, with the kernel flipped and its channel axes swapped.
+        spread = xp.zeros((n, h + kh - 1, w + kw - 1, oc), dtype=dout.dtype)
+        top, left = kh - 1 - ph, kw - 1 - pw
+        spread[:, top : top + sh * (oh - 1) + 1 : sh, left : left + sw * (ow - 1) + 1 : sw] = d_nhwc
+        w_flipped = W[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)  # (C, OC, KH, KW)
+        dx = _run_forward(lib, spread, w_flipped, None, (1, 1), (h, w))
     return dx.transpose(0, 3, 1, 2), dW, db
 
 
