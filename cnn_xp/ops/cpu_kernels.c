@@ -21,6 +21,7 @@
  * walk a window as KH runs of KW*C values.
  */
 #include <stddef.h>
+#include <stdint.h>
 #include <string.h>
 
 #ifndef REAL
@@ -245,62 +246,90 @@ void channel_sums(const REAL *d, ptrdiff_t pixels, ptrdiff_t c, REAL *sums, REAL
 /* Max pooling over NHWC x (N, H, W, C), unpadded in memory: window positions outside the
  * image count as -inf (padding pH, pW). out (N, OH, OW, C) gets each window's maximum and
  * argmax (N, OH, OW, C) the row-major offset i*KW + j of its first maximum; a NaN counts as
- * the maximum (the first NaN wins), as in NumPy's argmax. The loops over channels are plain
- * C: the compiler vectorises them. */
+ * the maximum (the first NaN wins), as in NumPy's argmax. argmax is `lane_index`, an integer
+ * as wide as REAL (int32 or int64), so that one vector of offsets covers one of channels.
+ *
+ * Channels go in whole vectors of LANES, also where C is not a multiple of LANES (LeNet-5's
+ * 6 channels, SimpleConvNet's 30): a pixel's last vector spills into the next pixel's first
+ * channels, which that pixel overwrites later (pixels are written in memory order), so out
+ * and argmax need LANES values of slack after their ends. Loads that could run past the end
+ * of an input read only the channels that are there. */
+typedef __typeof__(_Generic((REAL)0, float: (int32_t)0, default: (int64_t)0)) lane_index;
+typedef lane_index mask __attribute__((vector_size(VECTOR_BYTES)));  /* comparison results */
+
+INLINE vec load_within(const REAL *p, const REAL *end, int lanes) {
+    return p + LANES <= end ? load(p) : load_first(p, lanes);
+}
+
+INLINE mask load_indices(const lane_index *p, const lane_index *end, int lanes) {
+    mask m = {0};
+    memcpy(&m, p, (size_t)(p + LANES <= end ? LANES : lanes) * sizeof(lane_index));
+    return m;
+}
+
+INLINE vec select(mask m, vec yes, vec no) { return (vec)(((mask)yes & m) | ((mask)no & ~m)); }
+
 void maxpool_forward(const REAL *x, ptrdiff_t n, ptrdiff_t h, ptrdiff_t w, ptrdiff_t c,
                      ptrdiff_t kh, ptrdiff_t kw, ptrdiff_t sh, ptrdiff_t sw, ptrdiff_t ph, ptrdiff_t pw,
-                     REAL *out, int *argmax, ptrdiff_t oh, ptrdiff_t ow)
+                     REAL *out, lane_index *argmax, ptrdiff_t oh, ptrdiff_t ow)
 {
+    const REAL *x_end = x + n * h * w * c;
+    const vec minus_inf = (vec){0} - (REAL)__builtin_inf();
     for (ptrdiff_t img = 0; img < n; img++)
         for (ptrdiff_t oy = 0; oy < oh; oy++)
-            for (ptrdiff_t ox = 0; ox < ow; ox++) {
-                REAL *restrict best = out + ((img * oh + oy) * ow + ox) * c;
-                int *restrict at = argmax + ((img * oh + oy) * ow + ox) * c;
-                for (ptrdiff_t k = 0; k < c; k++) { best[k] = -(REAL)__builtin_inf(); at[k] = 0; }
-                for (ptrdiff_t i = 0; i < kh; i++) {
-                    const ptrdiff_t y = oy * sh + i - ph;
-                    for (ptrdiff_t j = 0; j < kw; j++) {
-                        const ptrdiff_t xx = ox * sw + j - pw;
-                        const int offset = (int)(i * kw + j);
-                        if (y < 0 || y >= h || xx < 0 || xx >= w) continue;  /* -inf: never better */
-                        const REAL *restrict v = x + ((img * h + y) * w + xx) * c;
-                        for (ptrdiff_t k = 0; k < c; k++) {  /* branch-free: random data */
-                            const REAL vk = v[k], bk = best[k];
-                            const int better = (vk > bk) | ((vk != vk) & (bk == bk));
-                            best[k] = better ? vk : bk;
-                            at[k] = better ? offset : at[k];
+            for (ptrdiff_t ox = 0; ox < ow; ox++)
+                for (ptrdiff_t k = 0; k < c; k += LANES) {
+                    const int lanes = c - k < LANES ? (int)(c - k) : LANES;
+                    vec best = minus_inf;
+                    mask at = {0};
+                    for (ptrdiff_t i = 0; i < kh; i++) {
+                        const ptrdiff_t y = oy * sh + i - ph;
+                        for (ptrdiff_t j = 0; j < kw; j++) {
+                            const ptrdiff_t xx = ox * sw + j - pw;
+                            if (y < 0 || y >= h || xx < 0 || xx >= w) continue;  /* -inf: never better */
+                            const vec v = load_within(x + ((img * h + y) * w + xx) * c + k, x_end, lanes);
+                            const mask better = (v > best) | ((v != v) & (best == best));
+                            best = select(better, v, best);
+                            at = (at & ~better) | (((mask){0} + (lane_index)(i * kw + j)) & better);
+                        }
+                    }
+                    const ptrdiff_t o = ((img * oh + oy) * ow + ox) * c + k;
+                    memcpy(out + o, &best, sizeof best);
+                    memcpy(argmax + o, &at, sizeof at);
+                }
+}
+
+/* dx (N, H, W, C) of maxpool_forward for dout (N, OH, OW, C): each output's gradient is
+ * added to its window's argmax. dx is cleared first (`total` values: dx and LANES of slack,
+ * which whole-vector additions past the last channel reach); lanes past C add zero. */
+void maxpool_backward(const REAL *dout, const lane_index *argmax, ptrdiff_t n, ptrdiff_t oh,
+                      ptrdiff_t ow, ptrdiff_t c, ptrdiff_t kh, ptrdiff_t kw, ptrdiff_t sh, ptrdiff_t sw,
+                      ptrdiff_t ph, ptrdiff_t pw, REAL *dx, ptrdiff_t h, ptrdiff_t w, ptrdiff_t total)
+{
+    const REAL *d_end = dout + n * oh * ow * c;
+    const lane_index *at_end = argmax + n * oh * ow * c;
+    mask lane;
+    for (int l = 0; l < LANES; l++) lane[l] = l;
+    memset(dx, 0, (size_t)total * sizeof(REAL));
+    for (ptrdiff_t img = 0; img < n; img++)
+        for (ptrdiff_t oy = 0; oy < oh; oy++)
+            for (ptrdiff_t ox = 0; ox < ow; ox++)
+                for (ptrdiff_t k = 0; k < c; k += LANES) {
+                    const int lanes = c - k < LANES ? (int)(c - k) : LANES;
+                    const ptrdiff_t o = ((img * oh + oy) * ow + ox) * c + k;
+                    const vec d = load_within(dout + o, d_end, lanes);
+                    const mask at = load_indices(argmax + o, at_end, lanes);
+                    const mask valid = lane < (lane_index)lanes;
+                    for (ptrdiff_t i = 0; i < kh; i++) {
+                        const ptrdiff_t y = oy * sh + i - ph;
+                        for (ptrdiff_t j = 0; j < kw; j++) {
+                            const ptrdiff_t xx = ox * sw + j - pw;
+                            if (y < 0 || y >= h || xx < 0 || xx >= w) continue;
+                            const mask hit = (at == (lane_index)(i * kw + j)) & valid;
+                            REAL *t = dx + ((img * h + y) * w + xx) * c + k;
+                            const vec sum = load(t) + select(hit, d, (vec){0});
+                            memcpy(t, &sum, sizeof sum);
                         }
                     }
                 }
-            }
-}
-
-/* dx (N, H, W, C) of maxpool_forward for dout (N, OH, OW, C): each output's gradient goes
- * to its window's argmax, summed where windows overlap. Windows that tile the image write
- * every pixel of dx once, without clearing it first. */
-void maxpool_backward(const REAL *dout, const int *argmax, ptrdiff_t n, ptrdiff_t oh,
-                      ptrdiff_t ow, ptrdiff_t c, ptrdiff_t kh, ptrdiff_t kw, ptrdiff_t sh, ptrdiff_t sw,
-                      ptrdiff_t ph, ptrdiff_t pw, REAL *dx, ptrdiff_t h, ptrdiff_t w)
-{
-    const int tiles = sh == kh && sw == kw && ph == 0 && pw == 0 && oh * kh == h && ow * kw == w;
-    if (!tiles) memset(dx, 0, (size_t)(n * h * w * c) * sizeof(REAL));
-    for (ptrdiff_t img = 0; img < n; img++)
-        for (ptrdiff_t oy = 0; oy < oh; oy++)
-            for (ptrdiff_t ox = 0; ox < ow; ox++) {
-                const REAL *restrict d = dout + ((img * oh + oy) * ow + ox) * c;
-                const int *restrict at = argmax + ((img * oh + oy) * ow + ox) * c;
-                for (ptrdiff_t i = 0; i < kh; i++) {
-                    const ptrdiff_t y = oy * sh + i - ph;
-                    for (ptrdiff_t j = 0; j < kw; j++) {
-                        const ptrdiff_t xx = ox * sw + j - pw;
-                        const int offset = (int)(i * kw + j);
-                        if (y < 0 || y >= h || xx < 0 || xx >= w) continue;
-                        REAL *restrict t = dx + ((img * h + y) * w + xx) * c;
-                        if (tiles)
-                            for (ptrdiff_t k = 0; k < c; k++) t[k] = at[k] == offset ? d[k] : 0;
-                        else
-                            for (ptrdiff_t k = 0; k < c; k++) t[k] += at[k] == offset ? d[k] : 0;
-                    }
-                }
-            }
 }

@@ -17,7 +17,7 @@ and re-reading them cost more than the arithmetic):
   ``conv_forward`` itself, as the full correlation of the stride-spread, padded dout with
   the flipped kernel, or, for few input channels, scattered by ``conv_input_grad``.
 - ``maxpool_forward`` / ``maxpool_backward``: max and first argmax (NaN wins) in one pass,
-  and the gradient routed by it; where C is a multiple of the vector lanes.
+  and the gradient routed by it.
 
 Outputs are NCHW views of NHWC memory, which ReLU and pooling keep, so the next layer reads
 its input without a copy. ctypes releases the GIL during a call, so the batch slices of
@@ -61,7 +61,7 @@ _SIGNATURES = {
     "channel_sums": [_P, _N, _N, _P, _P],
     "conv_input_grad": [_P, _N, _N, _N, _N, _P, _N, _N, _N, _N, _N, _P, _N, _N, _N],
     "maxpool_forward": [_P, _N, _N, _N, _N, _N, _N, _N, _N, _N, _N, _P, _P, _N, _N],
-    "maxpool_backward": [_P, _P, _N, _N, _N, _N, _N, _N, _N, _N, _N, _N, _P, _N, _N],
+    "maxpool_backward": [_P, _P, _N, _N, _N, _N, _N, _N, _N, _N, _N, _N, _P, _N, _N, _N],
 }
 
 
@@ -299,39 +299,52 @@ def conv_backward(dout, x_nhwc, W, x_shape, stride, pad, need_dx=True):
     return dx.transpose(0, 3, 1, 2), dW, db
 
 
+INDEX_DTYPES = {"float32": "int32", "float64": "int64"}  # argmax: as wide as the values
+
+
+def _with_slack(xp, shape, dtype, slack):
+    """An uninitialised C-contiguous array of ``shape`` followed by ``slack`` spare values
+    (kernels that store whole vectors may write there)."""
+    size = 1
+    for extent in shape:
+        size *= extent
+    return xp.empty(size + slack, dtype=dtype)[:size].reshape(shape)
+
+
 def maxpool_forward(x, kh, kw, stride, pad):
     """Max pooling of ``x`` (N, C, H, W) held in NHWC memory -> (out, argmax), both NCHW
-    views of NHWC memory (argmax: int32 row-major window offsets of the first maximum), or
-    None: kernels off, x in another memory order, or C not a multiple of the vector lanes
-    (see cpu_kernels.c)."""
+    views of NHWC memory (argmax: row-major window offsets of the first maximum, int32 for
+    float32 and int64 for float64), or None: kernels off, or x in another memory order."""
     lib = _library(x.dtype.name)
     x_nhwc = x.transpose(0, 2, 3, 1)
-    if lib is None or not x_nhwc.flags.c_contiguous or x.size == 0 or x.shape[1] % lib.lanes:
+    if lib is None or not x_nhwc.flags.c_contiguous or x.size == 0:
         return None
     xp = xp_of(x)
     n, h, w, c = x_nhwc.shape
     (sh, sw), (ph, pw) = pair(stride), pair(pad)
     oh, ow = output_shape(x.shape, kh, kw, (sh, sw), (ph, pw))
-    out = xp.empty((n, oh, ow, c), dtype=x.dtype)
-    argmax = xp.empty((n, oh, ow, c), dtype=xp.int32)
+    out = _with_slack(xp, (n, oh, ow, c), x.dtype, lib.lanes)
+    argmax = _with_slack(xp, (n, oh, ow, c), INDEX_DTYPES[x.dtype.name], lib.lanes)
     lib.maxpool_forward(_address(x_nhwc), n, h, w, c, kh, kw, sh, sw, ph, pw,
                         _address(out), _address(argmax), oh, ow)
     return out.transpose(0, 3, 1, 2), argmax.transpose(0, 3, 1, 2)
 
 
 def maxpool_backward(dout, argmax, x_shape, kh, kw, stride, pad):
-    """dx (N, C, H, W), an NCHW view of NHWC memory, from ``maxpool_forward``'s argmax,
-    or None for another argmax (the portable path's: uint8 or int64, any memory order)."""
+    """dx (N, C, H, W), an NCHW view of NHWC memory, from an argmax of ``maxpool_forward``
+    (or any argmax of its dtype in NHWC memory), or None for another argmax (the portable
+    path's uint8, or one in another memory order)."""
     lib = _library(dout.dtype.name)
     argmax_nhwc = argmax.transpose(0, 2, 3, 1)
-    if lib is None or argmax.dtype.name != "int32" or not argmax_nhwc.flags.c_contiguous:
+    if (lib is None or argmax.dtype.name != INDEX_DTYPES[dout.dtype.name]
+            or not argmax_nhwc.flags.c_contiguous):
         return None
     xp = xp_of(dout)
     n, c, h, w = x_shape
     oh, ow = dout.shape[2:]
     (sh, sw), (ph, pw) = pair(stride), pair(pad)
     d_nhwc = xp.ascontiguousarray(dout.transpose(0, 2, 3, 1))
-    dx = xp.empty((n, h, w, c), dtype=dout.dtype)
+    dx = _with_slack(xp, (n, h, w, c), dout.dtype, lib.lanes)
     lib.maxpool_backward(_address(d_nhwc), _address(argmax_nhwc), n, oh, ow, c, kh, kw, sh, sw,
-                         ph, pw, _address(dx), h, w)
+                         ph, pw, _address(dx), h, w, dx.size + lib.lanes)
     return dx.transpose(0, 3, 1, 2)
