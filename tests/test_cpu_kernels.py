@@ -227,13 +227,12 @@ def test_maxpool_kernels_apply_to_nhwc_memory(kernels_on):
 
 @needs_compiler
 @pytest.mark.parametrize("c, kw, stride, pad", [(1, 3, 1, 0), (3, 5, 2, 2), (5, 4, (1, 3), (0, 3)),
-                                                (7, 3, 1, 1), (6, 5, 1, 0)])
+                                                (7, 3, 1, 1), (6, 5, 1, 0), (16, 3, 1, 1), (9, 5, 2, 0)])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_scattered_input_gradient_matches_naive(c, kw, stride, pad, dtype, kernels_on):
-    """dx for few input channels (window rows of 1-3 vectors, scattered into dx with slack)."""
+    """dx scattered window row by window row (rows of 1 to 6 vectors, with slack)."""
     lib = cpu_kernels._library(np.dtype(dtype).name)
-    if kw * c > cpu_kernels.SCATTER_MAX_VECTORS * lib.lanes:
-        pytest.skip("a window row longer than the scatter kernel takes")
+    assert kw * c <= cpu_kernels.SCATTER_MAX_VECTORS * lib.lanes
     rng = np.random.default_rng(c * 10 + kw)
     x = rng.standard_normal((3, c, 9, 11))
     W = rng.standard_normal((9, c, 3, kw))
@@ -245,3 +244,18 @@ def test_scattered_input_gradient_matches_naive(c, kw, stride, pad, dtype, kerne
                                            conv_ops.pair(stride), conv_ops.pair(pad))
     tol = 1e-12 if dtype == np.float64 else 1e-4
     np.testing.assert_allclose(dx.transpose(0, 3, 1, 2), want_dx, rtol=tol, atol=tol)
+
+
+@needs_compiler
+@pytest.mark.parametrize("c", [1, 6, 16, 30, 64])
+def test_bias_gradient_sums_are_accurate_in_float32(c, kernels_on):
+    """db: 10,007 pixels (whole blocks of lcm(C, lanes) values, then a partial one), summed
+    with float32 rounding errors near a pairwise sum's."""
+    rng = np.random.default_rng(c)
+    dout = rng.standard_normal((10007, c, 1, 1)).astype(np.float32) + 3.0
+    x = rng.standard_normal((10007, 1, 1, 1)).astype(np.float32)
+    W = np.ones((c, 1, 1, 1), dtype=np.float32)
+    _, cache = conv_ops.conv2d_forward(x, W, np.zeros(c, np.float32))
+    assert cache[4] == "compiled"
+    _, _, db = conv_ops.conv2d_backward(dout, cache, need_dx=False)
+    np.testing.assert_allclose(db, dout.astype(np.float64).sum(axis=(0, 2, 3)), rtol=2e-6)

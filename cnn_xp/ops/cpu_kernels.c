@@ -171,23 +171,23 @@ void conv_weight_grad(const REAL *x, ptrdiff_t n, ptrdiff_t h, ptrdiff_t w, ptrd
     }
 }
 
-/* The input gradient by scattering, for layers of few input channels (C below LANES),
- * where conv_forward on the spread dout would leave most lanes of each vector idle: every
- * output pixel p adds, for every kernel row i, the vector sum over oc of dout[p, oc] *
- * wt[oc, i] to the KW*C contiguous values of its window row in dx. Those run values are
- * NV whole vectors (NV <= 3): wt (OC, KH, NV*LANES) is zero past the run, so the lanes
- * past it add zero to whatever they cover, and dx needs NV*LANES - KW*C values of slack
- * after its end. R neighbouring pixels (R constant) share each loaded wt vector; their
- * windows overlap, so each adds to dx in turn.
+/* The input gradient by scattering (dx of conv_forward), for window rows of at most 6
+ * vectors (KW*C <= 6*LANES): every output pixel p adds, for every kernel row i, the vector
+ * sum over oc of dout[p, oc] * wt[oc, i] to the KW*C contiguous values of its window row
+ * in dx. Those run values are NV whole vectors: wt (OC, KH, NV*LANES) is zero past the
+ * run, so the lanes past it add zero to whatever they cover, and dx needs NV*LANES - KW*C
+ * values of slack after its end. R neighbouring pixels (R constant, R*NV <= 24 registers)
+ * share each loaded wt vector; their windows overlap, so each adds to dx in turn.
  *   d_px: dout[n, oy, ox0, 0]; wt_i: wt[0, i]; dx_win: dx[n, oy*sh + i, ox0*sw, 0] */
+#define MAX_RUN_VECTORS 6
 INLINE void input_grad_tile(const REAL *d_px, const REAL *wt_i, REAL *dx_win, ptrdiff_t oc,
                             ptrdiff_t wt_stride, ptrdiff_t step, const int NV, const int R)
 {
-    vec acc[8][3];
+    vec acc[8][MAX_RUN_VECTORS];
     for (int r = 0; r < R; r++)
         for (int v = 0; v < NV; v++) acc[r][v] = (vec){0};
     for (ptrdiff_t o = 0; o < oc; o++) {
-        vec wv[3];
+        vec wv[MAX_RUN_VECTORS];
         for (int v = 0; v < NV; v++) wv[v] = load(wt_i + o * wt_stride + v * LANES);
         for (int r = 0; r < R; r++) {
             const REAL d = d_px[r * oc + o];
@@ -218,29 +218,46 @@ void conv_input_grad(const REAL *dout, ptrdiff_t n, ptrdiff_t oh, ptrdiff_t ow, 
                 REAL *dx_row = dx + (img * h + oy * sh + i) * w * c;
                 ptrdiff_t ox = 0;
 #define TILE(NV, R) input_grad_tile(d_row + ox * oc, wt_i, dx_row + ox * step, oc, wt_stride, step, NV, R)
-#define TILES(NV) for (; ox + 8 <= ow; ox += 8) TILE(NV, 8); \
-                  for (; ox + 4 <= ow; ox += 4) TILE(NV, 4); \
+#define PIXELS(NV) (24 / (NV) > 8 ? 8 : 24 / (NV))
+#define TILES(NV) for (; ox + PIXELS(NV) <= ow; ox += PIXELS(NV)) TILE(NV, PIXELS(NV)); \
+                  for (; ox + 2 <= ow; ox += 2) TILE(NV, 2); \
                   for (; ox < ow; ox += 1) TILE(NV, 1);
-                if (nv == 1) { TILES(1) } else if (nv == 2) { TILES(2) } else { TILES(3) }
+                switch (nv) {
+                    case 1: TILES(1) break;
+                    case 2: TILES(2) break;
+                    case 3: TILES(3) break;
+                    case 4: TILES(4) break;
+                    case 5: TILES(5) break;
+                    default: TILES(6) break;
+                }
 #undef TILES
+#undef PIXELS
 #undef TILE
             }
 }
 
-/* sums[c] = the sum over `pixels` rows of d (pixels, C): a conv's bias gradient. Rows are
- * added in blocks of SUM_BLOCK into `partial` (C values of scratch), each block's sum then
- * into `sums`, which keeps float32 rounding errors near those of a pairwise sum. */
-#define SUM_BLOCK 64
-void channel_sums(const REAL *d, ptrdiff_t pixels, ptrdiff_t c, REAL *sums, REAL *partial)
+/* sums[k] = the sum over `pixels` rows of d (pixels, C): a conv's bias gradient. d is read
+ * as one flat run, in blocks of `block` values (lcm(C, LANES): whole vectors, whole pixels)
+ * added into `partial`, which is added into `total` every SUM_BLOCKS blocks (that keeps
+ * float32 rounding errors near those of a pairwise sum); total is folded into sums at the
+ * end. scratch: 2 * block values. */
+#define SUM_BLOCKS 64
+void channel_sums(const REAL *d, ptrdiff_t pixels, ptrdiff_t c, ptrdiff_t block, REAL *sums,
+                  REAL *scratch)
 {
-    for (ptrdiff_t k = 0; k < c; k++) sums[k] = 0;
-    for (ptrdiff_t p0 = 0; p0 < pixels; p0 += SUM_BLOCK) {
-        const ptrdiff_t p1 = pixels - p0 < SUM_BLOCK ? pixels : p0 + SUM_BLOCK;
-        for (ptrdiff_t k = 0; k < c; k++) partial[k] = 0;
-        for (ptrdiff_t p = p0; p < p1; p++)
-            for (ptrdiff_t k = 0; k < c; k++) partial[k] += d[p * c + k];
-        for (ptrdiff_t k = 0; k < c; k++) sums[k] += partial[k];
+    REAL *partial = scratch, *total = scratch + block;
+    const ptrdiff_t size = pixels * c;
+    ptrdiff_t p = 0;
+    for (ptrdiff_t k = 0; k < block; k++) total[k] = 0;
+    while (p + block <= size) {
+        for (ptrdiff_t k = 0; k < block; k++) partial[k] = 0;
+        for (int b = 0; b < SUM_BLOCKS && p + block <= size; b++, p += block)
+            for (ptrdiff_t k = 0; k < block; k++) partial[k] += d[p + k];
+        for (ptrdiff_t k = 0; k < block; k++) total[k] += partial[k];
     }
+    for (ptrdiff_t k = 0; k < c; k++) sums[k] = 0;
+    for (ptrdiff_t k = 0; k < block; k++) sums[k % c] += total[k];
+    for (; p < size; p++) sums[p % c] += d[p];  /* the last, partial block */
 }
 
 /* Max pooling over NHWC x (N, H, W, C), unpadded in memory: window positions outside the

@@ -14,8 +14,9 @@ and re-reading them cost more than the arithmetic):
 
 - ``conv_forward``: out = conv(x, W) + b, any stride, padding below the kernel size.
 - ``conv_backward``: dW by ``conv_weight_grad``, db by ``channel_sums``; dx by
-  ``conv_forward`` itself, as the full correlation of the stride-spread, padded dout with
-  the flipped kernel, or, for few input channels, scattered by ``conv_input_grad``.
+  ``conv_input_grad``, which scatters each output pixel's gradient into its window, or,
+  for window rows longer than 6 vectors, ``conv_forward`` itself, as the full correlation
+  of the stride-spread, padded dout with the flipped kernel.
 - ``maxpool_forward`` / ``maxpool_backward``: max and first argmax (NaN wins) in one pass,
   and the gradient routed by it.
 
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import math
 import os
 import platform
 import shlex
@@ -58,7 +60,7 @@ _P, _N = ctypes.c_void_p, ctypes.c_ssize_t   # pointers; sizes (ptrdiff_t)
 _SIGNATURES = {
     "conv_forward": [_P, _N, _N, _N, _N, _P, _N, _N, _N, _P, _N, _N, _P, _N, _N],
     "conv_weight_grad": [_P, _N, _N, _N, _N, _P, _N, _N, _N, _N, _N, _N, _N, _P],
-    "channel_sums": [_P, _N, _N, _P, _P],
+    "channel_sums": [_P, _N, _N, _N, _P, _P],
     "conv_input_grad": [_P, _N, _N, _N, _N, _P, _N, _N, _N, _N, _N, _P, _N, _N, _N],
     "maxpool_forward": [_P, _N, _N, _N, _N, _N, _N, _N, _N, _N, _N, _P, _P, _N, _N],
     "maxpool_backward": [_P, _P, _N, _N, _N, _N, _N, _N, _N, _N, _N, _N, _P, _N, _N, _N],
@@ -229,14 +231,15 @@ def fits(x, W, pad) -> bool:
     return ph < kh and pw < kw and x.size > 0 and W.size > 0
 
 
-SCATTER_MAX_VECTORS = 3  # conv_input_grad handles window rows of up to 3 vectors
+SCATTER_MAX_VECTORS = 6  # conv_input_grad handles window rows of up to 6 vectors
 
 
 def _input_grad_scattered(lib, d_nhwc, W, x_shape, stride, pad):
-    """dx (N, H, W, C), possibly a view, by ``conv_input_grad``: for convs of few input
-    channels (C below the vector lanes). Measured, one thread, batch 100, float32 (16 lanes):
-    LeNet-5's 6->16 conv on 14x14, backward (dW and dx) 2.1 -> 0.8 ms against dx by
-    ``conv_forward`` on the spread dout, whose 6-channel output filled 6 of 16 lanes."""
+    """dx (N, H, W, C), possibly a view, by ``conv_input_grad``, for window rows of KW*C
+    <= 6 vectors. Measured, one thread, batch 100, float32 (16 lanes), against dx by
+    ``conv_forward`` on the spread dout: LeNet-5's 6->16 conv on 14x14 1.6 -> 0.4 ms (a
+    6-channel output filled 6 of 16 lanes there), deep_convnet's 16->16 on 26x26 2.0 -> 1.2
+    ms, 32->32 on 10x10 1.3 -> 0.7 ms; 32->64 on 4x4 with pad 1 0.5 -> 0.6 ms."""
     xp = xp_of(d_nhwc)
     n, c, h, w = x_shape
     oc, _, kh, kw = W.shape
@@ -280,12 +283,13 @@ def conv_backward(dout, x_nhwc, W, x_shape, stride, pad, need_dx=True):
     lib.conv_weight_grad(_address(x_nhwc), n, hp, wp, c, _address(d_nhwc), oh, ow, oc,
                          kh, kw, sh, sw, _address(dw_rows))
     dW = xp.ascontiguousarray(dw_rows.reshape(kh, kw, c, oc).transpose(3, 2, 0, 1))
-    sums = xp.empty(2 * oc, dtype=dout.dtype)  # NumPy's sum(axis=0) of (N*OH*OW, OC) took 1.1 ms
-    lib.channel_sums(_address(d_nhwc), n * oh * ow, oc, _address(sums), _address(sums[oc:]))
-    db = sums[:oc]
+    # NumPy's sum(axis=0) of (N*OH*OW, OC) took 1.1 ms for deep_convnet's first conv
+    block = math.lcm(oc, lib.lanes)
+    db, scratch = xp.empty(oc, dtype=dout.dtype), xp.empty(2 * block, dtype=dout.dtype)
+    lib.channel_sums(_address(d_nhwc), n * oh * ow, oc, block, _address(db), _address(scratch))
     if not need_dx:
         return None, dW, db
-    if c < lib.lanes and kw * c <= SCATTER_MAX_VECTORS * lib.lanes:
+    if kw * c <= SCATTER_MAX_VECTORS * lib.lanes:
         dx = _input_grad_scattered(lib, d_nhwc, W, x_shape, (sh, sw), (ph, pw))
     else:
         # dx[y, x] = sum over (i, j) of dout[(y + ph - i) / sh, (x + pw - j) / sw] W[i, j]
