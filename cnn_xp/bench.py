@@ -24,6 +24,7 @@ import tracemalloc
 import numpy
 
 from . import backend, models, optim, parallel
+from .ops import cpu_kernels
 from .models import INPUT_SHAPE, NUM_CLASSES
 from .atomic import write_text
 from .layers import Affine, Conv2D
@@ -307,10 +308,17 @@ def markdown_table(report: dict) -> str:
         lines.append("| " + " | ".join(row) + " |")
     env = ", ".join(f"{k}={v if v is not None else '(unset)'}" for k, v in report["env"].items())
     gemm = ", ".join(f"{k} {v:,.0f} GFLOP/s" for k, v in report["gemm_gflops"].items())
-    lines += ["", f"Device: {report['device']} ({report['machine']}); GEMM rate: {gemm}; {env}.",
+    kernels = f"; CPU kernels: {report['cpu_kernels']}" if report.get("cpu_kernels") else ""
+    lines += ["", f"Device: {report['device']} ({report['machine']}){kernels}; GEMM rate: {gemm}; {env}.",
               f"numpy {report['versions']['numpy']}" + (f", torch {report['versions']['torch']}" if peer else "")
               + f"; command: `{report['command']}`"]
     return "\n".join(lines) + "\n"
+
+
+def cpu_kernel_description() -> str:
+    """Which CPU code ran: the compiled kernels (ops.cpu_kernels) or the portable NumPy code."""
+    status = cpu_kernels.status()
+    return f"compiled C ({status['flags']})" if status["enabled"] else f"off, portable NumPy ({status['reason']})"
 
 
 def machine_description(device: str) -> str:
@@ -404,6 +412,7 @@ def run(args, argv) -> int:
         "versions": {"python": platform.python_version(), "numpy": numpy.__version__,
                      "torch": getattr(torch, "__version__", None)},
         "peer": "torch" if torch is not None else None,
+        "cpu_kernels": cpu_kernel_description() if args.device == "cpu" else None,
         "gemm_gflops": gemm, "gemm_size": size, "results": results,
     }
     table = markdown_table(report)

@@ -35,6 +35,9 @@ def test_tiny_run_writes_json_and_markdown(tmp_path, capsys):
     assert sum(line.startswith("| simple_convnet | float32 | 8 |") for line in lines) == 1
     assert "cnn-xp bench" in table
     assert "simple_convnet float32 batch 8" in capsys.readouterr().err
+    # which CPU code ran is part of the report: the compiled kernels, or the portable code
+    assert report["cpu_kernels"].startswith(("compiled C (-O3", "off, portable NumPy"))
+    assert f"CPU kernels: {report['cpu_kernels']}" in table
 
 
 def test_flops_per_image_follow_the_layer_shapes():

@@ -86,7 +86,8 @@ def status() -> dict:
         _library(dtype)
     if _broken is not None:
         return {"enabled": False, "reason": _broken}
-    return {"enabled": True, "reason": "", "files": [str(lib._name) for lib in _libraries.values()]}
+    return {"enabled": True, "reason": "", "files": [str(lib._name) for lib in _libraries.values()],
+            "flags": next(iter(_libraries.values())).flags}
 
 
 def reset() -> None:
@@ -156,6 +157,7 @@ def _load(dtype: str):
             getattr(lib, name).argtypes = argtypes
             getattr(lib, name).restype = None
         lib.lanes = lib.kernel_lanes()
+        lib.flags = " ".join(flags)
         return lib
     raise RuntimeError("; ".join(errors))
 
