@@ -122,6 +122,11 @@ class Sequential:
         On the CPU a training batch of at least 32 runs its leading batch-sliceable layers
         (all but Dropout / BatchNorm and what follows them) in slices on every core
         (``cnn_xp.parallel.SlicedLayers``); the loss is always taken over the whole batch."""
+        return self.scores_and_loss(x, t, train)[1]
+
+    def scores_and_loss(self, x, t, train: bool = True):
+        """(scores (N, K), mean loss): ``loss`` that also hands back the class scores (for
+        a trainer's running accuracy); ``backward`` may follow either."""
         x = self._as_input(x)
         sliced, slices = self._training_slices(x) if train and self.device == "cpu" else (None, 1)
         if slices == 1:
@@ -131,7 +136,7 @@ class Sequential:
             for index in execution_order(self.layers)[len(sliced.layers):]:
                 scores = self.layers[index].forward(scores, train=True)
             self._sliced_batch = True
-        return self.loss_layer.forward(scores, to_device(t, self.device))
+        return scores, self.loss_layer.forward(scores, to_device(t, self.device))
 
     def _training_slices(self, x):
         """(SlicedLayers or None, slices) for training batch ``x``; 1 slice: run it whole."""

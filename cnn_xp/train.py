@@ -356,8 +356,7 @@ class Trainer:
         bar = tqdm(batches, total=len(batches), desc=f"epoch {epoch}/{hp['epochs']}", unit="batch",
                    leave=False, disable=not self.cfg.progress, file=sys.stderr, dynamic_ncols=True)
         for step, (xb, tb) in enumerate(bar, 1):
-            scores = model.predict(xb, train=True)
-            loss = model.loss_layer.forward(scores, tb)
+            scores, loss = model.scores_and_loss(xb, tb)  # CPU: in batch slices where that pays
             model.backward()
             optimizer.step()
             n = int(xb.shape[0])

@@ -259,3 +259,14 @@ def test_bias_gradient_sums_are_accurate_in_float32(c, kernels_on):
     assert cache[4] == "compiled"
     _, _, db = conv_ops.conv2d_backward(dout, cache, need_dx=False)
     np.testing.assert_allclose(db, dout.astype(np.float64).sum(axis=(0, 2, 3)), rtol=2e-6)
+
+
+@needs_compiler
+def test_switching_the_kernels_off_between_forward_and_backward(kernels_on, monkeypatch):
+    x, W, b, stride, pad = _random_case(5)
+    out, cache = conv_ops.conv2d_forward(x, W, b, stride, pad)
+    assert cache[4] == "compiled"
+    monkeypatch.setenv(cpu_kernels.ENV_DISABLE, "1")
+    dout = np.ones(out.shape)
+    for got, want in zip(conv_ops.conv2d_backward(dout, cache), naive.conv2d_backward(dout, x, W, stride, pad)):
+        np.testing.assert_allclose(got, want, rtol=1e-11, atol=1e-11)

@@ -1,4 +1,4 @@
-/* cnn_xp CPU kernels: direct 2-D convolution on channels-last (NHWC) arrays.
+/* cnn_xp CPU kernels: direct 2-D convolution and max pooling on channels-last (NHWC) arrays.
  *
  * Built on first use by cnn_xp/ops/cpu_kernels.py with the machine's C compiler, once per
  * dtype: -DREAL=float or -DREAL=double. Plain C11 plus GCC/Clang vector extensions; the
@@ -17,8 +17,12 @@
  *                                      is (j, c) = divmod(q, C)
  *   out      (N, OH, OW, OC)
  *   dw       (KH, KW*C, OC)            the weight gradient, rows (i, j, c)
- * A window row of KW pixels x C channels is KW*C contiguous values of x, so both kernels
+ * A window row of KW pixels x C channels is KW*C contiguous values of x, so the kernels
  * walk a window as KH runs of KW*C values.
+ *
+ * Contents: conv_forward, conv_weight_grad, conv_input_grad (dx by scattering),
+ * channel_sums (the bias gradient), maxpool_forward, maxpool_backward. Each is checked
+ * against naive loops and the portable NumPy code in tests/test_cpu_kernels.py.
  */
 #include <stddef.h>
 #include <stdint.h>

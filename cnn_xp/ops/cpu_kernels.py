@@ -168,7 +168,8 @@ def _compile(command: list[str], target: Path) -> str:
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
     os.close(fd)
     try:
-        result = subprocess.run([*command, "-o", tmp, str(SOURCE)], capture_output=True, text=True, timeout=120, check=False)
+        result = subprocess.run([*command, "-o", tmp, str(SOURCE)], capture_output=True, text=True,
+                                timeout=120, check=False)
         if result.returncode != 0:
             last = (result.stderr.strip().splitlines() or ["no message"])[-1]
             return f"{shlex.join(command)} failed: {last}"
@@ -273,7 +274,10 @@ def conv_forward(x, W, b, stride, pad):
 
 def conv_backward(dout, x_nhwc, W, x_shape, stride, pad, need_dx=True):
     """(dx or None, dW, db) for dout (N, OC, OH, OW), from ``conv_forward``'s x_nhwc."""
-    lib = _library(dout.dtype.name)
+    # the library of the forward pass, even if the kernels were switched off since
+    lib = _libraries.get(dout.dtype.name) or _library(dout.dtype.name)
+    if lib is None:
+        raise RuntimeError("conv_backward: the CPU kernels of the forward pass are gone")
     xp = xp_of(dout)
     n, c, h, w = x_shape
     oc, _, kh, kw = W.shape
