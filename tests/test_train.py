@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cnn_xp import cli
+from cnn_xp import cli, parallel
 from cnn_xp.checkpoint import load_checkpoint
 from cnn_xp.train import METRIC_COLUMNS
 from tiny_idx import write_dataset
@@ -73,6 +73,10 @@ def test_resume_is_bit_identical_to_an_uninterrupted_run(data_dir, tmp_path, mon
                                                           threads):
     """3 epochs in one go == 1 epoch, stop, resume for 2 more (dropout and batch order included)."""
     monkeypatch.setenv("CNN_XP_THREADS", threads)
+    slice_counts = []  # the trainer's steps go through Sequential's batch slicing
+    sliced_forward = parallel.SlicedLayers.forward
+    monkeypatch.setattr(parallel.SlicedLayers, "forward",
+                        lambda self, x, slices: slice_counts.append(slices) or sliced_forward(self, x, slices))
     common = ("--batch-size", "50", "--seed", "7", "--optimizer", optimizer, "--limit-train", "120",
               "--limit-test", "20")
     assert train(data_dir, tmp_path / "full", "--epochs", "3", *common, model=model) == 0
@@ -95,6 +99,7 @@ def test_resume_is_bit_identical_to_an_uninterrupted_run(data_dir, tmp_path, mon
     split_summary = json.loads((tmp_path / "split" / "summary.json").read_text())
     assert full_summary["test_accuracy"] == split_summary["test_accuracy"]
     assert split_summary["epochs"] == 3
+    assert set(slice_counts) == ({2} if threads == "2" else set())
 
 
 def test_resume_refuses_changed_hyperparameters_and_missing_runs(data_dir, tmp_path, capsys):

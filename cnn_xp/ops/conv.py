@@ -1,5 +1,9 @@
 """2-D convolution (cross-correlation, as in every CNN library) through im2col and one GEMM.
 
+On the CPU the compiled kernels of ``cpu_kernels`` (direct convolution, no columns) run
+instead where they are built (a C compiler is present) and not switched off; everything
+below is the portable path, which also runs on the GPU with its fused CUDA helpers.
+
 x (N, C, H, W), W (OC, C, KH, KW), b (OC,) -> out (N, OC, OH, OW), possibly an NCHW-shaped
 view of other memory (no transpose copy); the backward pass reads ``dout`` back in that
 layout for free. ReLU and unpadded pooling keep the layout they are given (see pool.py).
@@ -177,7 +181,7 @@ def conv2d_backward(dout, cache, need_dx=True):
     """Return (dx or None, dW, db) for dout (N, OC, OH, OW); dx may be an NCHW view."""
     x_shape, col, W, w_mat, layout, stride, pad, workspace = cache
     oc, c, kh, kw = W.shape
-    if layout == "compiled":
+    if layout == "compiled":  # the cache's column slot holds the padded NHWC input
         return cpu_kernels.conv_backward(dout, col, W, x_shape, stride, pad, need_dx)
     if layout == "channel_major":
         return _backward_cm(dout, x_shape, col, W, w_mat, stride, pad, need_dx, workspace)

@@ -1,5 +1,8 @@
 """Max and average pooling on NCHW arrays, any window, stride and padding.
 
+On the CPU, max pooling of NHWC memory (what the compiled conv kernels give) runs in the
+compiled kernels of ``cpu_kernels`` where they are built; the code below is the portable path.
+
 Max pooling pads with -inf and sends each output's gradient to the first maximum of its
 window (row-major), as argmax does (a NaN counts as the maximum); average pooling counts zero
 padding in the average (divides by KH*KW). Both loop over the KH*KW kernel offsets, each a
