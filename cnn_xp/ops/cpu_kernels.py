@@ -112,11 +112,13 @@ def cache_dir() -> Path:
 
 
 def _cpu_identity() -> str:
-    """The CPU the library is built for (-march=native): model name and feature flags."""
+    """The CPU the library is built for (-march=native): model name and feature flags from
+    /proc/cpuinfo; where there is none, the host name too, so that a cache folder shared
+    by several machines never hands one a library built for another's instruction set."""
     try:
         lines = Path("/proc/cpuinfo").read_text(errors="replace").splitlines()
     except OSError:
-        lines = []
+        return platform.machine() + platform.processor() + platform.node()
     wanted = [line for line in lines if line.split(":")[0].strip() in ("model name", "flags", "Features")]
     return platform.machine() + platform.processor() + "".join(dict.fromkeys(wanted))
 
