@@ -270,3 +270,36 @@ def test_switching_the_kernels_off_between_forward_and_backward(kernels_on, monk
     dout = np.ones(out.shape)
     for got, want in zip(conv_ops.conv2d_backward(dout, cache), naive.conv2d_backward(dout, x, W, stride, pad)):
         np.testing.assert_allclose(got, want, rtol=1e-11, atol=1e-11)
+
+
+@needs_compiler
+def test_kernels_built_without_march_native(tmp_path, monkeypatch):
+    """The build without -march=native (the fallback flags; 32-byte vectors, 12 accumulators)
+    computes the same: conv forward and backward, max pooling, in both dtypes."""
+    monkeypatch.setattr(cpu_kernels, "FLAG_SETS", (["-O3", "-ffp-contract=fast"],))
+    monkeypatch.setenv(cpu_kernels.ENV_CACHE, str(tmp_path / "kernels"))
+    monkeypatch.delenv(cpu_kernels.ENV_DISABLE, raising=False)
+    cpu_kernels.reset()
+    try:
+        assert cpu_kernels._library("float32").lanes == 8 and cpu_kernels._library("float64").lanes == 4
+        for seed in range(12):
+            x, W, b, stride, pad = _random_case(seed)
+            dtype = (np.float64, np.float32)[seed % 2]
+            tol = 1e-11 if dtype == np.float64 else 1e-3
+            out, cache = conv_ops.conv2d_forward(x.astype(dtype), W.astype(dtype), b.astype(dtype), stride, pad)
+            assert cache[4] == "compiled"
+            np.testing.assert_allclose(out, naive.conv2d(x, W, b, stride, pad), rtol=tol, atol=tol)
+            dout = np.random.default_rng(seed).standard_normal(out.shape)
+            got = conv_ops.conv2d_backward(dout.astype(dtype), cache)
+            for g, w in zip(got, naive.conv2d_backward(dout, x, W, stride, pad)):
+                np.testing.assert_allclose(g, w, rtol=tol, atol=tol * 10)
+            maps = np.random.default_rng(seed).integers(-3, 4, size=(2, x.shape[1], 7, 6)).astype(dtype)
+            p_out, p_cache = pool_ops.maxpool2d_forward(_in_memory(maps, "nhwc"), 3, 2, 2, 1)
+            assert p_cache[1].dtype == cpu_kernels.INDEX_DTYPES[np.dtype(dtype).name]
+            want, where = naive.maxpool2d(maps.astype(np.float64), 3, 2, 2, 1)
+            np.testing.assert_array_equal(p_out, want)
+            p_dout = np.ones(p_out.shape, dtype=dtype)
+            np.testing.assert_array_equal(pool_ops.maxpool2d_backward(p_dout, p_cache),
+                                          naive.maxpool2d_backward(p_dout.astype(np.float64), maps.shape, where, 1))
+    finally:
+        cpu_kernels.reset()

@@ -41,6 +41,11 @@
 typedef REAL vec __attribute__((vector_size(VECTOR_BYTES)));
 enum { LANES = VECTOR_BYTES / sizeof(REAL) };
 #define MAX_TILE 12
+#define MAX_BLOCKS 4
+/* Vector accumulators a tile may hold: 32 AVX-512 registers, 16 AVX2 ones, less room for
+ * the operands; PIXELS(B): output pixels per tile for B channel blocks. */
+#define ACCUMULATORS (VECTOR_BYTES == 64 ? 24 : 12)
+#define PIXELS(B) (ACCUMULATORS / (B) > MAX_TILE ? MAX_TILE : ACCUMULATORS / (B))
 #define INLINE static inline __attribute__((always_inline))
 
 /* Lanes in one vector: the output-channel block size the caller packs the weights for. */
@@ -59,55 +64,71 @@ INLINE void store_first(REAL *p, vec v, int lanes) {
     memcpy(p, &v, (size_t)lanes * sizeof(REAL));
 }
 
-/* Outputs (n, oy, ox0 .. ox0+R-1), channels [block*LANES, +lanes): R must be a constant,
- * so that the R accumulators live in registers.
+/* Outputs (n, oy, ox0 .. ox0+R-1) x B blocks of output channels from block b0 on (R and B
+ * constants, R*B accumulators in registers): each weight vector loaded feeds R fused
+ * multiply-adds, each input value loaded feeds B.
  *   x_win: x[n, oy*sh, ox0*sw, 0], the top-left of the first window
- *   w_blk: w_packed[block]; step: sw*C, the distance between neighbouring windows */
-INLINE void forward_tile(const REAL *x_win, const REAL *w_blk, vec bias, REAL *out_px,
+ *   w_blk: w_packed[b0]; bias: bias_padded + b0*LANES; out_px: out[n, oy, ox0, b0*LANES]
+ *   step: sw*C, the distance between neighbouring windows; blk: between weight blocks
+ *   lanes: the channels of the last of the B blocks (fewer than LANES in OC's last block) */
+INLINE void forward_tile(const REAL *x_win, const REAL *w_blk, const REAL *bias, REAL *out_px,
                          ptrdiff_t kh, ptrdiff_t row, ptrdiff_t run, ptrdiff_t step,
-                         ptrdiff_t oc, int lanes, const int R)
+                         ptrdiff_t blk, ptrdiff_t oc, int lanes, const int R, const int B)
 {
-    vec acc[MAX_TILE];
-    for (int r = 0; r < R; r++) acc[r] = bias;
+    vec acc[MAX_TILE][MAX_BLOCKS];
+    for (int b = 0; b < B; b++) {
+        const vec bias_b = load(bias + b * LANES);
+        for (int r = 0; r < R; r++) acc[r][b] = bias_b;
+    }
     for (ptrdiff_t i = 0; i < kh; i++) {
         const REAL *xi = x_win + i * row;
         const REAL *wi = w_blk + i * run * LANES;
         for (ptrdiff_t q = 0; q < run; q++) {
-            vec wq = load(wi + q * LANES);
-            for (int r = 0; r < R; r++) acc[r] += xi[r * step + q] * wq;
+            vec wq[MAX_BLOCKS];
+            for (int b = 0; b < B; b++) wq[b] = load(wi + b * blk + q * LANES);
+            for (int r = 0; r < R; r++) {
+                const REAL xv = xi[r * step + q];
+                for (int b = 0; b < B; b++) acc[r][b] += xv * wq[b];
+            }
         }
     }
-    for (int r = 0; r < R; r++) {
-        if (lanes == LANES) memcpy(out_px + r * oc, &acc[r], sizeof(vec));
-        else store_first(out_px + r * oc, acc[r], lanes);
-    }
+    for (int r = 0; r < R; r++)
+        for (int b = 0; b < B; b++) {
+            REAL *o = out_px + r * oc + b * LANES;
+            if (b < B - 1 || lanes == LANES) memcpy(o, &acc[r][b], sizeof(vec));
+            else store_first(o, acc[r][b], lanes);
+        }
 }
 
-/* out = conv(x, w) + bias, stride (sh, sw); bias_padded has OC rounded up to LANES. */
+/* out = conv(x, w) + bias, stride (sh, sw); bias_padded has OC rounded up to LANES. Output
+ * channel blocks go 4, then 2, then 1 at a time, each with as many pixels as registers
+ * allow (ACCUMULATORS). */
 void conv_forward(const REAL *x, ptrdiff_t n, ptrdiff_t h, ptrdiff_t w, ptrdiff_t c,
                   const REAL *w_packed, ptrdiff_t kh, ptrdiff_t kw, ptrdiff_t oc,
                   const REAL *bias_padded, ptrdiff_t sh, ptrdiff_t sw,
                   REAL *out, ptrdiff_t oh, ptrdiff_t ow)
 {
-    const ptrdiff_t row = w * c, run = kw * c, step = sw * c;
+    const ptrdiff_t row = w * c, run = kw * c, step = sw * c, blk = kh * run * LANES;
     const ptrdiff_t blocks = (oc + LANES - 1) / LANES;
     for (ptrdiff_t img = 0; img < n; img++)
         for (ptrdiff_t oy = 0; oy < oh; oy++) {
             const REAL *x_row = x + (img * h + oy * sh) * row;
             REAL *out_row = out + (img * oh + oy) * ow * oc;
-            for (ptrdiff_t b = 0; b < blocks; b++) {
-                const REAL *w_blk = w_packed + b * kh * run * LANES;
-                const vec bias = load(bias_padded + b * LANES);
-                const int lanes = oc - b * LANES < LANES ? (int)(oc - b * LANES) : LANES;
-                REAL *o = out_row + b * LANES;
+            for (ptrdiff_t b = 0; b < blocks;) {
+                const int group = blocks - b >= 4 ? 4 : blocks - b >= 2 ? 2 : 1;
+                const int lanes = b + group == blocks ? (int)(oc - (blocks - 1) * LANES) : LANES;
                 ptrdiff_t ox = 0;
-#define TILE(R) forward_tile(x_row + ox * step, w_blk, bias, o + ox * oc, kh, row, run, step, oc, lanes, R)
-                for (; ox + 12 <= ow; ox += 12) TILE(12);
-                for (; ox + 8 <= ow; ox += 8) TILE(8);
-                for (; ox + 4 <= ow; ox += 4) TILE(4);
-                for (; ox + 2 <= ow; ox += 2) TILE(2);
-                for (; ox < ow; ox += 1) TILE(1);
+#define TILE(R, B) forward_tile(x_row + ox * step, w_packed + b * blk, bias_padded + b * LANES, \
+                                out_row + ox * oc + b * LANES, kh, row, run, step, blk, oc, lanes, R, B)
+#define TILES(B) for (; ox + PIXELS(B) <= ow; ox += PIXELS(B)) TILE(PIXELS(B), B); \
+                 if (PIXELS(B) > 8) for (; ox + 8 <= ow; ox += 8) TILE(8, B);    \
+                 for (; ox + 4 <= ow; ox += 4) TILE(4, B);                       \
+                 for (; ox + 2 <= ow; ox += 2) TILE(2, B);                       \
+                 for (; ox < ow; ox += 1) TILE(1, B);
+                if (group == 4) { TILES(4) } else if (group == 2) { TILES(2) } else { TILES(1) }
+#undef TILES
 #undef TILE
+                b += group;
             }
         }
 }
@@ -180,7 +201,7 @@ void conv_weight_grad(const REAL *x, ptrdiff_t n, ptrdiff_t h, ptrdiff_t w, ptrd
  * sum over oc of dout[p, oc] * wt[oc, i] to the KW*C contiguous values of its window row
  * in dx. Those run values are NV whole vectors: wt (OC, KH, NV*LANES) is zero past the
  * run, so the lanes past it add zero to whatever they cover, and dx needs NV*LANES - KW*C
- * values of slack after its end. R neighbouring pixels (R constant, R*NV <= 24 registers)
+ * values of slack after its end. R neighbouring pixels (R constant, R*NV <= ACCUMULATORS)
  * share each loaded wt vector; their windows overlap, so each adds to dx in turn.
  *   d_px: dout[n, oy, ox0, 0]; wt_i: wt[0, i]; dx_win: dx[n, oy*sh + i, ox0*sw, 0] */
 #define MAX_RUN_VECTORS 6
@@ -222,8 +243,8 @@ void conv_input_grad(const REAL *dout, ptrdiff_t n, ptrdiff_t oh, ptrdiff_t ow, 
                 REAL *dx_row = dx + (img * h + oy * sh + i) * w * c;
                 ptrdiff_t ox = 0;
 #define TILE(NV, R) input_grad_tile(d_row + ox * oc, wt_i, dx_row + ox * step, oc, wt_stride, step, NV, R)
-#define PIXELS(NV) (24 / (NV) > 8 ? 8 : 24 / (NV))
-#define TILES(NV) for (; ox + PIXELS(NV) <= ow; ox += PIXELS(NV)) TILE(NV, PIXELS(NV)); \
+#define SCATTER_PIXELS(NV) (ACCUMULATORS / (NV) > 8 ? 8 : ACCUMULATORS / (NV))
+#define TILES(NV) for (; ox + SCATTER_PIXELS(NV) <= ow; ox += SCATTER_PIXELS(NV)) TILE(NV, SCATTER_PIXELS(NV)); \
                   for (; ox + 2 <= ow; ox += 2) TILE(NV, 2); \
                   for (; ox < ow; ox += 1) TILE(NV, 1);
                 switch (nv) {
@@ -235,7 +256,7 @@ void conv_input_grad(const REAL *dout, ptrdiff_t n, ptrdiff_t oh, ptrdiff_t ow, 
                     default: TILES(6) break;
                 }
 #undef TILES
-#undef PIXELS
+#undef SCATTER_PIXELS
 #undef TILE
             }
 }
