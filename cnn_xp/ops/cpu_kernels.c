@@ -133,36 +133,49 @@ void conv_forward(const REAL *x, ptrdiff_t n, ptrdiff_t h, ptrdiff_t w, ptrdiff_
         }
 }
 
-/* Adds to dw rows q0 .. q0+R-1 of kernel row i (R constant), channels [first, +lanes), the
- * sum over the output pixels p of `images` images of x[window of p, kernel row i, q0+r] *
- * dout[p].
+/* Adds to dw rows q0 .. q0+R-1 of kernel row i, channel blocks b0 .. b0+B-1 (R and B
+ * constants), the sum over the output pixels p of `images` images of
+ * x[window of p, kernel row i, q0+r] * dout[p]: each dout vector loaded feeds R fused
+ * multiply-adds, each input value B.
  *   x_img: x[n, i, q0] (kernel row i, row offset q0, of the first image's first window)
- *   d_img: dout[n, 0, 0, first]; image: h*W*C, the distance between images in x
- *   full_loads: a constant; 1 where loading LANES values at every pixel stays inside dout.
- *     Past the block's `lanes` such a load reads the next pixel's channels: harmless, as
- *     those lanes are never stored. 0 (slower) for the last images' partial block. */
+ *   d_img: dout[n, 0, 0, b0*LANES]; image: h*W*C, the distance between images in x
+ *   lanes: the channels of the last of the B blocks
+ *   full_loads: a constant; 1 where loading a whole vector of the last block at every
+ *     pixel stays inside dout. Past the block's `lanes` such a load reads the next pixel's
+ *     channels: harmless, as those lanes are never stored. 0 (slower) for the last images'
+ *     partial block. */
 INLINE void weight_grad_tile(const REAL *x_img, const REAL *d_img, int full_loads, REAL *dw_rows,
                              ptrdiff_t images, ptrdiff_t image, ptrdiff_t row, ptrdiff_t oh,
                              ptrdiff_t ow, ptrdiff_t sh, ptrdiff_t step, ptrdiff_t oc, int lanes,
-                             const int R)
+                             const int R, const int B)
 {
-    vec acc[MAX_TILE];
-    for (int r = 0; r < R; r++) acc[r] = load_first(dw_rows + r * oc, lanes);
+    vec acc[MAX_TILE][MAX_BLOCKS];
+    for (int r = 0; r < R; r++)
+        for (int b = 0; b < B; b++)
+            acc[r][b] = load_first(dw_rows + r * oc + b * LANES, b < B - 1 ? LANES : lanes);
     const REAL *d = d_img;
     for (ptrdiff_t img = 0; img < images; img++)
         for (ptrdiff_t oy = 0; oy < oh; oy++) {
             const REAL *xs = x_img + img * image + oy * sh * row;
             for (ptrdiff_t ox = 0; ox < ow; ox++, d += oc, xs += step) {
-                vec dv = full_loads ? load(d) : load_first(d, lanes);
-                for (int r = 0; r < R; r++) acc[r] += xs[r] * dv;
+                vec dv[MAX_BLOCKS];
+                for (int b = 0; b < B - 1; b++) dv[b] = load(d + b * LANES);
+                dv[B - 1] = full_loads ? load(d + (B - 1) * LANES) : load_first(d + (B - 1) * LANES, lanes);
+                for (int r = 0; r < R; r++) {
+                    const REAL xv = xs[r];
+                    for (int b = 0; b < B; b++) acc[r][b] += xv * dv[b];
+                }
             }
         }
-    for (int r = 0; r < R; r++) store_first(dw_rows + r * oc, acc[r], lanes);
+    for (int r = 0; r < R; r++)
+        for (int b = 0; b < B; b++)
+            store_first(dw_rows + r * oc + b * LANES, acc[r][b], b < B - 1 ? LANES : lanes);
 }
 
 /* dw = the gradient of conv_forward's weights for upstream gradient dout (N, OH, OW, OC).
  * A few images at a time (at least CHUNK_PIXELS output pixels), so that their input and
- * dout stay in cache while every tile of dw passes over them. */
+ * dout stay in cache while every tile of dw passes over them; channel blocks 4, 2, then 1
+ * at a time, as in conv_forward. */
 #define CHUNK_PIXELS 256
 void conv_weight_grad(const REAL *x, ptrdiff_t n, ptrdiff_t h, ptrdiff_t w, ptrdiff_t c,
                       const REAL *dout, ptrdiff_t oh, ptrdiff_t ow, ptrdiff_t oc,
@@ -176,22 +189,27 @@ void conv_weight_grad(const REAL *x, ptrdiff_t n, ptrdiff_t h, ptrdiff_t w, ptrd
     for (ptrdiff_t img = 0; img < n; img += chunk) {
         const ptrdiff_t images = n - img < chunk ? n - img : chunk;
         for (ptrdiff_t i = 0; i < kh; i++)
-            for (ptrdiff_t b = 0; b < blocks; b++) {
-                const int lanes = oc - b * LANES < LANES ? (int)(oc - b * LANES) : LANES;
+            for (ptrdiff_t b = 0; b < blocks;) {
+                const int group = blocks - b >= 4 ? 4 : blocks - b >= 2 ? 2 : 1;
+                const int lanes = b + group == blocks ? (int)(oc - (blocks - 1) * LANES) : LANES;
                 const REAL *d_img = dout + img * oh * ow * oc + b * LANES;
-                const int full = d_img + (images * oh * ow - 1) * oc + LANES <= d_end;
+                const REAL *d_last = d_img + (group - 1) * LANES;
+                const int full = d_last + (images * oh * ow - 1) * oc + LANES <= d_end;
                 ptrdiff_t q = 0;
-#define TILE(F, R) weight_grad_tile(x + img * image + i * row + q, d_img, F, \
-                                    dw + (i * run + q) * oc + b * LANES, images, image, row, \
-                                    oh, ow, sh, step, oc, lanes, R)
-#define TILES(F) for (; q + 12 <= run; q += 12) TILE(F, 12); \
-                 for (; q + 8 <= run; q += 8) TILE(F, 8);   \
-                 for (; q + 4 <= run; q += 4) TILE(F, 4);   \
-                 for (; q + 2 <= run; q += 2) TILE(F, 2);   \
-                 for (; q < run; q += 1) TILE(F, 1);
-                if (full) { TILES(1) } else { TILES(0) }
+#define TILE(F, R, B) weight_grad_tile(x + img * image + i * row + q, d_img, F, \
+                                       dw + (i * run + q) * oc + b * LANES, images, image, row, \
+                                       oh, ow, sh, step, oc, lanes, R, B)
+#define TILES(F, B) for (; q + PIXELS(B) <= run; q += PIXELS(B)) TILE(F, PIXELS(B), B); \
+                    if (PIXELS(B) > 8) for (; q + 8 <= run; q += 8) TILE(F, 8, B);     \
+                    for (; q + 4 <= run; q += 4) TILE(F, 4, B);                        \
+                    for (; q + 2 <= run; q += 2) TILE(F, 2, B);                        \
+                    for (; q < run; q += 1) TILE(F, 1, B);
+                if (group == 4) { if (full) { TILES(1, 4) } else { TILES(0, 4) } }
+                else if (group == 2) { if (full) { TILES(1, 2) } else { TILES(0, 2) } }
+                else if (full) { TILES(1, 1) } else { TILES(0, 1) }
 #undef TILES
 #undef TILE
+                b += group;
             }
     }
 }
