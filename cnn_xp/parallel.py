@@ -6,21 +6,16 @@ parallelises only the GEMMs; slices of a batch can run side by side (NumPy and B
 the GIL while they work).
 
 - Inference (``Sequential.predict``): the whole net in slices, for nets of at least
-  ``MIN_FLOPS_PER_IMAGE`` not mostly fully connected. Measured on a 2-core CPU, batch 100,
-  with the compiled kernels: deep_convnet (6.7 MFLOP per image) 6.2 -> 3.4 ms; the smaller
-  zoo nets (0.8-3.4 MFLOP) ran no faster (lenet5 1.29 -> 1.61 ms sliced).
-- Training (``Sequential.loss`` / ``scores_and_loss`` / ``backward``, ``SlicedLayers``):
-  the leading layers up to the first that is not ``batch_sliceable`` (Dropout, BatchNorm)
-  run in slices; the rest and the loss run on the whole batch, and the parameter gradients
-  are the sums of the slices'. Measured, a training step at batch 100, with the compiled
-  kernels: deep_convnet 19.6 -> 11.9 ms, simple_convnet 8.8 -> 7.6 ms. Not sliced: nets of
-  under ``MIN_TRAIN_FLOPS_PER_IMAGE`` (lenet5: 5.3 -> 5.7 ms sliced), and one_conv, whose
-  sliced work would be 93% one fully connected GEMM that BLAS already spreads over the
-  cores (``MAX_AFFINE_SHARE``).
-
-On the 2-core build machine the two logical CPUs share one core's vector units, so slices
-gain where a step is not bound by fused multiply-adds: the compiled conv kernels run at
-that core's FMA peak on one thread, and the NumPy parts of a step overlap them.
+  ``MIN_FLOPS_PER_IMAGE`` not mostly fully connected. Measured on a 2-core CPU, batch 100:
+  deep_convnet (6.7 MFLOP per image) 9.9 -> 7.9 ms; the smaller zoo nets (0.8-3.4 MFLOP)
+  ran no faster or slower.
+- Training (``Sequential.loss`` / ``backward``, ``SlicedLayers``): the leading layers up to
+  the first that is not ``batch_sliceable`` (Dropout, BatchNorm) run in slices; the rest and
+  the loss run on the whole batch, and the parameter gradients are the sums of the slices'.
+  Measured, a training step at batch 100: deep_convnet 29.8 -> 23.9 ms, simple_convnet 10.7
+  -> 7.6 ms, lenet5 9.0 -> 7.9 ms; one_conv, whose sliced work would be 93% one fully
+  connected GEMM that BLAS already spreads over the cores, is not sliced
+  (``MAX_AFFINE_SHARE``): sliced it took 9.5 -> 9.9 ms.
 
 Slices hold at least ``MIN_IMAGES_PER_THREAD`` images. Results equal a one-thread run up to
 float rounding (the same slicing gives the same bits). ``CNN_XP_THREADS=1`` switches it off.
@@ -33,8 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from .backend import xp_of
 
 ENV_THREADS = "CNN_XP_THREADS"
-MIN_FLOPS_PER_IMAGE = 5_000_000   # forward multiply-adds x 2; inference
-MIN_TRAIN_FLOPS_PER_IMAGE = 1_000_000  # forward FLOPs of the layers a training step slices
+MIN_FLOPS_PER_IMAGE = 5_000_000   # forward multiply-adds x 2
 MIN_IMAGES_PER_THREAD = 16
 MAX_AFFINE_SHARE = 0.75  # no slicing where fully connected layers are more of the work
 
@@ -97,13 +91,8 @@ def _blas_controller():
 def training_slices(batch: int, flops_per_image: int, affine_flops_per_image: int) -> int:
     """How many slices a CPU training batch is run in (see ``SlicedLayers``), given the
     forward FLOPs per image of the layers that would be sliced and of the fully connected
-    ones among them: none when those are more than ``MAX_AFFINE_SHARE`` of the work, or
-    less than ``MIN_TRAIN_FLOPS_PER_IMAGE`` in all (a sliced step costs two thread hand-offs
-    and a concatenation: measured, with the compiled kernels, lenet5's 0.8 MFLOP step 5.33
-    -> 5.72 ms sliced, simple_convnet's 1.7 MFLOP 8.80 -> 7.61 ms)."""
-    if flops_per_image < MIN_TRAIN_FLOPS_PER_IMAGE or _mostly_affine(flops_per_image, affine_flops_per_image):
-        return 1
-    return _slices(batch)
+    ones among them: none when those are more than ``MAX_AFFINE_SHARE`` of the work."""
+    return 1 if _mostly_affine(flops_per_image, affine_flops_per_image) else _slices(batch)
 
 
 def _bounds(n: int, slices: int) -> list[tuple[int, int]]:

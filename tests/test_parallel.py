@@ -124,7 +124,6 @@ def _batch(n=40, seed=0):
 
 @pytest.mark.parametrize("name", ["deep_convnet", "simple_convnet", "lenet5"])
 def test_sliced_training_step_matches_the_whole_batch(monkeypatch, name):
-    monkeypatch.setattr(parallel, "MIN_TRAIN_FLOPS_PER_IMAGE", 0)  # lenet5 too
     x, t = _batch()
     monkeypatch.setenv(parallel.ENV_THREADS, "1")
     loss1, grads1, _ = _step(models.build(name, seed=0), x, t)
@@ -163,24 +162,13 @@ def test_one_conv_is_not_sliced_its_work_is_one_big_gemm(monkeypatch):
     x, _ = _batch()
     assert model._training_slices(x)[1] == 1
     assert models.build("simple_convnet")._training_slices(x)[1] == 2
-    big = parallel.MIN_TRAIN_FLOPS_PER_IMAGE
-    assert parallel.training_slices(100, 100 * big, 76 * big) == 1
-    assert parallel.training_slices(100, 100 * big, 75 * big) == 2
-
-
-def test_small_nets_train_unsliced(monkeypatch):
-    monkeypatch.setenv(parallel.ENV_THREADS, "2")
-    x, _ = _batch()
-    assert models.build("lenet5")._training_slices(x)[1] == 1
-    big = parallel.MIN_TRAIN_FLOPS_PER_IMAGE
-    assert parallel.training_slices(100, big - 1, 0) == 1 and parallel.training_slices(100, big, 0) == 2
+    assert parallel.training_slices(100, 100, 76) == 1 and parallel.training_slices(100, 100, 75) == 2
 
 
 def test_input_gradient_of_a_sliced_batch_is_the_whole_batch_one(monkeypatch):
     def net():
         return Sequential([Conv2D(1, 4, 3, rng=0), ReLU(), MaxPool2D(2), Flatten(), Affine(4 * 13 * 13, 10, rng=1)],
                           input_grad=True)
-    monkeypatch.setattr(parallel, "MIN_TRAIN_FLOPS_PER_IMAGE", 0)  # a tiny net, sliced all the same
     x, t = _batch()
     monkeypatch.setenv(parallel.ENV_THREADS, "1")
     _, _, dx1 = _step(net(), x, t)
