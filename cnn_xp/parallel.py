@@ -6,16 +6,21 @@ parallelises only the GEMMs; slices of a batch can run side by side (NumPy and B
 the GIL while they work).
 
 - Inference (``Sequential.predict``): the whole net in slices, for nets of at least
-  ``MIN_FLOPS_PER_IMAGE`` not mostly fully connected. Measured on a 2-core CPU, batch 100:
-  deep_convnet (6.7 MFLOP per image) 9.9 -> 7.9 ms; the smaller zoo nets (0.8-3.4 MFLOP)
-  ran no faster or slower.
-- Training (``Sequential.loss`` / ``backward``, ``SlicedLayers``): the leading layers up to
-  the first that is not ``batch_sliceable`` (Dropout, BatchNorm) run in slices; the rest and
-  the loss run on the whole batch, and the parameter gradients are the sums of the slices'.
-  Measured, a training step at batch 100: deep_convnet 29.8 -> 23.9 ms, simple_convnet 10.7
-  -> 7.6 ms, lenet5 9.0 -> 7.9 ms; one_conv, whose sliced work would be 93% one fully
+  ``MIN_FLOPS_PER_IMAGE`` not mostly fully connected. Measured on a 2-core CPU, batch 100,
+  with the compiled kernels: deep_convnet (6.7 MFLOP per image) 6.2 -> 3.4 ms; the smaller
+  zoo nets (0.8-3.4 MFLOP) ran no faster (lenet5 1.29 -> 1.61 ms sliced).
+- Training (``Sequential.loss`` / ``scores_and_loss`` / ``backward``, ``SlicedLayers``):
+  the leading layers up to the first that is not ``batch_sliceable`` (Dropout, BatchNorm)
+  run in slices; the rest and the loss run on the whole batch, and the parameter gradients
+  are the sums of the slices'. Measured with the compiled kernels: a deep_convnet step at
+  batch 100 19.6 -> 11.9 ms, simple_convnet 8.8 -> 7.6 ms; lenet5 in the trainer, 2.49 ->
+  1.95 s per Fashion-MNIST epoch. one_conv, whose sliced work would be 93% one fully
   connected GEMM that BLAS already spreads over the cores, is not sliced
-  (``MAX_AFFINE_SHARE``): sliced it took 9.5 -> 9.9 ms.
+  (``MAX_AFFINE_SHARE``; with the portable code, sliced it took 9.5 -> 9.9 ms).
+
+On the 2-core build machine the two logical CPUs share one core's vector units: the
+compiled conv kernels run at that core's FMA peak on one thread, so slices gain where the
+rest of a step (NumPy passes, pooling, hand-offs) overlaps them.
 
 Slices hold at least ``MIN_IMAGES_PER_THREAD`` images. Results equal a one-thread run up to
 float rounding (the same slicing gives the same bits). ``CNN_XP_THREADS=1`` switches it off.
