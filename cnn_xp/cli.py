@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 
 from . import backend
 from .backend import FLOAT_DTYPES
@@ -268,8 +269,19 @@ def main(argv=None, parser: argparse.ArgumentParser | None = None, command: str 
         return _fail(f"training stopped: {exc}", 1)
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings as one line on stderr (no source line), e.g. when the CPU kernels can't be built."""
+    print(f"{PROG}: warning: {' '.join(str(message).split())}", file=sys.stderr)
+
+
 def _run(call) -> int:
     errors = _user_errors()
+    with warnings.catch_warnings():
+        warnings.showwarning = _one_line_warning
+        return _run_reporting(call, errors)
+
+
+def _run_reporting(call, errors) -> int:
     try:
         return call()
     except _Exit as exc:

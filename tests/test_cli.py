@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -206,3 +207,13 @@ def test_python_m_and_script_share_the_flags(tmp_path):
     assert "--epochs" in lines[0]
     help_text = _run([str(ROOT / "scripts" / "train_mnist.py"), "--help"], tmp_path)
     assert help_text.returncode == 0 and "--resume" in help_text.stdout and "--limit-train" in help_text.stdout
+
+
+def test_warnings_are_one_line(capsys):
+    def call():
+        warnings.warn("cnn_xp's C kernels could not be built (no C compiler:\n cc not found)", RuntimeWarning)
+        return 0
+
+    assert cli._run(call) == 0
+    err = capsys.readouterr().err
+    assert err == "cnn-xp: warning: cnn_xp's C kernels could not be built (no C compiler: cc not found)\n"

@@ -7,8 +7,9 @@
  * Why not im2col here: the column matrix of a small-channel convolution is KH*KW times its
  * input, and writing it, then reading it back into a GEMM, costs more than the arithmetic.
  * These kernels read the image directly. One output tile is R neighbouring output pixels of
- * one row x LANES output channels, held in R vector registers: every weight vector loaded
- * is used R times, every input value loaded is broadcast into one fused multiply-add.
+ * one row x B vectors of LANES output channels, held in R*B vector registers: every weight
+ * vector loaded is used R times, every input value loaded is broadcast into B fused
+ * multiply-adds.
  *
  * Layouts (all C-contiguous):
  *   x        (N, H, W, C)              the input, already zero-padded

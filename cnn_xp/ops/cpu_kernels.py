@@ -136,12 +136,14 @@ def _library(dtype: str):
             try:
                 _libraries[dtype] = _load(dtype)
             except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
-                _broken = f"the C kernels could not be built ({exc}); using the portable NumPy code"
-                warnings.warn(f"cnn_xp: {_broken}", RuntimeWarning, stacklevel=3)
+                _broken = f"cnn_xp's C kernels could not be built ({exc}); using the portable NumPy code"
+                warnings.warn(_broken, RuntimeWarning, stacklevel=3)
         return _libraries.get(dtype)
 
 
 def _load(dtype: str):
+    """Load the library for ``dtype`` from the cache, building it first where it is not
+    there; each flag set in turn until one builds. RuntimeError if none does."""
     compiler = shlex.split(os.environ.get("CC", "cc"))
     source = SOURCE.read_bytes()
     errors = []
@@ -161,7 +163,7 @@ def _load(dtype: str):
         lib.lanes = lib.kernel_lanes()
         lib.flags = " ".join(flags)
         return lib
-    raise RuntimeError("; ".join(errors))
+    raise RuntimeError(errors[-1])  # the plainest flags' error
 
 
 def _compile(command: list[str], target: Path) -> str:
@@ -173,8 +175,9 @@ def _compile(command: list[str], target: Path) -> str:
         result = subprocess.run([*command, "-o", tmp, str(SOURCE)], capture_output=True, text=True,
                                 timeout=120, check=False)
         if result.returncode != 0:
-            last = (result.stderr.strip().splitlines() or ["no message"])[-1]
-            return f"{shlex.join(command)} failed: {last}"
+            lines = result.stderr.strip().splitlines() or ["no message"]
+            first_error = next((line for line in lines if "error" in line), lines[-1])
+            return f"{shlex.join(command)} failed: {first_error.strip()}"
         os.replace(tmp, target)
         return ""
     except FileNotFoundError as exc:
