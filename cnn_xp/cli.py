@@ -278,6 +278,9 @@ def _run(call) -> int:
     errors = _user_errors()
     with warnings.catch_warnings():
         warnings.showwarning = _one_line_warning
+        # NumPy's floating-point warnings: a loss gone non-finite stops training with its own line
+        warnings.filterwarnings("ignore", r"(overflow|invalid value|divide by zero) encountered",
+                                RuntimeWarning)
         return _run_reporting(call, errors)
 
 
