@@ -303,3 +303,17 @@ def test_kernels_built_without_march_native(tmp_path, monkeypatch):
                                           naive.maxpool2d_backward(p_dout.astype(np.float64), maps.shape, where, 1))
     finally:
         cpu_kernels.reset()
+
+
+@needs_compiler
+@pytest.mark.parametrize("oc, k, pad", [(6, 5, 2), (30, 5, 0), (16, 3, 1), (33, 3, 0)])
+def test_one_channel_weight_gradients_float32(oc, k, pad, kernels_on):
+    """The first layers' short window rows (tiles of several kernel rows), float32."""
+    rng = np.random.default_rng(oc)
+    x = rng.standard_normal((3, 1, 12, 11))
+    W = rng.standard_normal((oc, 1, k, k))
+    out, cache = conv_ops.conv2d_forward(x.astype(np.float32), W.astype(np.float32), np.zeros(oc, np.float32), 1, pad)
+    assert cache[4] == "compiled"
+    dout = rng.standard_normal(out.shape)
+    _, dW, _ = conv_ops.conv2d_backward(dout.astype(np.float32), cache, need_dx=False)
+    np.testing.assert_allclose(dW, naive.conv2d_backward(dout, x, W, 1, pad)[1], rtol=1e-4, atol=1e-3)
