@@ -281,20 +281,16 @@ def _run(call) -> int:
         # NumPy's floating-point warnings: a loss gone non-finite stops training with its own line
         warnings.filterwarnings("ignore", r"(overflow|invalid value|divide by zero) encountered",
                                 RuntimeWarning)
-        return _run_reporting(call, errors)
-
-
-def _run_reporting(call, errors) -> int:
-    try:
-        return call()
-    except _Exit as exc:
-        return _fail(exc.message, exc.status) if exc.message else exc.status
-    except errors as exc:
-        return _fail(str(exc))
-    except KeyboardInterrupt:
-        print(f"\n{PROG}: interrupted; a training run continues from its last finished epoch with "
-              f"--resume --out RUN_DIR", file=sys.stderr)
-        return 130
+        try:
+            return call()
+        except _Exit as exc:
+            return _fail(exc.message, exc.status) if exc.message else exc.status
+        except errors as exc:
+            return _fail(str(exc))
+        except KeyboardInterrupt:
+            print(f"\n{PROG}: interrupted; a training run continues from its last finished epoch with "
+                  f"--resume --out RUN_DIR", file=sys.stderr)
+            return 130
 
 
 def entry() -> None:

@@ -254,7 +254,7 @@ void conv_weight_grad(const REAL *x, ptrdiff_t n, ptrdiff_t h, ptrdiff_t w, ptrd
  * values of slack after its end. R neighbouring pixels (R constant, R*NV <= ACCUMULATORS)
  * share each loaded wt vector; their windows overlap, so each adds to dx in turn.
  *   d_px: dout[n, oy, ox0, 0]; wt_i: wt[0, i]; dx_win: dx[n, oy*sh + i, ox0*sw, 0] */
-#define MAX_RUN_VECTORS 6
+#define MAX_RUN_VECTORS 6  /* SCATTER_MAX_VECTORS in cpu_kernels.py */
 INLINE void input_grad_tile(const REAL *d_px, const REAL *wt_i, REAL *dx_win, ptrdiff_t oc,
                             ptrdiff_t wt_stride, ptrdiff_t step, const int NV, const int R)
 {

@@ -191,6 +191,13 @@ def _address(array) -> int:
     return array.ctypes.data
 
 
+def _with_slack(xp, shape, dtype, slack):
+    """An uninitialised C-contiguous array of ``shape`` followed by ``slack`` spare values
+    (kernels that store whole vectors may write there)."""
+    size = math.prod(shape)
+    return xp.empty(size + slack, dtype=dtype)[:size].reshape(shape)
+
+
 def _nhwc(x, pad):
     """NCHW-shaped ``x`` -> contiguous (N, H + 2*ph, W + 2*pw, C), zero-padded. No copy
     for an unpadded NCHW view of NHWC memory (what the kernels return)."""
@@ -239,7 +246,7 @@ def fits(x, W, pad) -> bool:
     return ph < kh and pw < kw and x.size > 0 and W.size > 0
 
 
-SCATTER_MAX_VECTORS = 6  # conv_input_grad handles window rows of up to 6 vectors
+SCATTER_MAX_VECTORS = 6  # MAX_RUN_VECTORS in cpu_kernels.c: conv_input_grad's longest window row
 
 
 def _input_grad_scattered(lib, d_nhwc, W, x_shape, stride, pad):
@@ -257,11 +264,10 @@ def _input_grad_scattered(lib, d_nhwc, W, x_shape, stride, pad):
     wt = xp.zeros((oc, kh, padded_run), dtype=W.dtype)
     wt[:, :, :run] = W.transpose(0, 2, 3, 1).reshape(oc, kh, run)
     hp, wp = h + 2 * ph, w + 2 * pw
-    size = n * hp * wp * c
-    flat = xp.empty(size + padded_run, dtype=d_nhwc.dtype)  # slack for the last window's vectors
+    dx = _with_slack(xp, (n, hp, wp, c), d_nhwc.dtype, padded_run)  # the last window's vectors
     lib.conv_input_grad(_address(d_nhwc), n, d_nhwc.shape[1], d_nhwc.shape[2], oc, _address(wt),
-                        kh, kw, c, stride[0], stride[1], _address(flat), hp, wp, flat.size)
-    return flat[:size].reshape(n, hp, wp, c)[:, ph : ph + h, pw : pw + w]
+                        kh, kw, c, stride[0], stride[1], _address(dx), hp, wp, dx.size + padded_run)
+    return dx[:, ph : ph + h, pw : pw + w]
 
 
 def conv_forward(x, W, b, stride, pad):
@@ -315,15 +321,6 @@ def conv_backward(dout, x_nhwc, W, x_shape, stride, pad, need_dx=True):
 
 
 INDEX_DTYPES = {"float32": "int32", "float64": "int64"}  # argmax: as wide as the values
-
-
-def _with_slack(xp, shape, dtype, slack):
-    """An uninitialised C-contiguous array of ``shape`` followed by ``slack`` spare values
-    (kernels that store whole vectors may write there)."""
-    size = 1
-    for extent in shape:
-        size *= extent
-    return xp.empty(size + slack, dtype=dtype)[:size].reshape(shape)
 
 
 def maxpool_forward(x, kh, kw, stride, pad):
