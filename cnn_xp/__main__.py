@@ -1,6 +1,6 @@
 """``python -m cnn_xp ...`` is the ``cnn-xp`` command."""
 import sys
 
-from .cli import main
+from .app.cli import main
 
 sys.exit(main())

@@ -5,7 +5,7 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from cnn_xp.bench import main  # noqa: E402
+from cnn_xp.app.bench import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

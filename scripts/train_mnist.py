@@ -8,7 +8,7 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir))
 
-from cnn_xp.cli import OneLineParser, add_train_arguments, main  # noqa: E402
+from cnn_xp.app.cli import OneLineParser, add_train_arguments, main  # noqa: E402
 
 
 def build_parser():

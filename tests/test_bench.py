@@ -3,7 +3,9 @@ import json
 
 import pytest
 
-from cnn_xp import bench, models
+from cnn_xp import models
+
+from cnn_xp.app import bench
 
 
 def _run(tmp_path, *extra):

@@ -10,7 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cnn_xp import backend, cli
+from cnn_xp import backend
+
+from cnn_xp.app import cli
 from cnn_xp.checkpoint import Checkpoint, save_checkpoint
 from cnn_xp.data import sources
 from tiny_idx import draw_digit_one, write_dataset

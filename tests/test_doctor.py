@@ -9,7 +9,9 @@ import types
 import numpy as np
 import pytest
 
-from cnn_xp import backend, doctor
+from cnn_xp import backend
+
+from cnn_xp.app import doctor
 
 
 @pytest.fixture
@@ -125,7 +127,7 @@ def test_check_is_deterministic_and_float32():
 
 
 def test_module_entry_point_exits_zero():
-    proc = subprocess.run([sys.executable, "-m", "cnn_xp.doctor"], capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "cnn_xp.app.doctor"], capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "cpu: ok" in proc.stdout

@@ -4,7 +4,9 @@ import threading
 import numpy as np
 import pytest
 
-from cnn_xp import bench, cli, models, parallel
+from cnn_xp import models, parallel
+
+from cnn_xp.app import bench, cli
 from cnn_xp.layers import Affine, BatchNorm, Conv2D, Dropout, Flatten, MaxPool2D, ReLU
 from cnn_xp.model import Sequential, execution_order
 

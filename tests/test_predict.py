@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cnn_xp.predict import ImageError, load_images, preprocess_array, preprocess_image
+from cnn_xp.app.predict import ImageError, load_images, preprocess_array, preprocess_image
 from tiny_idx import draw_digit_one
 
 

@@ -6,9 +6,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cnn_xp import cli, parallel
+from cnn_xp import parallel
+
+from cnn_xp.app import cli
 from cnn_xp.checkpoint import load_checkpoint
-from cnn_xp.train import METRIC_COLUMNS
+from cnn_xp.app.train import METRIC_COLUMNS
 from tiny_idx import write_dataset
 
 
@@ -139,7 +141,9 @@ def test_model_optimizer_settings_reach_its_own_optimizer_only(data_dir, tmp_pat
     """ModelSpec.optimizer_kwargs apply when the run uses the model's optimizer, not another."""
     import dataclasses
 
-    from cnn_xp import models, train as train_module
+    from cnn_xp import models
+
+    from cnn_xp.app import train as train_module
 
     spec = models.MODELS["simple_convnet"]
     monkeypatch.setitem(models.MODELS, "simple_convnet", dataclasses.replace(spec, optimizer_kwargs={"beta1": 0.5}))

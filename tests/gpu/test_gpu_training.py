@@ -6,7 +6,9 @@ import io
 import numpy as np
 import pytest
 
-from cnn_xp import backend, doctor, layers, models, optim
+from cnn_xp import backend, layers, models, optim
+
+from cnn_xp.app import doctor
 from cnn_xp.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from cnn_xp.model import Sequential
 from cnn_xp.ops import cuda_kernels

@@ -10,9 +10,9 @@ import argparse
 import sys
 import warnings
 
-from . import backend
-from .backend import FLOAT_DTYPES
-from .data.sources import DATASETS
+from .. import backend
+from ..backend import FLOAT_DTYPES
+from ..data.sources import DATASETS
 
 PROG = "cnn-xp"
 
@@ -77,7 +77,7 @@ def _add_data_flags(p, dataset_required: bool = True):
 
 def add_train_arguments(p) -> None:
     """The flags of ``cnn-xp train`` (also used by scripts/train_mnist.py)."""
-    from .models import MODELS
+    from ..models import MODELS
 
     p.add_argument("--model", required=True, metavar="NAME", help=f"one of: {', '.join(MODELS)}")
     _add_data_flags(p)
@@ -143,7 +143,7 @@ def cmd_train(args) -> int:
 
 def load_model(checkpoint_path, device: str):
     """(model, checkpoint) from a run's checkpoint.npz, on ``device``."""
-    from . import models
+    from .. import models
     from .train import UserError, check_device, load_run_checkpoint
 
     check_device(device)
@@ -160,7 +160,7 @@ def load_model(checkpoint_path, device: str):
 
 
 def cmd_evaluate(args) -> int:
-    from .data import load_dataset, to_float
+    from ..data import load_dataset, to_float
     from .train import confusion_matrix, evaluate_arrays, per_class_accuracy
 
     model, ckpt = load_model(args.checkpoint, args.device)
@@ -197,7 +197,7 @@ def cmd_predict(args) -> int:
 
 
 def cmd_download(args) -> int:
-    from .data import download_command
+    from ..data import download_command
 
     return download_command(args.name, args.data_dir)
 
@@ -215,7 +215,7 @@ def cmd_bench(args) -> int:
 
 
 def cmd_models(args) -> int:
-    from .models import MODELS
+    from ..models import MODELS
 
     for spec in MODELS.values():
         print(f"{spec.name}: {spec.optimizer} lr {spec.lr:g}, batch {spec.batch_size}, {spec.epochs} epochs, "
@@ -229,10 +229,10 @@ COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict
 
 
 def _user_errors() -> tuple:
-    from .backend import GPUUnavailableError
-    from .checkpoint import CheckpointError
-    from .data import DatasetError
-    from .parallel import ThreadSettingError
+    from ..backend import GPUUnavailableError
+    from ..checkpoint import CheckpointError
+    from ..data import DatasetError
+    from ..parallel import ThreadSettingError
     from .predict import ImageError
     from .train import UserError
 

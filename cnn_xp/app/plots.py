@@ -10,7 +10,7 @@ import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy  # noqa: E402
 
-from .atomic import atomic_open  # noqa: E402
+from ..atomic import atomic_open  # noqa: E402
 
 
 def _save(fig, path) -> None:

@@ -12,8 +12,8 @@ import os
 import numpy
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from . import backend
-from .ops import softmax
+from .. import backend
+from ..ops import softmax
 
 FIELD = 28  # output side
 BOX = 20  # the ink's bounding box is scaled to fit in BOX x BOX

@@ -23,11 +23,11 @@ import tracemalloc
 
 import numpy
 
-from . import backend, models, optim, parallel
-from .ops import cpu_kernels
-from .models import INPUT_SHAPE, NUM_CLASSES
-from .atomic import write_text
-from .layers import Affine, Conv2D
+from .. import backend, models, optim, parallel
+from ..ops import cpu_kernels
+from ..models import INPUT_SHAPE, NUM_CLASSES
+from ..atomic import write_text
+from ..layers import Affine, Conv2D
 
 DEFAULT_MODELS = ["simple_convnet", "deep_convnet", "one_conv", "lenet5"]
 OPENBLAS_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
@@ -121,7 +121,7 @@ def torch_optimizer(torch, name: str, params, lr: float, kwargs: dict):
 
 def torch_twin(torch, model):
     """An ``nn.Sequential`` mirroring our layers, with our initial weights copied in."""
-    from .layers import Dropout, MaxPool2D, ReLU
+    from ..layers import Dropout, MaxPool2D, ReLU
     nn = torch.nn
     mods = []
     for layer in model.layers:

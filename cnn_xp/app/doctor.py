@@ -20,11 +20,11 @@ import time
 
 import numpy
 
-from . import __version__, backend
-from .layers import Affine, Conv2D, MaxPool2D, ReLU
-from .model import Sequential
-from .ops import cpu_kernels, cuda_kernels
-from .optim import Adam
+from .. import __version__, backend
+from ..layers import Affine, Conv2D, MaxPool2D, ReLU
+from ..model import Sequential
+from ..ops import cpu_kernels, cuda_kernels
+from ..optim import Adam
 
 CHECK_SEED = 0
 CHECK_BATCH = 16  # images (1, 12, 12), 10 classes

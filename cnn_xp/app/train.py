@@ -30,11 +30,12 @@ from pathlib import Path
 
 import numpy
 
-from . import backend, models, plots
-from .atomic import write_text
-from .checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
-from .ops import cross_entropy
-from .optim import OPTIMIZERS
+from .. import backend, models
+from . import plots
+from ..atomic import write_text
+from ..checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
+from ..ops import cross_entropy
+from ..optim import OPTIMIZERS
 
 METRIC_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "seconds", "images_per_second")
 CHECKPOINT = "checkpoint.npz"
@@ -218,7 +219,7 @@ def first_conv_weights(model):
 
 def load_data(cfg: TrainConfig, hp: dict, out):
     """Host arrays (x_train, t_train, x_val, t_val, x_test, t_test, class_names)."""
-    from .data import load_dataset, to_float, train_val_split
+    from ..data import load_dataset, to_float, train_val_split
 
     ds = load_dataset(cfg.dataset, cfg.data_dir, download=cfg.download, progress=cfg.progress)
     x, t = ds.train_images, ds.train_labels
@@ -284,7 +285,7 @@ class Trainer:
             return self._run()
 
     def _run(self) -> dict:
-        from .data import BatchIterator
+        from ..data import BatchIterator
 
         cfg, out = self.cfg, self.out
         run_dir, hp, ckpt = self._open_run()
