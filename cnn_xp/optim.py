@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import math
 
-from .backend import to_device, to_numpy, xp_of
-from .ops import cuda_kernels  # fused GPU updates
+from . import dispatch
+from .backend import device_of, to_device, to_numpy, xp_of
 
 
 class Optimizer:
@@ -24,7 +24,6 @@ class Optimizer:
         self.lr = float(lr)
         self.t = 0
         self.state: dict[str, dict] = {}
-        self._scratch_bufs: dict[str, list] = {}  # name -> work arrays (see ``_scratch``)
 
     def _slot(self, name: str, slot: str, like):
         """Per-parameter state array, created as zeros like ``like`` on first use."""
@@ -32,15 +31,6 @@ class Optimizer:
         if slot not in per_param:
             per_param[slot] = xp_of(like).zeros_like(like)
         return per_param[slot]
-
-    def _scratch(self, name: str, like, count: int = 1):
-        """``count`` reusable work arrays shaped like ``like`` (not saved): updates write
-        their temporaries into them instead of allocating new arrays at every step."""
-        bufs = self._scratch_bufs.get(name)
-        if bufs is None or len(bufs) < count or bufs[0].shape != like.shape or bufs[0].dtype != like.dtype:
-            bufs = [xp_of(like).empty_like(like) for _ in range(count)]
-            self._scratch_bufs[name] = bufs
-        return bufs
 
     def step(self) -> None:
         """Apply one update to every parameter that has a gradient."""
@@ -79,13 +69,16 @@ class Optimizer:
         return f"{type(self).__name__}({args})"
 
 
+def _rule(op: str, param):
+    """The update function of ``op`` for the device ``param`` lives on (see ``cnn_xp.dispatch``)."""
+    return getattr(dispatch.implementation(op, device_of(param)), f"{op}_update")
+
+
 class SGD(Optimizer):
     """p -= lr * g"""
 
     def update(self, name, param, grad):
-        if cuda_kernels.applies(param) and cuda_kernels.sgd_update(param, grad, self.lr) is not None:
-            return
-        param -= self.lr * grad
+        _rule("sgd", param)(param, grad, self.lr)
 
 
 class Momentum(Optimizer):
@@ -96,13 +89,7 @@ class Momentum(Optimizer):
         self.momentum = float(momentum)
 
     def update(self, name, param, grad):
-        v = self._slot(name, "v", param)
-        if cuda_kernels.applies(param) and cuda_kernels.momentum_update(
-                param, grad, v, self.lr, self.momentum) is not None:
-            return
-        v *= self.momentum
-        v -= self.lr * grad
-        param += v
+        _rule("momentum", param)(param, grad, self._slot(name, "v", param), self.lr, self.momentum)
 
     def hyperparameters(self):
         return {"lr": self.lr, "momentum": self.momentum}
@@ -113,13 +100,7 @@ class Nesterov(Momentum):
     v = m * v - lr * g;  p += m * v - lr * g"""
 
     def update(self, name, param, grad):
-        v = self._slot(name, "v", param)
-        if cuda_kernels.applies(param) and cuda_kernels.nesterov_update(
-                param, grad, v, self.lr, self.momentum) is not None:
-            return
-        v *= self.momentum
-        v -= self.lr * grad
-        param += self.momentum * v - self.lr * grad
+        _rule("nesterov", param)(param, grad, self._slot(name, "v", param), self.lr, self.momentum)
 
 
 class AdaGrad(Optimizer):
@@ -130,18 +111,7 @@ class AdaGrad(Optimizer):
         self.eps = float(eps)
 
     def update(self, name, param, grad):
-        xp = xp_of(param)
-        h = self._slot(name, "h", param)
-        if cuda_kernels.applies(param) and cuda_kernels.adagrad_update(
-                param, grad, h, self.lr, self.eps) is not None:
-            return
-        a, b = self._scratch(name, param, 2)
-        h += xp.multiply(grad, grad, out=a)
-        denom = xp.sqrt(h, out=a)
-        denom += self.eps
-        step = xp.multiply(grad, self.lr, out=b)
-        step /= denom
-        param -= step
+        _rule("adagrad", param)(param, grad, self._slot(name, "h", param), self.lr, self.eps)
 
     def hyperparameters(self):
         return {"lr": self.lr, "eps": self.eps}
@@ -155,14 +125,7 @@ class RMSProp(Optimizer):
         self.decay, self.eps = float(decay), float(eps)
 
     def update(self, name, param, grad):
-        xp = xp_of(param)
-        h = self._slot(name, "h", param)
-        if cuda_kernels.applies(param) and cuda_kernels.rmsprop_update(
-                param, grad, h, self.lr, self.decay, self.eps) is not None:
-            return
-        h *= self.decay
-        h += (1.0 - self.decay) * grad * grad
-        param -= self.lr * grad / (xp.sqrt(h) + self.eps)
+        _rule("rmsprop", param)(param, grad, self._slot(name, "h", param), self.lr, self.decay, self.eps)
 
     def hyperparameters(self):
         return {"lr": self.lr, "decay": self.decay, "eps": self.eps}
@@ -178,28 +141,10 @@ class Adam(Optimizer):
         self.beta1, self.beta2, self.eps = float(beta1), float(beta2), float(eps)
 
     def update(self, name, param, grad):
-        xp = xp_of(param)
-        m = self._slot(name, "m", param)
-        v = self._slot(name, "v", param)
-        step = self.lr / (1.0 - self.beta1 ** self.t)
+        lr_t = self.lr / (1.0 - self.beta1 ** self.t)
         v_scale = 1.0 / math.sqrt(1.0 - self.beta2 ** self.t)
-        if cuda_kernels.applies(param) and cuda_kernels.adam_update(
-                param, grad, m, v, self.beta1, self.beta2, step, v_scale, self.eps) is not None:
-            return
-        a, b = self._scratch(name, param, 2)
-        delta = xp.subtract(grad, m, out=a)
-        delta *= 1.0 - self.beta1
-        m += delta
-        delta = xp.multiply(grad, grad, out=a)
-        delta -= v
-        delta *= 1.0 - self.beta2
-        v += delta
-        denom = xp.sqrt(v, out=a)
-        denom *= v_scale
-        denom += self.eps
-        update = xp.multiply(m, step, out=b)
-        update /= denom
-        param -= update
+        _rule("adam", param)(param, grad, self._slot(name, "m", param), self._slot(name, "v", param),
+                             lr_t, self.beta1, self.beta2, v_scale, self.eps)
 
     def hyperparameters(self):
         return {"lr": self.lr, "beta1": self.beta1, "beta2": self.beta2, "eps": self.eps}
