@@ -21,7 +21,7 @@ import os
 import warnings
 
 import numpy
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .. import backend
 from ..input_files import describe_os_error, open_regular
@@ -87,6 +87,8 @@ def _decode(path) -> Image.Image:
 
 
 def _reason(exc: Exception) -> str:
+    if isinstance(exc, UnidentifiedImageError):
+        return f"not a {', '.join(FORMATS[:-1])} or {FORMATS[-1]} file"
     text = " ".join(str(exc).split())
     return f"{type(exc).__name__}: {text}" if text and not isinstance(exc, OSError) else (text or type(exc).__name__)
 
