@@ -91,8 +91,8 @@ def accelerator(device: str) -> tuple[ModuleType | None, str]:
         try:
             module = importlib.import_module(ACCELERATORS[device])
             usable, reason = module.status()
-        except ImportError as exc:
-            module, usable, reason = None, False, f"{ACCELERATORS[device]} does not import ({exc})"
+        except (ImportError, AttributeError) as exc:  # not built, or not an accelerator module
+            module, usable, reason = None, False, f"{ACCELERATORS[device]} is not usable ({exc})"
         _accelerators[device] = (module if usable else None, "" if usable else reason)
     return _accelerators[device]
 
