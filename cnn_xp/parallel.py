@@ -65,7 +65,7 @@ def inference_slices(batch: int, flops_per_image: int, affine_flops_per_image: i
 
 def _mostly_affine(flops_per_image: int, affine_flops_per_image: int) -> bool:
     """A big fully connected GEMM is one BLAS call that already uses every core; sliced, each
-    slice streams its whole weight matrix again (one_conv's training: 9.5 -> 9.9 ms)."""
+    slice streams its whole weight matrix again."""
     return affine_flops_per_image > MAX_AFFINE_SHARE * flops_per_image
 
 
