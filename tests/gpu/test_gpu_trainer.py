@@ -59,7 +59,9 @@ def test_resume_on_gpu(gpu, data_dir, tmp_path):
 
 def test_both_kernel_modes_train_to_the_same_weights(gpu, data_dir, tmp_path):
     """One epoch of lenet5 (no dropout) with --kernels auto and --kernels reference, same
-    seed and batches: the weights agree to float32 rounding."""
+    seed and batches: the weights agree within 1% (relative L2 per array). Adam's first
+    steps move each weight by about lr * sign(g), so a gradient entry near 0 may flip sign
+    between two summation orders; a wrong kernel is off by far more."""
     extra = ("--epochs", "1", "--limit-train", "200", "--limit-test", "20")
     for mode in ("auto", "reference"):
         assert _train(gpu, data_dir, tmp_path / mode, "--kernels", mode, *extra, model="lenet5") == 0
@@ -68,4 +70,4 @@ def test_both_kernel_modes_train_to_the_same_weights(gpu, data_dir, tmp_path):
     assert auto.keys() == ref.keys()
     for key in ref:
         err = np.linalg.norm((auto[key] - ref[key]).astype(np.float64))
-        assert err <= 1e-3 * np.linalg.norm(ref[key].astype(np.float64)) + 1e-6, key
+        assert err <= 1e-2 * np.linalg.norm(ref[key].astype(np.float64)) + 1e-6, key
