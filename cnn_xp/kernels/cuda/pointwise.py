@@ -71,7 +71,7 @@ def dropout_backward(dout, cache):
 
 def softmax_cross_entropy_forward(scores, labels):
     """scores (N, K), labels (N,) integer class indices (one-hot (N, K): the reference)
-    -> (mean loss, a 0-d array of the scores' dtype, cache)."""
+    -> (mean loss over the batch (0-d, the scores' dtype), cache)."""
     integer_labels = (getattr(labels, "ndim", None) == 1 and labels.dtype.kind in "iu"
                       and launch.on_gpu(labels))
     if not (scores.ndim == 2 and integer_labels and labels.shape[0] == scores.shape[0]
