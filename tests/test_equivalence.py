@@ -11,7 +11,7 @@ import pytest
 
 from cnn_xp import backend, dispatch, ops
 
-DEVICES = ["cpu", "gpu"]
+DEVICES = ["cpu", pytest.param("gpu", marks=pytest.mark.gpu)]
 TOL = {"float64": dict(rtol=1e-10, atol=1e-10), "float32": dict(rtol=2e-4, atol=2e-5)}
 
 
