@@ -118,6 +118,27 @@ def implementation_name(module: ModuleType) -> str:
     return getattr(module, "NAME", module.__name__)
 
 
+def describe_accelerator(device: str) -> str:
+    """One line on the device's accelerator: its name and details, or why there is none."""
+    module, reason = accelerator(device)
+    if module is None:
+        return f"none ({reason})"
+    try:
+        details = module.details()
+    except Exception as exc:  # e.g. a GPU that probes usable but fails on use
+        return f"{implementation_name(module)} (details unavailable: {type(exc).__name__}: {exc})"
+    shown = []
+    for key, value in details.items():
+        if key in ("name", "usable", "reason", "ops", "kernels") or value in (None, "", [], (), {}):
+            continue
+        if isinstance(value, dict):
+            value = ", ".join(f"{k} {v}" for k, v in value.items())
+        elif isinstance(value, (list, tuple)):
+            value = "/".join(map(str, value))
+        shown.append(f"{key} {value}")
+    return f"{implementation_name(module)} ({'; '.join(shown)})"
+
+
 def table(device: str) -> dict[str, str]:
     """op -> the name of the implementation that runs it on ``device`` in the current mode."""
     return {op: implementation_name(implementation(op, device)) for op in OPS}

@@ -323,13 +323,9 @@ def markdown_table(report: dict) -> str:
 
 
 def accelerator_description(device: str) -> str:
-    """The device's accelerator and what it runs in ``auto`` mode, or why it is off."""
-    module, reason = dispatch.accelerator(device)
-    if module is None:
-        return f"none, the reference runs ({reason})"
-    details = ", ".join(f"{k} {v}" for k, v in module.details().items())
-    ops = ", ".join(op for op, name in dispatch.table(device).items() if name != "reference")
-    return f"{dispatch.implementation_name(module)} ({details}) for {ops}"
+    """The device's accelerator and the ops it runs in ``auto`` mode, or why there is none."""
+    fast = [op for op, name in dispatch.table(device).items() if name != "reference"]
+    return dispatch.describe_accelerator(device) + (f" for {', '.join(fast)}" if fast else "")
 
 
 def machine_description(device: str) -> str:

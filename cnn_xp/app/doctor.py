@@ -153,15 +153,7 @@ def check_device(device: str) -> dict:
 
 def _report_kernels(say, device: str) -> None:
     """One line on the device's accelerator (or why there is none), one on who runs each op."""
-    module, reason = dispatch.accelerator(device)
-    if module is None:
-        say(f"  {device} accelerator: none ({reason})")
-    else:
-        try:
-            details = ", ".join(f"{k} {v}" for k, v in module.details().items())
-        except Exception as exc:  # a GPU that probes usable but fails on use
-            details = f"details unavailable: {type(exc).__name__}: {exc}"
-        say(f"  {device} accelerator: {dispatch.implementation_name(module)} ({details})")
+    say(f"  {device} accelerator: {dispatch.describe_accelerator(device)}")
     table = dispatch.table(device)
     say(f"  {device} ops: " + ", ".join(f"{op} {name}" for op, name in table.items()))
 
