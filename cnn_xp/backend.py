@@ -190,8 +190,7 @@ def retain_host_memory() -> bool:
     """Ask glibc's malloc to keep freed memory mapped for reuse (process-wide; True if it
     took). By default glibc returns large freed blocks to the OS, so every training step's
     multi-megabyte temporaries come back as fresh pages, each zeroed on its first touch
-    (a page fault): deep_convnet's CPU step saw ~350 faults and ~1 ms of them per step.
-    With no trimming and a 32 MB mmap threshold the freed blocks are reused. The cost:
+    (a page fault; docs/cpu-results/ has the measurement). With no trimming and a 32 MB mmap threshold the freed blocks are reused. The cost:
     the process keeps its peak heap. ``cnn-xp`` commands and the benchmark call this;
     library users may. A no-op (False) off glibc (macOS, musl, Windows)."""
     try:

@@ -91,8 +91,8 @@ def accelerator(device: str) -> tuple[ModuleType | None, str]:
         try:
             module = importlib.import_module(ACCELERATORS[device])
             usable, reason = module.status()
-        except ImportError as exc:
-            module, usable, reason = None, False, f"{ACCELERATORS[device]} does not import ({exc})"
+        except (ImportError, AttributeError) as exc:  # not built, or not an accelerator module
+            module, usable, reason = None, False, f"{ACCELERATORS[device]} is not usable ({exc})"
         _accelerators[device] = (module if usable else None, "" if usable else reason)
     return _accelerators[device]
 
@@ -116,6 +116,27 @@ def implementation(op: str, device: str) -> ModuleType:
 def implementation_name(module: ModuleType) -> str:
     """``"reference"``, ``"cpu"`` or ``"cuda"``: the ``NAME`` of an implementation module."""
     return getattr(module, "NAME", module.__name__)
+
+
+def describe_accelerator(device: str) -> str:
+    """One line on the device's accelerator: its name and details, or why there is none."""
+    module, reason = accelerator(device)
+    if module is None:
+        return f"none ({reason})"
+    try:
+        details = module.details()
+    except Exception as exc:  # e.g. a GPU that probes usable but fails on use
+        return f"{implementation_name(module)} (details unavailable: {type(exc).__name__}: {exc})"
+    shown = []
+    for key, value in details.items():
+        if key in ("name", "usable", "reason", "ops", "kernels") or value in (None, "", [], (), {}):
+            continue
+        if isinstance(value, dict):
+            value = ", ".join(f"{k} {v}" for k, v in value.items())
+        elif isinstance(value, (list, tuple)):
+            value = "/".join(map(str, value))
+        shown.append(f"{key} {value}")
+    return f"{implementation_name(module)} ({'; '.join(shown)})"
 
 
 def table(device: str) -> dict[str, str]:

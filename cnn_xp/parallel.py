@@ -1,36 +1,32 @@
-"""CPU work on every core: batches split into one slice per core, each slice run through
-layers on its own thread, with BLAS single-threaded meanwhile.
+"""CPU work on every core, opted into explicitly: ``BatchSlices(model)`` runs a model's
+batches in one slice per core, each slice through the layers on its own thread, with BLAS
+single-threaded meanwhile. ``Sequential`` itself never slices; the trainer and the
+benchmark wrap a CPU model in ``BatchSlices``.
 
-NumPy runs its copies (im2col, pooling, elementwise ops) on one core, and BLAS
-parallelises only the GEMMs; slices of a batch can run side by side (NumPy and BLAS release
-the GIL while they work).
+NumPy runs its copies and element-wise passes on one core and BLAS parallelises only the
+GEMMs; the compiled kernels and NumPy release the GIL, so slices run side by side.
 
-- Inference (``Sequential.predict``): the whole net in slices, for nets of at least
-  ``MIN_FLOPS_PER_IMAGE`` not mostly fully connected. Measured on a 2-core CPU, batch 100,
-  with the compiled kernels: deep_convnet (6.7 MFLOP per image) 6.2 -> 3.4 ms; the smaller
-  zoo nets (0.8-3.4 MFLOP) ran no faster (lenet5 1.29 -> 1.61 ms sliced).
-- Training (``Sequential.loss`` / ``scores_and_loss`` / ``backward``, ``SlicedLayers``):
-  the leading layers up to the first that is not ``batch_sliceable`` (Dropout, BatchNorm)
-  run in slices; the rest and the loss run on the whole batch, and the parameter gradients
-  are the sums of the slices'. Measured with the compiled kernels: a deep_convnet step at
-  batch 100 19.6 -> 11.9 ms, simple_convnet 8.8 -> 7.6 ms; lenet5 in the trainer, 2.49 ->
-  1.95 s per Fashion-MNIST epoch. one_conv, whose sliced work would be 93% one fully
-  connected GEMM that BLAS already spreads over the cores, is not sliced
-  (``MAX_AFFINE_SHARE``; with the portable code, sliced it took 9.5 -> 9.9 ms).
-
-On the 2-core build machine the two logical CPUs share one core's vector units: the
-compiled conv kernels run at that core's FMA peak on one thread, so slices gain where the
-rest of a step (NumPy passes, pooling, hand-offs) overlaps them.
+- Inference (``BatchSlices.predict``): the whole net in slices, for nets of at least
+  ``MIN_FLOPS_PER_IMAGE`` that are not mostly fully connected (inference stores nothing
+  on the layers, so the slices share the layer objects).
+- Training (``BatchSlices.scores_and_loss`` / ``backward``): the leading layers up to the
+  first that is not ``batch_sliceable`` (Dropout, BatchNorm) run in slices on
+  ``Layer.replica()`` twins sharing the parameters; the rest and the loss run on the whole
+  batch, and the parameter gradients are the sums of the slices'. Nets whose sliced work
+  would be mostly one fully connected GEMM (``MAX_AFFINE_SHARE``), which BLAS already
+  spreads over the cores, are not sliced.
 
 Slices hold at least ``MIN_IMAGES_PER_THREAD`` images. Results equal a one-thread run up to
-float rounding (the same slicing gives the same bits). ``CNN_XP_THREADS=1`` switches it off.
+float rounding (the same slicing gives the same bits). ``CNN_XP_THREADS=1`` switches it
+off. docs/cpu-results/ has the measurements behind the thresholds.
 """
 from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
 
-from .backend import xp_of
+from .backend import to_device, xp_of
+from .layers import Affine
 
 ENV_THREADS = "CNN_XP_THREADS"
 MIN_FLOPS_PER_IMAGE = 5_000_000   # forward multiply-adds x 2
@@ -69,7 +65,7 @@ def inference_slices(batch: int, flops_per_image: int, affine_flops_per_image: i
 
 def _mostly_affine(flops_per_image: int, affine_flops_per_image: int) -> bool:
     """A big fully connected GEMM is one BLAS call that already uses every core; sliced, each
-    slice streams its whole weight matrix again (one_conv's training: 9.5 -> 9.9 ms)."""
+    slice streams its whole weight matrix again."""
     return affine_flops_per_image > MAX_AFFINE_SHARE * flops_per_image
 
 
@@ -178,3 +174,81 @@ def map_slices(fn, x, slices: int):
     pool, BLAS single-threaded meanwhile; the results concatenated along axis 0."""
     parts = _run_parallel([lambda a=a, b=b: fn(x[a:b]) for a, b in _bounds(len(x), slices)])
     return xp_of(parts[0]).concatenate(parts)
+
+
+class BatchSlices:
+    """A CPU model's training steps and inference in batch slices, one thread per slice.
+
+    Offers the model's ``predict``, ``scores_and_loss``, ``loss`` and ``backward`` with the
+    same results (up to float rounding); ``model`` stays usable on its own. Batches too
+    small to split (or ``CNN_XP_THREADS=1``) run whole."""
+
+    def __init__(self, model):
+        self.model = model
+        self._lead: SlicedLayers | None = None
+        self._sliced_step = False  # whether the last training forward ran in slices
+
+    def _flops(self, x, layers):
+        """(forward FLOPs per sample of ``layers``, those of their Affine layers)."""
+        per_layer = dict(zip(map(id, self.model.layers), self.model.layer_flops(x.shape[1:])))
+        total = sum(per_layer[id(layer)] for layer in layers)
+        affine = sum(per_layer[id(layer)] for layer in layers if isinstance(layer, Affine))
+        return total, affine
+
+    def _leading_sliceable(self):
+        layers = self.model.layers
+        count = 0
+        while count < len(layers) and layers[count].batch_sliceable:
+            count += 1
+        lead = layers[:count]
+        if self._lead is None or [id(a) for a in self._lead.layers] != [id(b) for b in lead]:
+            self._lead = SlicedLayers(lead) if lead else None
+        return self._lead
+
+    def predict(self, x, train: bool = False):
+        """Class scores (N, K); inference of large enough nets and batches in slices."""
+        x = self.model.as_input(x)
+        if train or x.ndim < 2:
+            return self.model.predict(x, train=train)
+        slices = inference_slices(len(x), *self._flops(x, self.model.layers))
+        if slices == 1:
+            return self.model.predict(x)
+        return map_slices(self.model.predict, x, slices)
+
+    def scores_and_loss(self, x, t, train: bool = True):
+        """(scores, mean loss) of a training batch, its leading layers in slices."""
+        x = self.model.as_input(x)
+        lead = self._leading_sliceable() if train and x.ndim > 1 else None
+        slices = training_slices(len(x), *self._flops(x, lead.layers)) if lead else 1
+        self._sliced_step = slices > 1
+        if not self._sliced_step:
+            return self.model.scores_and_loss(x, t, train)
+        scores = lead.forward(x, slices)
+        for layer in self.model.layers[len(lead.layers):]:
+            scores = layer.forward(scores, train=True)
+        return scores, self.model.loss_layer.forward(scores, to_device(t, self.model.device))
+
+    def loss(self, x, t, train: bool = True):
+        return self.scores_and_loss(x, t, train)[1]
+
+    def backward(self, dout=1.0):
+        """Gradients of the last ``scores_and_loss`` into every layer's grads; dx or None."""
+        if not self._sliced_step:
+            return self.model.backward(dout)
+        grad = self.model.loss_layer.backward(dout)
+        for layer in reversed(self.model.layers[len(self._lead.layers):]):
+            grad = layer.backward(grad)
+            if grad is None:
+                return None
+        return self._lead.backward(grad)
+
+    def accuracy(self, x, t, batch_size: int = 1000) -> float:
+        """``Sequential.accuracy`` with the batches' inference in slices."""
+        n, correct = x.shape[0], 0
+        for start in range(0, n, batch_size):
+            scores = self.predict(x[start:start + batch_size])
+            labels = to_device(t[start:start + batch_size], self.model.device)
+            if labels.ndim == 2:
+                labels = labels.argmax(axis=1)
+            correct += int((scores.argmax(axis=1) == labels).sum())
+        return correct / n if n else 0.0

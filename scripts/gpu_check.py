@@ -4,24 +4,36 @@
     python scripts/gpu_check.py OUTDIR [--device gpu|cpu] [--data-dir DIR] [--quick] [--budget S]
 
 Steps (each a subprocess with its own timeout, all inside one overall budget, so the check
-never hangs; a missing or failing step is recorded and the next one runs):
+never hangs; a missing or failing step is recorded and the next one runs). "Reference"
+is the kernel mode ``CNN_XP_KERNELS=reference`` (cnn_xp.ops on either device), "auto" the
+default (the device's accelerator where it implements an op):
 
-  doctor   ``cnn-xp doctor``                                          -> doctor.txt
-  train    simple_convnet on Fashion-MNIST (60,000 / 10,000), 5 epochs on --device, and the
-           same seed for 1 epoch on the CPU *in parallel* (CPU threads capped); first-epoch
-           train losses compared (absolute and relative difference)     -> train.txt
-  kernels  the CuPy fast paths vs the portable path: max difference and median time of
-           im2col, col2im, max-pool forward/backward and the Adam update -> kernels.json
-  pytest   ``pytest -m gpu tests``: the GPU suite (parity, fast paths, training) and every other gpu-marked test
-                                                                        -> pytest.txt
-  bench    ``cnn-xp bench``: every zoo model, float32, batch 100 and 1000, ours vs PyTorch on
-           the same device, interleaved                                 -> bench.json, bench.md
+  doctor     ``cnn-xp doctor``: versions, devices, which implementation runs each op
+                                                                          -> doctor.txt
+  train      simple_convnet on Fashion-MNIST (60,000 / 10,000) with ``cnn-xp train``: 5
+             epochs on --device (auto), 1 epoch on --device (reference)   -> train.txt
+  mnist      real MNIST (``.carry/mnist``): MNIST_MODEL with its zoo recipe on --device
+             (auto), the 10,000 test images evaluated after every epoch: test accuracy and
+             time to 99%; and a parity run (dropout off, the first PARITY_IMAGES training
+             images, one pass) whose per-step losses, weights and test accuracy are
+             compared with the same run on the CPU (reference)            -> train.txt
+  kernels    every op of the seam on zoo-sized inputs: the implementation it uses
+             (``dispatch.table``), GPU reference and GPU auto timed (median), each compared
+             with the CPU reference                                       -> kernels.json
+  pytest     ``pytest -m gpu tests``: the GPU suite, both kernel modes    -> pytest.txt
+  train_cpu  waits for the CPU reference runs started at the beginning (Fashion-MNIST 1
+             epoch; the MNIST parity run), which ran beside the device steps with their
+             threads capped; first-epoch losses and the MNIST parity compared -> train.txt
+  bench      ``cnn-xp bench --kernels both``: every zoo model, float32, batch 100 and 1000,
+             reference and auto, ours vs PyTorch on the same device      -> bench.json, bench.md
 
 summary.json (rewritten after every step) lists each step's status (ok / failed / timeout /
-skipped), wall time and headline numbers. Seven small flat files at most.
+skipped), wall time and headline numbers. Seven small flat files: the device tool brings
+back at most eight.
 
-``--device cpu --quick`` is the dry run CI uses: a tiny generated data set (IDX files written
-with idx2numpy), 1 epoch, a tiny benchmark; a few seconds. On the GPU machine run it through
+``--device cpu --quick`` is the dry run CI uses: tiny generated data sets (IDX files written
+with idx2numpy, named as Fashion-MNIST and MNIST), 1 epoch, a tiny benchmark; "the device"
+is then the CPU and "auto" its accelerator. On the GPU machine run it through
 scripts/gpu_check.sh, which installs the carried idx2numpy wheel and sets PYTHONPATH.
 """
 from __future__ import annotations
@@ -29,6 +41,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import os
 import platform
 import shutil
@@ -43,12 +56,18 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 STATUSES = ("ok", "failed", "timeout", "skipped")
 LOG_LIMIT = 60_000  # characters kept per log file (head and tail)
+KERNELS_ENV = "CNN_XP_KERNELS"
+
+MNIST_MODEL = "deep_convnet"  # seed 004's net and recipe (He, AdaGrad lr 0.01, batch 500, 8 epochs)
+TARGET_ACCURACY = 0.99
+PARITY_IMAGES = 6000          # training images of the CPU <-> device parity run (one pass)
 
 # Per-step timeouts (seconds) for the full GPU run; the overall budget caps them all.
-TIMEOUTS = {"doctor": 60, "train": 130, "train_cpu": 200, "kernels": 60, "pytest": 150,
-            "bench": 170}
-QUICK_TIMEOUTS = {"doctor": 60, "train": 60, "train_cpu": 60, "kernels": 60, "pytest": 90,
-                  "bench": 60}
+TIMEOUTS = {"doctor": 60, "train": 150, "mnist": 120, "kernels": 90, "pytest": 200,
+            "train_cpu": 300, "bench": 200}
+QUICK_TIMEOUTS = {"doctor": 60, "train": 60, "mnist": 60, "kernels": 60, "pytest": 120,
+                  "train_cpu": 120, "bench": 60}
+STEPS = ("doctor", "train", "mnist", "kernels", "pytest", "train_cpu", "bench")
 
 
 class Check:
@@ -161,14 +180,13 @@ CNN_XP = [sys.executable, "-m", "cnn_xp"]
 # -- data --------------------------------------------------------------------------------------
 
 def make_tiny_dataset(folder: Path, n_train=600, n_test=200, seed=0) -> Path:
-    """Write a small learnable Fashion-MNIST look-alike as IDX files (idx2numpy): each class a
-    bright band at its own rows, plus noise. Returns the folder to pass as --data-dir."""
+    """Write small learnable look-alikes of Fashion-MNIST and MNIST as IDX files
+    (idx2numpy) into ``folder``/fashion-mnist and ``folder``/mnist: each class a bright band
+    at its own rows, plus noise. Returns the folder to pass as --data-dir."""
     import idx2numpy
     import numpy as np
 
     rng = np.random.default_rng(seed)
-    target = folder / "fashion-mnist"
-    target.mkdir(parents=True, exist_ok=True)
 
     def images(labels):
         x = rng.integers(0, 60, size=(labels.size, 28, 28)).astype(np.uint8)
@@ -176,15 +194,18 @@ def make_tiny_dataset(folder: Path, n_train=600, n_test=200, seed=0) -> Path:
             x[i, 2 + 2 * label: 5 + 2 * label, 4:24] = 230
         return x
 
-    for prefix, n in (("train", n_train), ("t10k", n_test)):
-        labels = (np.arange(n) % 10).astype(np.uint8)
-        rng.shuffle(labels)
-        idx2numpy.convert_to_file(str(target / f"{prefix}-images-idx3-ubyte"), images(labels))
-        idx2numpy.convert_to_file(str(target / f"{prefix}-labels-idx1-ubyte"), labels)
+    for name in ("fashion-mnist", "mnist"):
+        target = folder / name
+        target.mkdir(parents=True, exist_ok=True)
+        for prefix, n in (("train", n_train), ("t10k", n_test)):
+            labels = (np.arange(n) % 10).astype(np.uint8)
+            rng.shuffle(labels)
+            idx2numpy.convert_to_file(str(target / f"{prefix}-images-idx3-ubyte"), images(labels))
+            idx2numpy.convert_to_file(str(target / f"{prefix}-labels-idx1-ubyte"), labels)
     return folder
 
 
-# -- train -------------------------------------------------------------------------------------
+# -- train (Fashion-MNIST through the CLI) -------------------------------------------------------
 
 def train_cmd(device, epochs, data_dir, run_dir, seed=0):
     return CNN_XP + ["train", "--model", "simple_convnet", "--dataset", "fashion-mnist",
@@ -223,70 +244,314 @@ def compare_first_epoch(device_run: dict, cpu_run: dict) -> dict:
             "abs_diff": diff, "rel_diff": diff / max(abs(b[0]), 1e-12)}
 
 
-def start_train_cpu(data_dir: Path, work: Path, cpu_epochs: int):
-    """Start the CPU reference run in the background, its BLAS threads capped so that the
-    device steps keep cores to themselves. Returns (process, log, start time)."""
-    threads = str(max(1, min(8, (os.cpu_count() or 2) - 4)))
-    cpu_env = child_env({k: threads for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
-                                              "MKL_NUM_THREADS")})
-    cpu_log = work / "train_cpu.log"
+def cpu_env(threads: int) -> dict:
+    """A CPU reference child: the reference ops, BLAS threads capped."""
+    return child_env({KERNELS_ENV: "reference",
+                      **{k: str(threads) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                                                   "MKL_NUM_THREADS")}})
+
+
+def start_cpu_runs(check: "Check", data_dir: Path, work: Path, cpu_epochs: int) -> dict:
+    """Start the two CPU reference runs in the background (Fashion-MNIST through the CLI, the
+    MNIST parity run), each with a share of the cores the device steps leave free."""
+    threads = max(1, min(6, ((os.cpu_count() or 2) - 4) // 2))
+    started = {}
     tic = time.monotonic()
-    proc = start(train_cmd("cpu", cpu_epochs, data_dir, work / "run_cpu"), cpu_log, cpu_env)
-    return proc, cpu_log, tic
+    started["fashion"] = (start(train_cmd("cpu", cpu_epochs, data_dir, work / "run_cpu"),
+                                work / "train_cpu.log", cpu_env(threads)), work / "train_cpu.log")
+    started["mnist"] = (start(mnist_cmd("cpu", data_dir, work / "mnist_cpu.json", check.quick,
+                                        parity_only=True),
+                              work / "mnist_cpu.log", cpu_env(threads)), work / "mnist_cpu.log")
+    return {"runs": started, "tic": tic, "threads": threads}
 
 
-def step_train(check: Check, data_dir: Path, work: Path, out: Path):
-    """The device run: 5 epochs (1 in quick mode)."""
+def step_train(check: "Check", data_dir: Path, work: Path, out: Path):
+    """Fashion-MNIST on the device: 5 epochs in mode auto (1 in quick mode), 1 epoch in mode
+    reference; the logs go to train.txt."""
     epochs = 1 if check.quick else 5
     log = out / "train.txt"
-    rc, timed_out, wall = run(train_cmd(check.device, epochs, data_dir, work / "run_device"),
-                              log, check.timeout_for("train"))
-    device_run = read_run(work / "run_device")
-    check.summary["results"]["train_device"] = device_run
-    detail = (f"test accuracy {device_run.get('test_accuracy')}, "
-              f"s/epoch {device_run.get('epoch_seconds')}")
-    check.record("train", status_of(rc, timed_out), wall, detail, rc=rc,
+    tic = time.monotonic()
+    rc, timed_out, _ = run(train_cmd(check.device, epochs, data_dir, work / "run_device"), log,
+                           check.timeout_for("train"), child_env({KERNELS_ENV: "auto"}))
+    ref_log = work / "train_ref.log"
+    left = max(0.0, check.timeouts["train"] - (time.monotonic() - tic))
+    rc_ref, timed_out_ref, _ = run(train_cmd(check.device, 1, data_dir, work / "run_device_ref"),
+                                   ref_log, min(left, check.timeout_for("train")),
+                                   child_env({KERNELS_ENV: "reference"}))
+    append_log(log, f"=== {check.device}, kernel mode reference, 1 epoch ===", ref_log)
+    results = check.summary["results"]
+    results["train_device"] = read_run(work / "run_device")
+    results["train_device_reference"] = read_run(work / "run_device_ref")
+    run_ = results["train_device"]
+    detail = f"test accuracy {run_.get('test_accuracy')}, s/epoch {run_.get('epoch_seconds')}"
+    status = status_of(rc, timed_out)
+    if status == "ok":
+        status = status_of(rc_ref, timed_out_ref)
+    check.record("train", status, time.monotonic() - tic, detail, rc=rc, rc_reference=rc_ref,
                  command=" ".join(train_cmd(check.device, epochs, data_dir, "RUN_DIR")[1:]))
 
 
-def finish_train_cpu(check: Check, cpu_proc, cpu_log: Path, tic: float, work: Path, out: Path):
-    waited = max(0.0, check.timeouts["train_cpu"] - (time.monotonic() - tic))
-    rc, timed_out = finish(cpu_proc, min(waited, max(check.remaining() - 5.0, 0.1)))
-    cpu_run = read_run(work / "run_cpu")
-    results = check.summary["results"]
-    results["train_cpu"] = cpu_run
-    results["first_epoch_loss"] = compare_first_epoch(results.get("train_device", {}), cpu_run)
-    # Append the CPU run's log to train.txt (one file for both runs).
-    text = cpu_log.read_text(encoding="utf-8", errors="replace") if cpu_log.exists() else ""
-    with open(out / "train.txt", "a", encoding="utf-8") as fh:
-        fh.write("\n=== CPU reference run ===\n" + text)
-    trim_log(out / "train.txt")
-    cmp = results["first_epoch_loss"]
-    detail = (f"first-epoch loss abs diff {cmp['abs_diff']:.3g}, rel {cmp['rel_diff']:.3g}"
-              if "abs_diff" in cmp else cmp.get("error", ""))
-    check.record("train_cpu", status_of(rc, timed_out), time.monotonic() - tic, detail, rc=rc)
+def append_log(target: Path, title: str, source: Path) -> None:
+    text = source.read_text(encoding="utf-8", errors="replace") if source.exists() else "(no log)\n"
+    with open(target, "a", encoding="utf-8") as fh:
+        fh.write(f"\n{title}\n{text}")
 
 
-# -- kernels (fast vs portable) -----------------------------------------------------------------
+# -- mnist (in a child process: --mnist-run) ------------------------------------------------------
 
-def kernel_timing(device: str, out_json: Path, quick: bool) -> int:
-    """Time each fast path against the portable path on ``device``; write out_json.
+def mnist_cmd(device, data_dir, out_json, quick, parity_only=False, model=MNIST_MODEL, epochs=None):
+    cmd = [sys.executable, Path(__file__).resolve(), "MNIST", "--device", device,
+           "--data-dir", data_dir, "--mnist-run", out_json, "--mnist-model", model]
+    if epochs is not None:
+        cmd += ["--mnist-epochs", str(epochs)]
+    return cmd + (["--quick"] if quick else []) + (["--parity-only"] if parity_only else [])
 
-    Runs in its own process (``--kernel-timing``). On the CPU only the portable path exists,
-    so only it is timed (the dry run proves this code)."""
+
+def _train_pass(model, opt, batches, device, x_test, t_test, record_steps=False):
+    """One pass over ``batches``; returns (mean train loss, per-step losses or [], seconds,
+    test accuracy, evaluation seconds)."""
+    from cnn_xp import backend
+
+    backend.synchronize(device)
+    tic = time.perf_counter()
+    total, steps, per_step = None, 0, []
+    for xb, tb in batches:
+        loss = model.loss(xb, tb)
+        model.backward()
+        opt.step()
+        total = loss if total is None else total + loss
+        steps += 1
+        if record_steps:
+            per_step.append(float(loss))
+    backend.synchronize(device)
+    train_s = time.perf_counter() - tic
+    tic = time.perf_counter()
+    accuracy = model.accuracy(x_test, t_test)
+    eval_s = time.perf_counter() - tic
+    return float(total) / max(steps, 1), per_step, train_s, accuracy, eval_s
+
+
+def mnist_run(device: str, data_dir: Path, out_json: Path, model_name: str, epochs, quick: bool,
+              parity_only: bool) -> int:
+    """The MNIST runs of one device, written to ``out_json``:
+
+    - ``parity``: dropout off, the first PARITY_IMAGES training images in one pass, in order
+      (no shuffle), batch of the recipe; per-step losses, test accuracy, final weights
+      (sampled: every 97th value of each parameter) -- to compare across devices;
+    - ``run`` (unless ``parity_only``): the zoo recipe on all 60,000 images, shuffled per
+      epoch from the seed; after every epoch the 10,000 test images are evaluated; the time
+      to TARGET_ACCURACY counts training and every evaluation up to the first epoch that
+      reaches it."""
     import numpy as np
 
     sys.path.insert(0, str(ROOT))
-    from cnn_xp import backend, optim
-    from cnn_xp.ops import col2im, cuda_kernels, im2col, maxpool2d_backward, maxpool2d_forward
+    from cnn_xp import backend, data, dispatch, layers, models, optim
 
-    xp = backend.get_xp(device)
+    tic = time.perf_counter()
+    ds = data.load_dataset("mnist", data_dir=data_dir, download=False)
+    x_train, t_train = data.to_float(ds.train_images), ds.train_labels
+    x_test = backend.to_device(data.to_float(ds.test_images), device)
+    t_test = backend.to_device(ds.test_labels, device)
+    load_s = time.perf_counter() - tic
+    spec = models.MODELS[model_name]
+    result = {"device": device, "model": model_name, "kernel_mode": dispatch.mode(),
+              "ops": dispatch.table(device), "recipe": spec.defaults(), "data": str(ds.folder),
+              "train_images": int(x_train.shape[0]), "test_images": int(ds.test_labels.shape[0]),
+              "load_seconds": round(load_s, 3)}
+
+    def fresh(dropout: bool):
+        model = models.build(model_name, seed=0, device=device)
+        if not dropout:
+            for layer in model.layers:
+                if isinstance(layer, layers.Dropout):
+                    layer.p = 0.0
+        return model, optim.create(spec.optimizer, model, lr=spec.lr, **spec.optimizer_kwargs)
+
+    # parity: the same batches on every device, no random draws
+    n = min(PARITY_IMAGES if not quick else 200, x_train.shape[0])
+    model, opt = fresh(dropout=False)
+    batches = data.BatchIterator(x_train[:n], t_train[:n], spec.batch_size, shuffle=False, device=device)
+    mean_loss, per_step, train_s, accuracy, _ = _train_pass(model, opt, batches, device, x_test,
+                                                            t_test, record_steps=True)
+    result["parity"] = {"images": n, "batch_size": spec.batch_size, "losses": per_step,
+                        "mean_loss": mean_loss, "test_accuracy": accuracy,
+                        "seconds": round(train_s, 3),
+                        "weights": {k: v.reshape(-1)[::97].tolist() for k, v in model.state_dict().items()}}
+    write_atomic(out_json, json.dumps(result) + "\n")
+    print(f"parity run: {n} images, mean loss {mean_loss:.6f}, test accuracy {accuracy:.4f}", flush=True)
+    if parity_only:
+        return 0
+
+    epochs = epochs or (1 if quick else spec.epochs)
+    model, opt = fresh(dropout=True)
+    batches = data.BatchIterator(x_train, t_train, spec.batch_size, seed=0, device=device)
+    history, clock, reached = [], 0.0, None
+    for epoch in range(1, epochs + 1):
+        mean_loss, _, train_s, accuracy, eval_s = _train_pass(model, opt, batches, device, x_test, t_test)
+        clock += train_s + eval_s
+        history.append({"epoch": epoch, "train_loss": mean_loss, "test_accuracy": accuracy,
+                        "train_seconds": round(train_s, 3), "eval_seconds": round(eval_s, 3),
+                        "images_per_second": round(x_train.shape[0] / train_s, 1)})
+        print(f"epoch {epoch}: loss {mean_loss:.4f}, test accuracy {accuracy:.4f}, "
+              f"{train_s:.2f} s training + {eval_s:.2f} s evaluation", flush=True)
+        if reached is None and accuracy >= TARGET_ACCURACY:
+            reached = {"epoch": epoch, "seconds": round(clock, 3),
+                       "seconds_with_loading": round(clock + load_s, 3)}
+    result["run"] = {"epochs": epochs, "history": history,
+                     "test_accuracy": history[-1]["test_accuracy"],
+                     "best_test_accuracy": max(h["test_accuracy"] for h in history),
+                     "train_seconds": round(sum(h["train_seconds"] for h in history), 3),
+                     "target_accuracy": TARGET_ACCURACY, "time_to_target": reached}
+    result["ops_after"] = dispatch.table(device)
+    write_atomic(out_json, json.dumps(result) + "\n")
+    return 0
+
+
+def compare_parity(device_run: dict, cpu_run: dict) -> dict:
+    """The parity runs of the device and the CPU, side by side."""
+    a, b = device_run.get("parity"), cpu_run.get("parity")
+    if not a or not b:
+        return {"error": "a parity run is missing"}
+    if len(a["losses"]) != len(b["losses"]) or a["weights"].keys() != b["weights"].keys():
+        return {"error": "the parity runs differ in length or parameters"}
+    loss_rel = max(abs(x - y) / max(abs(y), 1e-12) for x, y in zip(a["losses"], b["losses"]))
+    num = den = 0.0
+    for key, w in b["weights"].items():
+        num += sum((x - y) ** 2 for x, y in zip(a["weights"][key], w))
+        den += sum(y * y for y in w)
+    weights_rel = math.sqrt(num) / max(math.sqrt(den), 1e-30)
+    return {"images": a["images"], "steps": len(a["losses"]),
+            "loss_max_rel_diff": loss_rel, "weights_rel_l2_diff": weights_rel,
+            "device_test_accuracy": a["test_accuracy"], "cpu_test_accuracy": b["test_accuracy"],
+            "test_accuracy_diff": abs(a["test_accuracy"] - b["test_accuracy"]),
+            "device_ops": device_run.get("ops"), "cpu_ops": cpu_run.get("ops"),
+            "agree": loss_rel < 1e-3 and weights_rel < 1e-2
+                     and abs(a["test_accuracy"] - b["test_accuracy"]) <= 0.005}
+
+
+def step_mnist(check: "Check", data_dir: Path, work: Path, out: Path):
+    log = work / "mnist_device.log"
+    out_json = work / "mnist_device.json"
+    rc, timed_out, wall = run(mnist_cmd(check.device, data_dir, out_json, check.quick), log,
+                              check.timeout_for("mnist"), child_env({KERNELS_ENV: "auto"}))
+    append_log(out / "train.txt", f"=== MNIST, {MNIST_MODEL}, {check.device}, kernel mode auto ===", log)
+    found = json.loads(out_json.read_text()) if out_json.exists() else {}
+    check.summary["results"]["mnist"] = {k: v for k, v in found.items() if k != "parity"}
+    check.summary["results"]["mnist_device_parity_run"] = _parity_summary(found)
+    run_ = found.get("run", {})
+    reached = run_.get("time_to_target")
+    detail = (f"test accuracy {run_.get('test_accuracy')}, time to {TARGET_ACCURACY:.0%}: "
+              + (f"{reached['seconds']} s (epoch {reached['epoch']})" if reached else "not reached"))
+    check.record("mnist", status_of(rc, timed_out), wall, detail if run_ else trim_log(log), rc=rc)
+    return found
+
+
+def _parity_summary(found: dict) -> dict:
+    parity = found.get("parity") or {}
+    return {k: v for k, v in parity.items() if k not in ("weights", "losses")}
+
+
+def finish_cpu_runs(check: "Check", cpu: dict, work: Path, out: Path, mnist_device: dict):
+    results = check.summary["results"]
+    statuses = []
+    for name, (proc, log) in cpu["runs"].items():
+        waited = max(0.0, check.timeouts["train_cpu"] - (time.monotonic() - cpu["tic"]))
+        rc, timed_out = finish(proc, min(waited, max(check.remaining() - 5.0, 0.1)))
+        statuses.append(status_of(rc, timed_out))
+        title = ("=== CPU reference run (Fashion-MNIST, kernel mode reference) ===" if name == "fashion"
+                 else f"=== CPU reference run (MNIST parity, {MNIST_MODEL}, kernel mode reference) ===")
+        append_log(out / "train.txt", title, log)
+    trim_log(out / "train.txt")
+    results["train_cpu"] = read_run(work / "run_cpu")
+    results["first_epoch_loss"] = compare_first_epoch(results.get("train_device", {}), results["train_cpu"])
+    results["first_epoch_loss_reference"] = compare_first_epoch(
+        results.get("train_device_reference", {}), results["train_cpu"])
+    cpu_json = work / "mnist_cpu.json"
+    mnist_cpu = json.loads(cpu_json.read_text()) if cpu_json.exists() else {}
+    results["mnist_parity"] = compare_parity(mnist_device, mnist_cpu)
+    cmp, par = results["first_epoch_loss"], results["mnist_parity"]
+    detail = (f"Fashion first-epoch loss rel diff {cmp['rel_diff']:.3g}" if "rel_diff" in cmp
+              else cmp.get("error", ""))
+    detail += ("; MNIST parity: " + (f"loss rel {par['loss_max_rel_diff']:.3g}, weights rel "
+                                     f"{par['weights_rel_l2_diff']:.3g}, agree {par['agree']}"
+                                     if "agree" in par else par["error"]))
+    status = next((s for s in statuses if s != "ok"), "ok")
+    if status == "ok" and not par.get("agree", False):
+        status = "failed"
+    check.record("train_cpu", status, time.monotonic() - cpu["tic"], detail)
+
+
+# -- kernels: every op, GPU reference and GPU auto against the CPU reference -----------------------
+
+def kernel_cases(n: int, params: int) -> dict:
+    """op -> (host inputs builder, runner(impl, inputs) -> list of outputs)."""
+    import numpy as np
+
     rng = np.random.default_rng(0)
+
+    def normal(*shape, scale=1.0):
+        return (rng.standard_normal(shape) * scale).astype(np.float32)
+
+    def conv(impl, x, W, b, dout):
+        out, cache = impl.conv2d_forward(x, W, b, 1, 1)
+        return [out, *impl.conv2d_backward(dout, cache)]
+
+    def pool(kind):
+        def go(impl, x, dout):
+            out, cache = getattr(impl, f"{kind}pool2d_forward")(x, 2, 2, 2, 0)
+            return [out, getattr(impl, f"{kind}pool2d_backward")(dout, cache)]
+        return go
+
+    def relu(impl, x, dout):
+        out, cache = impl.relu_forward(x)
+        return [out, impl.relu_backward(dout, cache)]
+
+    def dropout(impl, x, draws, dout):
+        out, cache = impl.dropout_forward(x, draws, 0.5)
+        return [out, impl.dropout_backward(dout, cache)]
+
+    def loss(impl, scores, labels):
+        value, cache = impl.softmax_cross_entropy_forward(scores, labels)
+        return [value, impl.softmax_cross_entropy_backward(cache)]
+
+    def update(op, slots, hyper):
+        def go(impl, p, g, *state):
+            getattr(impl, f"{op}_update")(p, g, *state, *hyper)
+            return [p, *state]
+        inputs = lambda: [normal(params), normal(params)] + [np.abs(normal(params)) for _ in range(slots)]
+        return inputs, go
+
+    cases = {
+        "conv2d": (lambda: [normal(n, 16, 28, 28), normal(32, 16, 3, 3, scale=0.1), normal(32),
+                            normal(n, 32, 28, 28)], conv),
+        "maxpool2d": (lambda: [normal(n, 30, 24, 24), normal(n, 30, 12, 12)], pool("max")),
+        "avgpool2d": (lambda: [normal(n, 30, 24, 24), normal(n, 30, 12, 12)], pool("avg")),
+        "relu": (lambda: [normal(n, 30, 24, 24), normal(n, 30, 24, 24)], relu),
+        "dropout": (lambda: [normal(n, 4320), rng.random((n, 4320), dtype=np.float32),
+                             normal(n, 4320)], dropout),
+        "softmax_cross_entropy": (lambda: [normal(n, 10, scale=3.0), rng.integers(0, 10, n)], loss),
+        "sgd": update("sgd", 0, (0.01,)),
+        "momentum": update("momentum", 1, (0.01, 0.9)),
+        "nesterov": update("nesterov", 1, (0.01, 0.9)),
+        "adagrad": update("adagrad", 1, (0.01, 1e-7)),
+        "rmsprop": update("rmsprop", 1, (0.01, 0.99, 1e-7)),
+        "adam": update("adam", 2, (1e-3 / (1 - 0.9), 0.9, 0.999, 1 / math.sqrt(1 - 0.999), 1e-8)),
+    }
+    return cases
+
+
+def kernel_timing(device: str, out_json: Path, quick: bool) -> int:
+    """Every op of the seam on ``device``: the implementation it uses in mode auto, GPU
+    reference and GPU auto timed (median), and both compared with the CPU reference (max
+    difference relative to the result's scale). Writes out_json; runs in its own process."""
+    import numpy as np
+
+    sys.path.insert(0, str(ROOT))
+    from cnn_xp import backend, dispatch, ops
+
     n = 8 if quick else 100
     repeats = 3 if quick else 20
-
-    def arr(*shape):
-        return xp.asarray(rng.standard_normal(shape).astype(np.float32))
+    cases = kernel_cases(n, 10_000 if quick else 1_000_000)
 
     def timed(fn):
         fn()  # warm-up (and compile)
@@ -299,61 +564,55 @@ def kernel_timing(device: str, out_json: Path, quick: bool) -> int:
             times.append(time.perf_counter() - tic)
         return statistics.median(times) * 1e6
 
-    class OneParam:
-        def __init__(self, p, g):
-            self.layer = type("Layer", (), {})()
-            self.layer.params, self.layer.grads = {"W": p}, {"W": g}
+    def max_rel_diff(got, want):
+        worst = 0.0
+        for g, w in zip(got, want):
+            if w is None:
+                continue
+            g = backend.to_numpy(g).astype(np.float64)
+            w = np.asarray(w, dtype=np.float64)
+            worst = max(worst, float(np.abs(g - w).max()) / max(1.0, float(np.abs(w).max())))
+        return worst
 
-        def params_and_grads(self):
-            yield "0.W", self.layer, "W"
-
-    x_conv = arr(n, 16, 28, 28)                       # a deep_convnet 3x3 pad-1 conv input
-    col = im2col(x_conv, 3, 3, 1, 1)
-    x_pool = arr(n, 30, 24, 24)                       # simple_convnet's pool input
-    _, cache = maxpool2d_forward(x_pool, 2, 2, 2, 0)
-    dout_pool = arr(n, 30, 12, 12)
-    adam_model = OneParam(arr(1_000_000), arr(1_000_000))
-    adam = optim.Adam(adam_model, lr=1e-3)
-    cases = {
-        "im2col (N,16,28,28) k3 p1": lambda: im2col(x_conv, 3, 3, 1, 1),
-        "col2im (N,16,28,28) k3 p1": lambda: col2im(col, x_conv.shape, 3, 3, 1, 1),
-        "maxpool_forward (N,30,24,24) k2 s2": lambda: maxpool2d_forward(x_pool, 2, 2, 2, 0),
-        "maxpool_backward (N,30,24,24) k2 s2": lambda: maxpool2d_backward(dout_pool, cache),
-        "adam_update 1M params": adam.step,
-    }
-    results = {"device": device, "batch": n, "repeats": repeats, "unit": "microseconds (median)",
-               "fast_paths": cuda_kernels.status() if device == "gpu" else "none on the CPU",
-               "cases": {}}
+    dispatch.set_mode("auto")
+    results = {"device": device, "batch": n, "repeats": repeats, "dtype": "float32",
+               "unit": "microseconds (median), forward + backward or one update",
+               "ops": dispatch.table(device),
+               "accelerator": _details(dispatch, device), "cases": {}}
     failed = False
-    for name, fn in cases.items():
-        entry = {}
+    for op, (inputs, go) in cases.items():
+        entry = {"implementation": results["ops"][op]}
         try:
-            os.environ[cuda_kernels.ENV_DISABLE] = "1"
-            entry["portable_us"] = round(timed(fn), 1)
-            ref = fn() if "adam" not in name else None
-            if device == "gpu":
-                os.environ.pop(cuda_kernels.ENV_DISABLE)
-                entry["fast_us"] = round(timed(fn), 1)
-                entry["speedup"] = round(entry["portable_us"] / entry["fast_us"], 2)
-                if ref is not None:
-                    got = fn()
-                    pairs = zip(ref, got) if isinstance(ref, tuple) else [(ref, got)]
-                    entry["max_abs_diff"] = max(
-                        float(abs(backend.to_numpy(a).astype(np.float64)
-                                  - backend.to_numpy(b).astype(np.float64)).max())
-                        for a, b in pairs if hasattr(a, "shape"))
-                    entry["match"] = entry["max_abs_diff"] <= 1e-5
-                    failed |= not entry["match"]
+            host_inputs = inputs()
+            want = go(ops, *[a.copy() for a in host_inputs])  # the CPU reference
+            for mode in ("reference", "auto"):
+                dispatch.set_mode(mode)
+                impl = dispatch.implementation(op, device)
+                got = go(impl, *[backend.to_device(a.copy(), device) for a in host_inputs])
+                entry[f"{mode}_max_rel_diff_vs_cpu_reference"] = max_rel_diff(got, want)
+                device_inputs = [backend.to_device(a.copy(), device) for a in host_inputs]
+                entry[f"{mode}_us"] = round(timed(lambda: go(impl, *device_inputs)), 1)
+            entry["speedup"] = round(entry["reference_us"] / entry["auto_us"], 2)
+            entry["match"] = max(entry["reference_max_rel_diff_vs_cpu_reference"],
+                                 entry["auto_max_rel_diff_vs_cpu_reference"]) <= 1e-4
+            failed |= not entry["match"]
         except Exception as exc:  # one broken case must not hide the others
             entry["error"] = f"{type(exc).__name__}: {exc}"
             failed = True
-        finally:
-            os.environ.pop(cuda_kernels.ENV_DISABLE, None)
-        results["cases"][name] = entry
-        print(name, entry, flush=True)
-    results["fast_paths_after"] = cuda_kernels.status() if device == "gpu" else None
+        results["cases"][op] = entry
+        print(op, entry, flush=True)
+    dispatch.set_mode("auto")
+    results["ops_after"] = dispatch.table(device)
+    results["accelerator_after"] = _details(dispatch, device)
     write_atomic(out_json, json.dumps(results, indent=2) + "\n")
     return 1 if failed else 0
+
+
+def _details(dispatch, device):
+    module, reason = dispatch.accelerator(device)
+    if module is None:
+        return {"name": None, "reason": reason}
+    return module.details()
 
 
 # -- the check ---------------------------------------------------------------------------------
@@ -363,15 +622,22 @@ def main(argv=None) -> int:
     p.add_argument("outdir", type=Path)
     p.add_argument("--device", choices=("gpu", "cpu"), default="gpu")
     p.add_argument("--data-dir", type=Path, default=None,
-                   help="folder holding fashion-mnist/ (default: .carry; --quick: generated)")
+                   help="folder holding fashion-mnist/ and mnist/ (default: .carry; --quick: generated)")
     p.add_argument("--quick", action="store_true", help="tiny data, 1 epoch, tiny bench")
     p.add_argument("--budget", type=float, default=None,
                    help="overall seconds (default 465; --quick 240)")
     p.add_argument("--cpu-epochs", type=int, default=1, help="epochs of the CPU reference run")
+    p.add_argument("--mnist-model", default=MNIST_MODEL, help=argparse.SUPPRESS)
+    p.add_argument("--mnist-epochs", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--kernel-timing", type=Path, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--mnist-run", type=Path, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--parity-only", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.kernel_timing is not None:
         return kernel_timing(args.device, args.kernel_timing, args.quick)
+    if args.mnist_run is not None:
+        return mnist_run(args.device, args.data_dir, args.mnist_run, args.mnist_model,
+                         args.mnist_epochs, args.quick, args.parity_only)
 
     out = args.outdir
     try:
@@ -388,47 +654,51 @@ def main(argv=None) -> int:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def run_steps(args, check: Check, out: Path, work: Path) -> int:
-
+def run_steps(args, check: "Check", out: Path, work: Path) -> int:
     if args.quick:
         data_dir = make_tiny_dataset(work / "data") if args.data_dir is None else args.data_dir
     else:
         data_dir = args.data_dir or ROOT / ".carry"
     check.summary["data_dir"] = str(data_dir)
 
-    # 0. the CPU reference training run starts first and runs beside the device steps
-    cpu_proc, cpu_log, cpu_tic = start_train_cpu(data_dir, work, args.cpu_epochs)
+    # 0. the CPU reference runs start first and run beside the device steps
+    cpu = start_cpu_runs(check, data_dir, work, args.cpu_epochs)
 
-    # 1. doctor
-    rc, timed_out, wall = run(CNN_XP + ["doctor"], out / "doctor.txt", check.timeout_for("doctor"))
+    # 1. doctor (mode auto: it names the implementation of every op)
+    rc, timed_out, wall = run(CNN_XP + ["doctor"], out / "doctor.txt", check.timeout_for("doctor"),
+                              child_env({KERNELS_ENV: "auto"}))
     check.record("doctor", status_of(rc, timed_out), wall, trim_log(out / "doctor.txt"), rc=rc)
 
-    # 2. training on the device (the CPU reference run is going on beside it)
+    # 2. Fashion-MNIST on the device, auto and reference
     step_train(check, data_dir, work, out)
 
-    # 3. fast paths vs portable
+    # 3. MNIST on the device: accuracy, time to 99%, the parity run
+    mnist_device = step_mnist(check, data_dir, work, out)
+
+    # 4. every op: GPU reference and GPU auto against the CPU reference
     rc, timed_out, wall = run([sys.executable, Path(__file__).resolve(), out, "--device",
                                args.device, "--kernel-timing", out / "kernels.json"]
                               + (["--quick"] if args.quick else []),
                               work / "kernels.log", check.timeout_for("kernels"))
     check.record("kernels", status_of(rc, timed_out), wall, trim_log(work / "kernels.log"), rc=rc)
-    if rc != 0 and not (out / "kernels.json").exists():
+    if not (out / "kernels.json").exists():
         write_atomic(out / "kernels.json", json.dumps(
             {"error": "kernel timing did not finish", "log": trim_log(work / "kernels.log")}) + "\n")
+    kernels = json.loads((out / "kernels.json").read_text())
+    check.summary["results"]["ops"] = kernels.get("ops")
 
-    # 4. the GPU test suite
+    # 5. the GPU test suite
     pytest_cmd = [sys.executable, "-m", "pytest", "-m", "gpu", "tests", "-q", "-rfEs",
                   "--durations=15", "-p", "no:cacheprovider"]
     rc, timed_out, wall = run(pytest_cmd, out / "pytest.txt", check.timeout_for("pytest"))
-    check.record("pytest", status_of(rc, timed_out), wall,
-                 trim_log(out / "pytest.txt"), rc=rc)
+    check.record("pytest", status_of(rc, timed_out), wall, trim_log(out / "pytest.txt"), rc=rc)
 
-    # 5. the CPU reference run must be done before the benchmark takes the machine
-    finish_train_cpu(check, cpu_proc, cpu_log, cpu_tic, work, out)
+    # 6. the CPU reference runs must be done before the benchmark takes the machine
+    finish_cpu_runs(check, cpu, work, out, mnist_device)
 
-    # 6. benchmark, ours vs PyTorch, interleaved
+    # 7. benchmark, ours (reference and auto) vs PyTorch, interleaved
     bench_cmd = CNN_XP + ["bench", "--device", args.device, "--json", out / "bench.json",
-                          "--markdown", out / "bench.md"]
+                          "--markdown", out / "bench.md", "--kernels", "both"]
     if args.quick:
         bench_cmd += ["--models", "simple_convnet", "--dtypes", "float32", "--batch-sizes", "8",
                       "--steps", "1", "--repeats", "3", "--peer", "none"]

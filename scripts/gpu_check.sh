@@ -2,7 +2,8 @@
 # The GPU check in one call, for a fresh GPU machine without idx2numpy or a network:
 #   bash scripts/gpu_check.sh OUTDIR [gpu_check.py options]
 # Installs the carried idx2numpy wheel (.carry/wheels/) into /tmp/site when it is missing,
-# runs the package from the working tree (PYTHONPATH=.), data from .carry/fashion-mnist/.
+# runs the package from the working tree (PYTHONPATH=.), data from .carry/fashion-mnist/ and
+# .carry/mnist/ (see README, "Running the check").
 set -u
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-python3}"

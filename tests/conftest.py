@@ -1,15 +1,16 @@
-"""Session-wide test settings."""
-import os
-
+"""Session-wide test settings and shared fixtures."""
 import pytest
 
-from cnn_xp.ops import cpu_kernels
+from cnn_xp import dispatch
 
 
-@pytest.fixture(autouse=True, scope="session")
-def _kernel_cache(tmp_path_factory):
-    """The compiled CPU kernels are built once per test run into a temporary folder (and
-    subprocesses started by the tests inherit it), not into the user's ~/.cache."""
-    if not os.environ.get(cpu_kernels.ENV_CACHE):
-        os.environ[cpu_kernels.ENV_CACHE] = str(tmp_path_factory.mktemp("kernels"))
-    yield
+@pytest.fixture
+def kernel_mode():
+    """``kernel_mode("auto")`` sets the kernel mode for one test (accelerators probed
+    afresh); the environment's mode is back afterwards."""
+    def use(mode):
+        dispatch.reset()
+        dispatch.set_mode(mode)
+    yield use
+    dispatch.set_mode(None)
+    dispatch.reset()

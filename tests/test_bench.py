@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from cnn_xp import models
+from cnn_xp import dispatch, models
 
 from cnn_xp.app import bench
 
@@ -32,14 +32,26 @@ def test_tiny_run_writes_json_and_markdown(tmp_path, capsys):
         assert 0 < r["train_fraction_of_gemm"]
         assert "train_ratio" not in r
     lines = table.splitlines()
-    assert lines[0].startswith("| model | dtype | batch | train img/s")
+    assert lines[0].startswith("| model | kernels | dtype | batch | train img/s")
     assert "ratio" not in lines[0]
-    assert sum(line.startswith("| simple_convnet | float32 | 8 |") for line in lines) == 1
+    mode = dispatch.mode()  # the environment's (CI runs the suite in both modes)
+    assert sum(line.startswith(f"| simple_convnet | {mode} | float32 | 8 |") for line in lines) == 1
     assert "cnn-xp bench" in table
-    assert "simple_convnet float32 batch 8" in capsys.readouterr().err
-    # which CPU code ran is part of the report: the compiled kernels, or the portable code
-    assert report["cpu_kernels"].startswith(("compiled C (-O3", "off, portable NumPy"))
-    assert f"CPU kernels: {report['cpu_kernels']}" in table
+    assert f"simple_convnet [{mode}] float32 batch 8" in capsys.readouterr().err
+    # which code ran is part of the report: the accelerator (or why none), and per op
+    assert report["accelerator"].startswith(("cpu (", "none ("))
+    assert f"accelerator: {report['accelerator']}" in table
+    for r in report["results"]:
+        assert set(r["implementations"]) == set(dispatch.OPS)
+
+
+def test_both_kernel_modes_side_by_side(tmp_path):
+    report, table = _run(tmp_path, "--peer", "none", "--kernels", "both")
+    assert [(r["model"], r["kernels"]) for r in report["results"]] == [
+        ("simple_convnet", "auto"), ("simple_convnet", "reference"), ("lenet5", "auto"), ("lenet5", "reference")]
+    assert all(set(r["implementations"].values()) == {"reference"}
+               for r in report["results"] if r["kernels"] == "reference")
+    assert "| lenet5 | reference | float32 | 8 |" in table
 
 
 def test_flops_per_image_follow_the_layer_shapes():

@@ -1,5 +1,9 @@
 """Every array-module name the code uses must exist in the real CuPy, with the keywords used.
 
+Scanned: the package (the reference ops, layers, the CUDA accelerator cnn_xp/kernels/cuda,
+backend, model, optim, the application) and the code that runs only on a GPU machine (the
+GPU test suite tests/gpu, scripts/gpu_check.py).
+
 The names are collected from the source itself (ast), never from a hand list: every attribute
 chain hung on an array module -- a variable named ``xp`` or ``cp``, or a call to ``xp_of(...)``,
 ``get_xp(...)``, ``cupy()`` -- e.g. ``xp.lib.stride_tricks.sliding_window_view``, ``xp.add.at``,
@@ -14,7 +18,9 @@ from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parents[1] / "cnn_xp"
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "cnn_xp"
+SCANNED = [PACKAGE, ROOT / "tests" / "gpu", ROOT / "scripts" / "gpu_check.py"]
 MODULE_NAMES = {"xp", "cp"}                      # variables that hold the array module
 MODULE_FACTORIES = {"xp_of", "get_xp", "cupy"}  # calls that return it
 
@@ -87,10 +93,18 @@ def collect(source: str, filename: str) -> dict:
     return uses
 
 
+def scanned_files() -> list[Path]:
+    files = []
+    for place in SCANNED:
+        files += sorted(place.rglob("*.py")) if place.is_dir() else [place]
+    return files
+
+
 def collect_package() -> dict:
+    """chain -> Use over every scanned file."""
     merged: dict = {}
-    for path in sorted(PACKAGE.rglob("*.py")):
-        rel = path.relative_to(PACKAGE.parent).as_posix()
+    for path in scanned_files():
+        rel = path.relative_to(ROOT).as_posix()
         for chain, use in collect(path.read_text(encoding="utf-8"), rel).items():
             into = merged.setdefault(chain, Use(chain))
             into.where += use.where
@@ -155,8 +169,15 @@ def test_every_xp_name_in_the_package_exists_in_cupy():
     cp = pytest.importorskip("cupy", reason="cupy is not installed (CI installs cupy-cuda12x)")
     uses = collect_package()
     assert len(uses) >= 10, f"suspiciously few array-module names collected: {sorted(uses)}"
-    for known in ("lib.stride_tricks.sliding_window_view", "zeros", "arange", "exp"):
-        assert known in uses, f"collector missed {known!r}, which the ops use; got {sorted(uses)}"
+    known = {"cnn_xp/ops/": ("pad", "zeros", "arange", "exp", "maximum"),
+             "cnn_xp/kernels/cuda/": ("ElementwiseKernel", "ascontiguousarray", "broadcast_to",
+                                      "cuda.compiler.CompileException"),
+             "tests/gpu/": ("asarray",)}
+    assert ROOT / "scripts" / "gpu_check.py" in scanned_files()
+    for area, names in known.items():
+        for name in names:
+            assert name in uses and any(w.startswith(area) for w in uses[name].where), \
+                f"collector missed {name!r} in {area}; got {sorted(uses)}"
     missing = []
     for chain, use in sorted(uses.items()):
         try:

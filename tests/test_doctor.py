@@ -133,13 +133,14 @@ def test_module_entry_point_exits_zero():
     assert "cpu: ok" in proc.stdout
 
 
-def test_a_broken_gpu_is_reported_but_cpu_decides_the_exit_code(monkeypatch, fresh_probe):
+def test_a_broken_gpu_is_reported_but_cpu_decides_the_exit_code(monkeypatch, fresh_probe, kernel_mode):
     """A "usable" GPU whose cupy cannot allocate: the GPU check fails, loudly, exit stays 0."""
+    kernel_mode("auto")
     monkeypatch.setattr(backend, "_import_cupy", lambda: _fake_cupy(12090, 12090, lambda: 1))
     code, text = _run()
     assert code == 0, text
     assert "gpu: usable (cupy)" in text
     assert "gpu properties: unknown" in text
     assert re.search(r"  gpu: FAILED: \w+", text), text
-    assert "gpu fused kernels: on" in text
+    assert "gpu accelerator: cuda" in text and "gpu ops: conv2d cuda" in text
     assert "cpu: ok" in text and "cpu and gpu" not in text

@@ -1,7 +1,8 @@
 """scripts/gpu_check.py, the prepared GPU check, dry-run on the CPU (``--device cpu --quick``):
-every step runs for real on a tiny generated data set, so the script cannot rot between the
-sessions that are lent a GPU. Also its timeouts (a step that hangs is killed, with its
-children) and its one-line error for a bad output folder."""
+every step runs for real on tiny generated data sets (Fashion-MNIST and MNIST look-alikes),
+the CPU standing in for the GPU (its accelerator for "auto"), so the script cannot rot
+between the sessions that are lent a GPU. Also its timeouts (a step that hangs is killed,
+with its children) and its one-line error for a bad output folder."""
 import importlib.util
 import json
 import subprocess
@@ -13,7 +14,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "gpu_check.py"
-STEPS = ["doctor", "train", "kernels", "pytest", "train_cpu", "bench"]
+STEPS = ["doctor", "train", "mnist", "kernels", "pytest", "train_cpu", "bench"]
 
 
 def _load_script():
@@ -39,7 +40,7 @@ def test_dry_run_passes_every_step(dry_run):
     out, proc, wall = dry_run
     summary = json.loads((out / "summary.json").read_text())
     steps = {s["name"]: s for s in summary["steps"]}
-    assert list(steps) == STEPS
+    assert list(steps) == STEPS == list(gpu_check.STEPS)
     bad = {name: s for name, s in steps.items() if s["status"] != "ok"}
     assert not bad, f"{bad}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     assert proc.returncode == 0 and summary["ok"] is True
@@ -60,30 +61,69 @@ def test_dry_run_writes_few_small_flat_files(dry_run):
     assert set(summary["files"]) == set(files)
 
 
-def test_dry_run_reports_training_and_the_loss_comparison(dry_run):
+def test_dry_run_reports_training_and_the_loss_comparisons(dry_run):
     out, _, _ = dry_run
     results = json.loads((out / "summary.json").read_text())["results"]
     device_run, cpu_run = results["train_device"], results["train_cpu"]
     assert 0.0 <= device_run["test_accuracy"] <= 1.0
     assert device_run["test_accuracy"] > 0.3  # the tiny data set is learnable
     assert len(device_run["epoch_seconds"]) == 1 and device_run["epoch_seconds"][0] > 0
-    cmp = results["first_epoch_loss"]
-    assert cmp["device_first_epoch_loss"] == device_run["train_loss"][0]
-    assert cmp["cpu_first_epoch_loss"] == cpu_run["train_loss"][0]
-    # Both runs are on the CPU here, same seed: they agree up to BLAS thread-count rounding.
-    assert cmp["abs_diff"] < 1e-4 and cmp["rel_diff"] < 1e-4
-    assert "CPU reference run" in (out / "train.txt").read_text()
+    assert len(results["train_device_reference"]["train_loss"]) == 1
+    for key, run in (("first_epoch_loss", device_run), ("first_epoch_loss_reference",
+                                                        results["train_device_reference"])):
+        cmp = results[key]
+        assert cmp["device_first_epoch_loss"] == run["train_loss"][0]
+        assert cmp["cpu_first_epoch_loss"] == cpu_run["train_loss"][0]
+        # the CPU accelerator or reference against the CPU reference, same seed: float rounding
+        assert cmp["abs_diff"] < 1e-4 and cmp["rel_diff"] < 1e-4
+    text = (out / "train.txt").read_text()
+    for title in ("kernel mode reference, 1 epoch", "MNIST, deep_convnet", "CPU reference run (Fashion-MNIST",
+                  "CPU reference run (MNIST parity"):
+        assert title in text, title
 
 
-def test_dry_run_times_the_portable_kernels_and_runs_doctor_and_bench(dry_run):
+def test_dry_run_trains_mnist_with_per_epoch_test_accuracy_and_the_parity_run(dry_run):
+    out, _, _ = dry_run
+    results = json.loads((out / "summary.json").read_text())["results"]
+    mnist = results["mnist"]
+    assert mnist["model"] == gpu_check.MNIST_MODEL and mnist["kernel_mode"] == "auto"
+    assert mnist["data"].endswith("mnist") and mnist["train_images"] == 600
+    assert set(mnist["ops"]) >= {"conv2d", "maxpool2d", "softmax_cross_entropy", "adagrad"}
+    run = mnist["run"]
+    assert [h["epoch"] for h in run["history"]] == [1]
+    assert 0.0 <= run["test_accuracy"] <= 1.0 and run["history"][0]["train_seconds"] > 0
+    reached = run["time_to_target"]
+    assert reached is None or (reached["epoch"] == 1 and reached["seconds"] > 0)
+    parity = results["mnist_parity"]
+    assert parity["images"] == 200 and parity["steps"] == 1
+    assert set(parity["cpu_ops"].values()) == {"reference"}  # the CPU side is the reference
+    assert parity["agree"] is True and parity["loss_max_rel_diff"] < 1e-4
+
+
+def test_parity_comparison():
+    base = {"images": 10, "losses": [2.0, 1.0], "test_accuracy": 0.5, "weights": {"0.W": [1.0, 2.0]}}
+    same = gpu_check.compare_parity({"parity": base}, {"parity": base})
+    assert same["agree"] and same["loss_max_rel_diff"] == 0 and same["weights_rel_l2_diff"] == 0
+    off = dict(base, losses=[2.0, 1.1])
+    assert not gpu_check.compare_parity({"parity": off}, {"parity": base})["agree"]
+    assert "error" in gpu_check.compare_parity({}, {"parity": base})
+
+
+def test_dry_run_compares_every_op_and_runs_doctor_and_bench(dry_run):
+    from cnn_xp import dispatch
     out, _, _ = dry_run
     kernels = json.loads((out / "kernels.json").read_text())
     assert kernels["device"] == "cpu"
-    assert len(kernels["cases"]) == 5
+    assert set(kernels["cases"]) == set(dispatch.OPS) == set(kernels["ops"])
     for name, entry in kernels["cases"].items():
         assert "error" not in entry, (name, entry)
-        assert entry["portable_us"] > 0 and "fast_us" not in entry  # no fast path on the CPU
-    assert "cpu" in (out / "doctor.txt").read_text()
+        assert entry["reference_us"] > 0 and entry["auto_us"] > 0 and entry["match"] is True
+        assert entry["implementation"] == kernels["ops"][name]
+        assert entry["reference_max_rel_diff_vs_cpu_reference"] == 0.0  # the same code
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["results"]["ops"] == kernels["ops"]
+    doctor = (out / "doctor.txt").read_text()
+    assert "cpu ops: conv2d" in doctor
     bench = json.loads((out / "bench.json").read_text())
     assert bench  # cnn-xp bench's own JSON
     assert "skipped" in (out / "pytest.txt").read_text()  # tests/gpu skips without a GPU

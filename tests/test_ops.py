@@ -83,9 +83,6 @@ def test_col2im_matches_naive(seed):
     assert dx.shape == shape
     np.testing.assert_allclose(dx, naive.col2im(col, shape, c["kh"], c["kw"], c["stride"], c["pad"]),
                                rtol=1e-12, atol=1e-12)
-    # The transposed-columns fold (conv's GPU backward): the same sums in the same order.
-    dx_t = ops.col2im_t(np.ascontiguousarray(col.T), shape, c["kh"], c["kw"], stride=c["stride"], pad=c["pad"])
-    np.testing.assert_array_equal(dx_t, dx)
 
 
 @pytest.mark.parametrize("seed", SEEDS, ids=cfg_id)
@@ -203,7 +200,7 @@ def test_maxpool_matches_naive(seed):
     ref, where = naive.maxpool2d(x, c["kh"], c["kw"], c["stride"], c["pad"])
     assert out.shape == ref.shape
     np.testing.assert_array_equal(np.asarray(out), ref)
-    inference, no_cache = ops.maxpool2d_forward(x, c["kh"], c["kw"], c["stride"], c["pad"], with_argmax=False)
+    inference, no_cache = ops.maxpool2d_forward(x, c["kh"], c["kw"], c["stride"], c["pad"], train=False)
     np.testing.assert_array_equal(np.asarray(inference), ref)
     assert no_cache is None
     dout = c["rng"].standard_normal(out.shape)
@@ -243,17 +240,15 @@ def test_maxpool_pads_with_minus_infinity():
 
 
 def test_maxpool_window_of_more_than_256_offsets():
-    """The argmax is one byte per output up to 256 window offsets, int64 beyond."""
+    """A window of more offsets than a byte can count (272) routes to its first maximum."""
     rng = np.random.default_rng(12)
     x = rng.integers(0, 3, size=(2, 2, 19, 18)).astype(np.float64)  # ties in every window
     out, cache = ops.maxpool2d_forward(x, 17, 16, 1, 0)
-    assert cache[1].dtype == np.int64
     ref, where = naive.maxpool2d(x, 17, 16, 1, 0)
     np.testing.assert_array_equal(np.asarray(out), ref)
     dout = rng.standard_normal(out.shape)
     np.testing.assert_allclose(ops.maxpool2d_backward(dout, cache),
                                naive.maxpool2d_backward(dout, x.shape, where, 0), atol=1e-12)
-    assert ops.maxpool2d_forward(x, 2, 2)[1][1].dtype == np.uint8
 
 
 def test_maxpool_overlapping_3x3_stride_2():

@@ -1,4 +1,4 @@
-"""CPU inference in slices on a thread pool (cnn_xp/parallel.py) and what it relies on."""
+"""CPU batches in slices on a thread pool (cnn_xp/parallel.py, opted into with BatchSlices)."""
 import threading
 
 import numpy as np
@@ -8,7 +8,7 @@ from cnn_xp import models, parallel
 
 from cnn_xp.app import bench, cli
 from cnn_xp.layers import Affine, BatchNorm, Conv2D, Dropout, Flatten, MaxPool2D, ReLU
-from cnn_xp.model import Sequential, execution_order
+from cnn_xp.model import Sequential
 
 
 def test_slices_follow_cores_batch_and_work_per_image(monkeypatch):
@@ -59,22 +59,31 @@ def test_sliced_inference_matches_one_thread(monkeypatch):
     calls = []
     real = parallel.map_slices
     monkeypatch.setattr(parallel, "map_slices", lambda *a: calls.append(a[2]) or real(*a))
-    sliced = model.predict(x)
+    assert model.predict(x).shape == (40, 10) and calls == []   # Sequential never slices
+    sliced = parallel.BatchSlices(model).predict(x)
     assert calls == [2]  # deep_convnet (6.7 MFLOP per image) is sliced
     np.testing.assert_allclose(sliced, one, rtol=1e-5, atol=1e-6)
-    # training forwards are never sliced (they keep caches for the backward pass)
-    model.loss(x, np.zeros(40, dtype=np.int64))
-    assert calls == [2]
+    assert parallel.BatchSlices(model).accuracy(x, np.zeros(40, np.int64)) == model.accuracy(x, np.zeros(40, np.int64))
 
 
-def test_conv_layers_keep_one_workspace_per_thread():
-    layer = Conv2D(3, 4, 3, rng=0)
-    x = np.random.default_rng(1).random((2, 3, 6, 6), dtype=np.float32)
-    layer.forward(x, train=False)
-    worker = threading.Thread(target=layer.forward, args=(x,), kwargs={"train": False})
-    worker.start()
-    worker.join()
-    assert len(layer._workspaces) == 2
+def test_inference_on_several_threads_shares_the_layers():
+    """Inference stores nothing on the layers, so threads may share one model."""
+    model = models.build("lenet5", seed=0)
+    xs = [np.random.default_rng(k).random((8, 1, 28, 28), dtype=np.float32) for k in range(4)]
+    alone = [model.predict(x) for x in xs]
+    results = [None] * 4
+
+    def run(k):
+        for _ in range(5):
+            results[k] = model.predict(xs[k])
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for got, want in zip(results, alone):
+        np.testing.assert_array_equal(got, want)
 
 
 def test_a_big_fully_connected_net_is_not_sliced_at_inference(monkeypatch):
@@ -82,7 +91,7 @@ def test_a_big_fully_connected_net_is_not_sliced_at_inference(monkeypatch):
     mlp = Sequential([Flatten(), Affine(784, 4096, rng=0), ReLU(), Affine(4096, 10, rng=1)])
     assert sum(mlp.layer_flops((1, 28, 28))) > parallel.MIN_FLOPS_PER_IMAGE
     monkeypatch.setattr(parallel, "map_slices", lambda *a: pytest.fail("sliced"))
-    assert mlp.predict(np.zeros((64, 1, 28, 28), np.float32)).shape == (64, 10)
+    assert parallel.BatchSlices(mlp).predict(np.zeros((64, 1, 28, 28), np.float32)).shape == (64, 10)
 
 
 def test_layer_flops_count_conv_and_affine_layers():
@@ -113,8 +122,10 @@ def test_without_threadpoolctl_inference_is_not_sliced(monkeypatch):
 # -- training in slices ------------------------------------------------------------------------
 
 def _step(model, x, t):
-    loss = float(model.loss(x, t))
-    dx = model.backward()
+    """One training step through BatchSlices: (loss, grads by name, dx)."""
+    runner = parallel.BatchSlices(model)
+    loss = float(runner.loss(x, t))
+    dx = runner.backward()
     grads = {f"{i}.{k}": g.copy() for i, layer in enumerate(model.layers) for k, g in layer.grads.items()}
     return loss, grads, dx
 
@@ -148,22 +159,26 @@ def test_sliced_training_step_matches_the_whole_batch(monkeypatch, name):
 
 def test_sliced_layers_stop_at_dropout_and_batchnorm():
     deep = models.build("deep_convnet")
-    lead = deep._sliced_layers().layers
+    lead = parallel.BatchSlices(deep)._leading_sliceable().layers
     assert not any(isinstance(layer, (Dropout, BatchNorm)) for layer in lead)
-    assert type(deep.layers[execution_order(deep.layers)[len(lead)]]) is Dropout
-    bn_first = Sequential([BatchNorm(1), Flatten(), Affine(784, 10, rng=0)])
-    assert bn_first._sliced_layers() is None
+    assert type(deep.layers[len(lead)]) is Dropout
+    bn_first = parallel.BatchSlices(Sequential([BatchNorm(1), Flatten(), Affine(784, 10, rng=0)]))
+    assert bn_first._leading_sliceable() is None
     x, t = _batch()
     bn_first.loss(x, t)
     bn_first.backward()  # runs whole; no slices
+    assert not bn_first._sliced_step
 
 
 def test_one_conv_is_not_sliced_its_work_is_one_big_gemm(monkeypatch):
     monkeypatch.setenv(parallel.ENV_THREADS, "2")
-    model = models.build("one_conv")
-    x, _ = _batch()
-    assert model._training_slices(x)[1] == 1
-    assert models.build("simple_convnet")._training_slices(x)[1] == 2
+    x, t = _batch()
+    one_conv = parallel.BatchSlices(models.build("one_conv"))
+    one_conv.loss(x, t)
+    assert not one_conv._sliced_step
+    simple = parallel.BatchSlices(models.build("simple_convnet"))
+    simple.loss(x, t)
+    assert simple._sliced_step
     assert parallel.training_slices(100, 100, 76) == 1 and parallel.training_slices(100, 100, 75) == 2
 
 
@@ -175,18 +190,17 @@ def test_input_gradient_of_a_sliced_batch_is_the_whole_batch_one(monkeypatch):
     monkeypatch.setenv(parallel.ENV_THREADS, "1")
     _, _, dx1 = _step(net(), x, t)
     monkeypatch.setenv(parallel.ENV_THREADS, "2")
-    model = net()
-    assert model._training_slices(x)[1] == 2
-    _, _, dx2 = _step(model, x, t)
+    _, _, dx2 = _step(net(), x, t)
     np.testing.assert_allclose(dx2, dx1, rtol=1e-5, atol=1e-7)
 
 
-def test_backward_after_a_plain_training_forward_is_not_sliced(monkeypatch):
+def test_the_model_alone_never_slices(monkeypatch):
     monkeypatch.setenv(parallel.ENV_THREADS, "2")
     model = models.build("simple_convnet", seed=0)
     x, t = _batch()
-    _step(model, x, t)                           # sliced
-    model.loss_layer.forward(model.predict(x[:20], train=True), t[:20])
+    _step(model, x, t)                           # sliced, through BatchSlices
+    monkeypatch.setattr(parallel, "_run_parallel", lambda tasks: pytest.fail("sliced"))
+    model.loss(x[:20], t[:20])
     model.backward()                             # the layers' own caches, 20 images
     assert model.layers[0].grads["W"].shape == model.layers[0].params["W"].shape
 
@@ -195,9 +209,8 @@ def test_replicas_share_parameters_and_keep_their_own_state():
     conv = Conv2D(1, 2, 3, rng=0)
     twin = conv.replica()
     assert twin.params is conv.params and twin.grads is not conv.grads
-    assert twin._workspaces is not conv._workspaces
     model = models.build("simple_convnet", seed=0)
-    sliced = model._sliced_layers()
+    sliced = parallel.BatchSlices(model)._leading_sliceable()
     stacks = sliced._slice_layers(2)
     model.load_state_dict(models.build("simple_convnet", seed=1).state_dict())
     stacks = sliced._slice_layers(2)

@@ -7,7 +7,11 @@ optimizer) is timed *interleaved* with ours (ours, torch, ours, torch, ...) on t
 device, so machine load hits both alike, and the ratio ours/torch is reported. Also: FLOPs
 per image (multiply-adds x 2 of conv and affine layers; training = forward + dW + dX without
 the first layer's dX), the measured GEMM rate of the machine and each result as a fraction
-of it, and the peak memory of a training step. Writes a JSON file and a markdown table.
+of it, and the peak memory of a training step. ``--kernels`` times the accelerated path
+(``auto``), the reference (``reference``) or both, each against its own interleaved PyTorch
+runs; the report says which implementation ran each op. On the CPU our side trains and
+infers through ``parallel.BatchSlices``, as the trainer does. Writes a JSON file and a
+markdown table.
 """
 from __future__ import annotations
 
@@ -23,8 +27,7 @@ import tracemalloc
 
 import numpy
 
-from .. import backend, models, optim, parallel
-from ..ops import cpu_kernels
+from .. import backend, dispatch, models, optim, parallel
 from ..models import INPUT_SHAPE, NUM_CLASSES
 from ..atomic import write_text
 from ..layers import Affine, Conv2D
@@ -75,6 +78,8 @@ class OurRunner:
         self.device = device
         self.model = models.build(name, seed=seed, device=device, dtype=dtype)
         self.optimizer = optim.create(spec.optimizer, self.model, lr=spec.lr, **spec.optimizer_kwargs)
+        # what the trainer runs: on the CPU, batches in slices on every core
+        self.steps = parallel.BatchSlices(self.model) if device == "cpu" else self.model
 
     def set_batch(self, x, t):
         self.x = backend.to_device(x.astype(self.model.dtype), self.device)
@@ -82,14 +87,14 @@ class OurRunner:
 
     def train(self, steps: int) -> None:
         for _ in range(steps):
-            self.model.loss(self.x, self.t)
-            self.model.backward()
+            self.steps.loss(self.x, self.t)
+            self.steps.backward()
             self.optimizer.step()
         backend.synchronize(self.device)
 
     def infer(self, steps: int) -> None:
         for _ in range(steps):
-            self.model.predict(self.x, train=False)
+            self.steps.predict(self.x, train=False)
         backend.synchronize(self.device)
 
 
@@ -247,7 +252,8 @@ def default_steps(batch: int, device: str = "cpu") -> int:
     return max(2, (20_000 if device == "gpu" else 2_000) // batch)
 
 
-def bench_one(name, dtype, batch, args, torch, gemm) -> dict:
+def bench_one(name, dtype, batch, args, torch, gemm, kernels: str = "auto") -> dict:
+    dispatch.set_mode(kernels)
     rng = numpy.random.default_rng(1)
     x = rng.random((batch, *INPUT_SHAPE)).astype(dtype)
     t = rng.integers(0, NUM_CLASSES, size=batch)
@@ -267,6 +273,7 @@ def bench_one(name, dtype, batch, args, torch, gemm) -> dict:
     infer = time_interleaved(runners, "infer", steps, batch, args.repeats, settle)
     result = {
         "model": name, "dtype": dtype, "batch": batch, "device": args.device, "steps": steps,
+        "kernels": kernels, "implementations": dispatch.table(args.device),
         "repeats": args.repeats, "optimizer": models.get_spec(name).optimizer,
         "flops_per_image": flops,
         "train": train["ours"], "infer": infer["ours"],
@@ -292,14 +299,14 @@ def _rate(summary: dict) -> str:
 
 def markdown_table(report: dict) -> str:
     peer = report["peer"] is not None
-    head = ["model", "dtype", "batch", "train img/s (min-max)"]
+    head = ["model", "kernels", "dtype", "batch", "train img/s (min-max)"]
     head += ["torch train", "ratio"] if peer else []
     head += ["infer img/s (min-max)"]
     head += ["torch infer", "ratio"] if peer else []
     head += ["MFLOP/img train", "train % of GEMM", "peak step MB"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in report["results"]:
-        row = [r["model"], r["dtype"], str(r["batch"]), _rate(r["train"])]
+        row = [r["model"], r.get("kernels", "auto"), r["dtype"], str(r["batch"]), _rate(r["train"])]
         row += [_rate(r["torch_train"]), f"{r['train_ratio']:.2f}x"] if peer else []
         row += [_rate(r["infer"])]
         row += [_rate(r["torch_infer"]), f"{r['infer_ratio']:.2f}x"] if peer else []
@@ -308,17 +315,17 @@ def markdown_table(report: dict) -> str:
         lines.append("| " + " | ".join(row) + " |")
     env = ", ".join(f"{k}={v if v is not None else '(unset)'}" for k, v in report["env"].items())
     gemm = ", ".join(f"{k} {v:,.0f} GFLOP/s" for k, v in report["gemm_gflops"].items())
-    kernels = f"; CPU kernels: {report['cpu_kernels']}" if report.get("cpu_kernels") else ""
+    kernels = f"; accelerator: {report['accelerator']}" if report.get("accelerator") else ""
     lines += ["", f"Device: {report['device']} ({report['machine']}){kernels}; GEMM rate: {gemm}; {env}.",
               f"numpy {report['versions']['numpy']}" + (f", torch {report['versions']['torch']}" if peer else "")
               + f"; command: `{report['command']}`"]
     return "\n".join(lines) + "\n"
 
 
-def cpu_kernel_description() -> str:
-    """Which CPU code ran: the compiled kernels (ops.cpu_kernels) or the portable NumPy code."""
-    status = cpu_kernels.status()
-    return f"compiled C ({status['flags']})" if status["enabled"] else f"off, portable NumPy ({status['reason']})"
+def accelerator_description(device: str) -> str:
+    """The device's accelerator and the ops it runs in ``auto`` mode, or why there is none."""
+    fast = [op for op, name in dispatch.table(device).items() if name != "reference"]
+    return dispatch.describe_accelerator(device) + (f" for {', '.join(fast)}" if fast else "")
 
 
 def machine_description(device: str) -> str:
@@ -350,6 +357,9 @@ def parse_args(argv):
     p.add_argument("--steps", type=int, default=None, help="steps per repeat (default 2000 / batch)")
     p.add_argument("--peer", choices=["auto", "torch", "none"], default="auto",
                    help="time PyTorch alongside (auto: when importable)")
+    p.add_argument("--kernels", choices=["auto", "reference", "both"], default=None,
+                   help="time the accelerated ops (auto), the reference, or both "
+                        "(default: $CNN_XP_KERNELS, else auto)")
     p.add_argument("--json", default=None, metavar="PATH", help="write the results as JSON")
     p.add_argument("--markdown", default=None, metavar="PATH", help="write the markdown table")
     p.add_argument("--quick", action="store_true", help="a fast smoke run: float32, batch 100, few steps")
@@ -374,7 +384,7 @@ def parse_args(argv):
 def rerun_without_openblas_env(argv) -> int:
     """Run this benchmark again in a child Python whose environment lacks the OpenBLAS vars."""
     env = {k: v for k, v in os.environ.items() if k not in OPENBLAS_VARS}
-    return subprocess.call([sys.executable, "-m", "cnn_xp.bench", *argv], env=env)
+    return subprocess.call([sys.executable, "-m", "cnn_xp.app.bench", *argv], env=env)
 
 
 def run(args, argv) -> int:
@@ -397,14 +407,21 @@ def run(args, argv) -> int:
     size = 512 if args.quick else 2048
     gemm = {dtype: gemm_rate(xp, dtype, size, args.device) for dtype in args.dtypes}
     results = []
-    for dtype in args.dtypes:
-        for batch in args.batch_sizes:
-            for name in args.models:
-                result = bench_one(name, dtype, batch, args, torch, gemm)
-                results.append(result)
-                ratio = f"  ratio {result['train_ratio']:.2f}x / {result['infer_ratio']:.2f}x" if torch else ""
-                print(f"{name} {dtype} batch {batch}: train {result['train']['median']:,.0f} img/s, "
-                      f"infer {result['infer']['median']:,.0f} img/s{ratio}", file=sys.stderr, flush=True)
+    modes = ["auto", "reference"] if args.kernels == "both" else [args.kernels or dispatch.mode()]
+    try:
+        for dtype in args.dtypes:
+            for batch in args.batch_sizes:
+                for name in args.models:
+                    for kernels in modes:
+                        result = bench_one(name, dtype, batch, args, torch, gemm, kernels)
+                        results.append(result)
+                        ratio = (f"  ratio {result['train_ratio']:.2f}x / {result['infer_ratio']:.2f}x"
+                                 if torch else "")
+                        print(f"{name} [{kernels}] {dtype} batch {batch}: train {result['train']['median']:,.0f}"
+                              f" img/s, infer {result['infer']['median']:,.0f} img/s{ratio}",
+                              file=sys.stderr, flush=True)
+    finally:
+        dispatch.set_mode(None)
     report = {
         "command": " ".join(["cnn-xp bench", *argv]),
         "device": args.device, "machine": machine_description(args.device),
@@ -412,7 +429,7 @@ def run(args, argv) -> int:
         "versions": {"python": platform.python_version(), "numpy": numpy.__version__,
                      "torch": getattr(torch, "__version__", None)},
         "peer": "torch" if torch is not None else None,
-        "cpu_kernels": cpu_kernel_description() if args.device == "cpu" else None,
+        "accelerator": accelerator_description(args.device),
         "gemm_gflops": gemm, "gemm_size": size, "results": results,
     }
     table = markdown_table(report)
@@ -431,7 +448,7 @@ def main(argv=None) -> int:
         if args.unset_openblas_env and any(k in os.environ for k in OPENBLAS_VARS):
             return rerun_without_openblas_env(argv)  # the child finds them unset and runs
         return run(args, argv)
-    except (BenchError, parallel.ThreadSettingError) as exc:
+    except (BenchError, parallel.ThreadSettingError, dispatch.KernelModeError) as exc:
         print(f"cnn-xp bench: error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:

@@ -78,6 +78,14 @@ def _add_data_flags(p, dataset_required: bool = True):
     p.add_argument("--no-download", dest="download", action="store_false",
                    help="never download; fail when the data is not on disk")
     p.add_argument("--device", default="cpu", help="cpu or gpu (default: cpu)")
+    _add_kernels_flag(p)
+
+
+def _add_kernels_flag(p) -> None:
+    from ..dispatch import MODES
+    p.add_argument("--kernels", choices=MODES, default=None,
+                   help="auto: the device's accelerated kernels where present; reference: the "
+                        "reference ops everywhere (default: $CNN_XP_KERNELS, else auto)")
 
 
 def add_train_arguments(p) -> None:
@@ -117,13 +125,14 @@ def build_parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("predict", help="classify image files (PNG/JPEG, any size)")
     pr.add_argument("--checkpoint", required=True, metavar="PATH")
     pr.add_argument("--device", default="cpu")
+    _add_kernels_flag(pr)
     pr.add_argument("images", nargs="+", metavar="IMAGE")
 
     dl = sub.add_parser("download", help="download and verify a data set")
     dl.add_argument("name", choices=tuple(DATASETS))
     dl.add_argument("--data-dir", metavar="DIR")
 
-    sub.add_parser("doctor", help="check the installation and the GPU")
+    _add_kernels_flag(sub.add_parser("doctor", help="check the installation and the GPU"))
     bench = sub.add_parser("bench", help="throughput benchmarks", add_help=False)
     bench.add_argument("rest", nargs=argparse.REMAINDER)
     sub.add_parser("models", help="list the zoo with each model's defaults")
@@ -237,12 +246,13 @@ def _user_errors() -> tuple:
     from ..backend import GPUUnavailableError
     from ..checkpoint import CheckpointError
     from ..data import DatasetError
+    from ..dispatch import KernelModeError
     from ..parallel import ThreadSettingError
     from .predict import ImageError
     from .train import UserError
 
     return (UserError, DatasetError, GPUUnavailableError, CheckpointError, ImageError,
-            ThreadSettingError)
+            ThreadSettingError, KernelModeError)
 
 
 def _fail(message: str, status: int = 2) -> int:
@@ -307,6 +317,9 @@ def _main(argv, parser, command) -> int:
     except _Exit as exc:
         return _fail(exc.message, exc.status) if exc.message else exc.status
     handler = COMMANDS[command or args.command]
+    if getattr(args, "kernels", None):
+        from .. import dispatch
+        dispatch.set_mode(args.kernels)
     try:
         return _run(lambda: handler(args))
     except TrainingDiverged as exc:

@@ -4,10 +4,10 @@ Prints the versions that matter (Python, NumPy and its BLAS, the installed CuPy 
 CUDA runtime CuPy was built for and the driver's CUDA version, each GPU), says which devices
 are usable and why not, then trains a tiny conv net (conv - ReLU - maxpool - affine, softmax
 cross-entropy, Adam) for a few steps on every usable device: the loss must be finite and fall,
-and CPU and GPU must agree on the first loss (same seed, same weights); it says whether the
-compiled CPU kernels (``ops.cpu_kernels``) are on, and on a GPU whether the fused CUDA
-kernels (``ops.cuda_kernels``) are. Exit code 0 when the CPU works
-(a missing GPU is reported, not an error), 1 otherwise.
+and CPU and GPU must agree on the first loss (same seed, same weights). It says, per device,
+the kernel mode, the accelerator (``cnn_xp.kernels.cpu`` / ``cnn_xp.kernels.cuda``) or why
+there is none, and which implementation runs each op. Exit code 0 when the CPU works (a
+missing GPU is reported, not an error), 1 otherwise.
 """
 from __future__ import annotations
 
@@ -20,10 +20,9 @@ import time
 
 import numpy
 
-from .. import __version__, backend
+from .. import __version__, backend, dispatch
 from ..layers import Affine, Conv2D, MaxPool2D, ReLU
 from ..model import Sequential
-from ..ops import cpu_kernels, cuda_kernels
 from ..optim import Adam
 
 CHECK_SEED = 0
@@ -152,6 +151,13 @@ def check_device(device: str) -> dict:
             "step_ms": 1e3 * statistics.median(times[1:])}
 
 
+def _report_kernels(say, device: str) -> None:
+    """One line on the device's accelerator (or why there is none), one on who runs each op."""
+    say(f"  {device} accelerator: {dispatch.describe_accelerator(device)}")
+    table = dispatch.table(device)
+    say(f"  {device} ops: " + ", ".join(f"{op} {name}" for op, name in table.items()))
+
+
 def run_doctor(out=None) -> int:
     """Print the report to ``out`` (default sys.stdout); 0 when the CPU works, else 1."""
     out = sys.stdout if out is None else out
@@ -178,14 +184,9 @@ def run_doctor(out=None) -> int:
         results[device] = r
         say(f"  {device}: ok, loss {r['first_loss']:.4f} -> {r['last_loss']:.4f}; first step "
             f"{r['first_ms']:.1f} ms, then {r['step_ms']:.2f} ms/step (median of {CHECK_STEPS - 1})")
-    if "cpu" in results:
-        compiled = cpu_kernels.status()
-        say("  cpu compiled kernels: " + ("on (" + ", ".join(compiled["files"]) + ")" if compiled["enabled"]
-                                          else f"off ({compiled['reason']}); the portable NumPy code runs"))
-    if gpu_ok:
-        fast = cuda_kernels.status()  # after the check: a kernel that failed to compile shows here
-        say("  gpu fused kernels: " + (f"on ({len(fast['kernels'])} kernels)" if fast["enabled"]
-                                       else f"off ({fast['reason']}); the portable CuPy code runs"))
+    say(f"kernels: mode {dispatch.mode()} ({dispatch.ENV}=auto|reference, --kernels)")
+    for device in devices:
+        _report_kernels(say, device)
     if "cpu" in results and "gpu" in results:
         a, b = results["cpu"]["first_loss"], results["gpu"]["first_loss"]
         if abs(a - b) <= AGREE_RTOL * abs(a):

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy
 
-from .. import backend, models
+from .. import backend, models, parallel
 from . import plots, run_checkpoint
 from ..atomic import remove_stale_temporaries, write_text
 from ..checkpoint import Checkpoint, load_checkpoint, save_checkpoint
@@ -214,9 +214,10 @@ def evaluate_arrays(model, x, t, batch_size: int = 1000):
     if n == 0:
         return None, None, numpy.zeros(0, dtype=numpy.int64)
     loss_sum, preds = None, []
+    runner = parallel.BatchSlices(model) if model.device == "cpu" else model  # CPU: every core
     for start in range(0, n, batch_size):
         xb, tb = x[start:start + batch_size], t[start:start + batch_size]
-        scores = model.predict(xb, train=False)
+        scores = runner.predict(xb, train=False)
         part = cross_entropy(scores, tb) * float(xb.shape[0])
         loss_sum = part if loss_sum is None else loss_sum + part
         preds.append(scores.argmax(axis=1))
@@ -422,9 +423,10 @@ class Trainer:
         seen = 0
         bar = tqdm(batches, total=len(batches), desc=f"epoch {epoch}/{hp['epochs']}", unit="batch",
                    leave=False, disable=not self.cfg.progress, file=sys.stderr, dynamic_ncols=True)
+        runner = parallel.BatchSlices(model) if model.device == "cpu" else model  # CPU: every core
         for step, (xb, tb) in enumerate(bar, 1):
-            scores, loss = model.scores_and_loss(xb, tb)  # CPU: in batch slices where that pays
-            model.backward()
+            scores, loss = runner.scores_and_loss(xb, tb)
+            runner.backward()
             optimizer.step()
             n = int(xb.shape[0])
             seen += n

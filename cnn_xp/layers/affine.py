@@ -1,6 +1,8 @@
 """Affine (fully connected) and Flatten."""
+from math import prod
+
 from .. import init
-from .base import Layer
+from .base import Layer, needs_cache
 
 
 class Affine(Layer):
@@ -11,22 +13,30 @@ class Affine(Layer):
         super().__init__()
         self.params["W"] = init.draw(weight_init, (in_features, out_features), rng, dtype)
         self.params["b"] = init.draw("zeros", (out_features,), rng, dtype)
-        self._x2d = None
-        self._x_shape = None
+        self._x2d = self._x_shape = None
 
     def forward(self, x, train=True):
-        self._x_shape = x.shape
-        self._x2d = x.reshape(x.shape[0], -1)
-        out = self._x2d @ self.params["W"]
+        x2d = x.reshape(x.shape[0], -1)
+        out = x2d @ self.params["W"]
         out += self.params["b"]
+        if train:
+            self._x2d, self._x_shape = x2d, x.shape
         return out
 
     def backward(self, dout):
+        needs_cache(self, self._x2d)
         self.grads["W"] = self._x2d.T @ dout
         self.grads["b"] = dout.sum(axis=0)
         if not self.need_input_grad:
             return None
         return (dout @ self.params["W"].T).reshape(self._x_shape)
+
+    def output_shape(self, sample_shape):
+        return (self.params["W"].shape[1],)
+
+    def forward_flops(self, sample_shape):
+        fan_in, fan_out = self.params["W"].shape
+        return 2 * fan_in * fan_out
 
     def __repr__(self) -> str:
         return "Affine({}, {})".format(*self.params["W"].shape)
@@ -35,9 +45,18 @@ class Affine(Layer):
 class Flatten(Layer):
     """(N, ...) -> (N, prod(...)) in C order."""
 
+    def __init__(self):
+        super().__init__()
+        self._x_shape = None
+
     def forward(self, x, train=True):
-        self._x_shape = x.shape
+        if train:
+            self._x_shape = x.shape
         return x.reshape(x.shape[0], -1)
 
     def backward(self, dout):
+        needs_cache(self, self._x_shape)
         return dout.reshape(self._x_shape)
+
+    def output_shape(self, sample_shape):
+        return (prod(sample_shape),)

@@ -1,7 +1,7 @@
 """Batch normalisation over the batch (and spatial) axes, per channel/feature."""
 from .. import init
 from ..backend import xp_of
-from .base import Layer
+from .base import Layer, needs_cache
 
 
 class BatchNorm(Layer):
@@ -21,8 +21,10 @@ class BatchNorm(Layer):
         self.params["beta"] = init.draw("zeros", (num_features,), None, dtype)
         self.buffers["running_mean"] = init.draw("zeros", (num_features,), None, dtype)
         self.buffers["running_var"] = init.draw("ones", (num_features,), None, dtype)
+        self._cache = None
 
-    def _axes_and_shape(self, x):
+    @staticmethod
+    def _axes_and_shape(x):
         if x.ndim == 2:
             return (0,), (1, x.shape[1])
         if x.ndim == 4:
@@ -42,20 +44,20 @@ class BatchNorm(Layer):
         else:
             centred = x - self.buffers["running_mean"].reshape(bshape)
             var = self.buffers["running_var"].reshape(bshape)
-        self._std = xp.sqrt(var + self.eps)
-        self._normed = centred / self._std
-        self._axes, self._bshape, self._train = axes, bshape, train
-        return self.params["gamma"].reshape(bshape) * self._normed + self.params["beta"].reshape(bshape)
+        std = xp.sqrt(var + self.eps)
+        normed = centred / std
+        if train:
+            self._cache = (axes, bshape, std, normed)
+        return self.params["gamma"].reshape(bshape) * normed + self.params["beta"].reshape(bshape)
 
     def backward(self, dout):
-        axes, bshape, normed = self._axes, self._bshape, self._normed
+        needs_cache(self, self._cache)
+        axes, bshape, std, normed = self._cache
         self.grads["beta"] = dout.sum(axis=axes)
         self.grads["gamma"] = (dout * normed).sum(axis=axes)
         dnormed = dout * self.params["gamma"].reshape(bshape)
-        if not self._train:      # running statistics are constants: no batch coupling
-            return dnormed / self._std
         return (dnormed - dnormed.mean(axis=axes, keepdims=True)
-                - normed * (dnormed * normed).mean(axis=axes, keepdims=True)) / self._std
+                - normed * (dnormed * normed).mean(axis=axes, keepdims=True)) / std
 
     def __repr__(self) -> str:
         return f"BatchNorm({self.params['gamma'].shape[0]})"

@@ -1,16 +1,15 @@
 """Conv2D: a learnable 2-D convolution layer over NCHW maps."""
-import threading
-
-from .. import init
-from ..ops import conv2d_backward, conv2d_forward, pair
-from .base import Layer
+from .. import dispatch, init
+from ..backend import device_of
+from ..ops import output_shape, pair
+from .base import Layer, needs_cache
 
 
 class Conv2D(Layer):
     """x (N, C_in, H, W) -> (N, C_out, OH, OW). W (C_out, C_in, KH, KW), b (C_out,).
 
     ``weight_init``: an initialiser from ``cnn_xp.init`` (default He); ``rng``: an int
-    seed or NumPy Generator. Biases start at zero.
+    seed or NumPy Generator. Biases start at zero. The op runs through ``cnn_xp.dispatch``.
     """
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, pad=0, *,
@@ -20,28 +19,28 @@ class Conv2D(Layer):
         self.stride, self.pad = pair(stride), pair(pad)
         self.params["W"] = init.draw(weight_init, (out_channels, in_channels, kh, kw), rng, dtype)
         self.params["b"] = init.draw("zeros", (out_channels,), rng, dtype)
-        self._cache = None
-        # Reused CPU temporaries of the conv ops (not saved): "train" for training forwards
-        # (the cache refers to them until the backward), and one per thread for inference,
-        # which may run slices of a batch side by side.
-        self._workspaces = {}
+        self._impl = self._cache = None
 
     def forward(self, x, train=True):
-        workspace = self._workspaces.setdefault("train" if train else threading.get_ident(), {})
-        out, self._cache = conv2d_forward(x, self.params["W"], self.params["b"], self.stride, self.pad,
-                                          workspace, need_cache=train)
+        impl = dispatch.implementation("conv2d", device_of(x))
+        out, cache = impl.conv2d_forward(x, self.params["W"], self.params["b"], self.stride, self.pad, train)
+        if train:
+            self._impl, self._cache = impl, cache
         return out
 
     def backward(self, dout):
-        if self._cache is None:
-            raise RuntimeError("Conv2D.backward needs a forward pass with train=True first")
-        dx, self.grads["W"], self.grads["b"] = conv2d_backward(dout, self._cache, self.need_input_grad)
+        needs_cache(self, self._cache)
+        dx, self.grads["W"], self.grads["b"] = self._impl.conv2d_backward(dout, self._cache, self.need_input_grad)
         return dx
 
-    def replica(self):
-        twin = super().replica()
-        twin._workspaces = {}  # its training columns must not be another slice's
-        return twin
+    def output_shape(self, sample_shape):
+        oc, _, kh, kw = self.params["W"].shape
+        return (oc, *output_shape((1, *sample_shape), kh, kw, self.stride, self.pad))
+
+    def forward_flops(self, sample_shape):
+        oc, c, kh, kw = self.params["W"].shape
+        _, oh, ow = self.output_shape(sample_shape)
+        return 2 * oc * oh * ow * c * kh * kw
 
     def __repr__(self) -> str:
         oc, ic, kh, kw = self.params["W"].shape

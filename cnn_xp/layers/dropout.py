@@ -1,7 +1,7 @@
 """Dropout (inverted): in training each unit is kept with probability 1-p and scaled by
 1/(1-p), so inference is the identity and needs no rescaling."""
+from .. import dispatch
 from ..backend import RandomSource, device_of
-from ..ops import cuda_kernels
 from .base import Layer
 
 
@@ -17,30 +17,25 @@ class Dropout(Layer):
             raise ValueError(f"dropout probability must be in [0, 1), got {p}")
         self.p = float(p)
         self.rng = RandomSource(seed, "cpu")
-        self._mask = None
+        self._impl = self._cache = None
 
     def forward(self, x, train=True):
         if not train or self.p == 0.0:
-            self._mask = None
+            if train:
+                self._impl, self._cache = None, None
             return x
         device = device_of(x)
         if self.rng.device != device:
             self.rng.to(device)
-        draws = self.rng.uniform(x.shape, x.dtype)
-        scale = 1.0 / (1.0 - self.p)
-        if cuda_kernels.applies(x, draws):
-            fused = cuda_kernels.dropout_forward(x, draws, self.p, scale)
-            if fused is not None:
-                out, self._mask = fused
-                return out
-        self._mask = (draws >= self.p).astype(x.dtype)
-        self._mask *= scale
-        return x * self._mask
+        impl = dispatch.implementation("dropout", device)
+        out, self._cache = impl.dropout_forward(x, self.rng.uniform(x.shape, x.dtype), self.p, train)
+        self._impl = impl
+        return out
 
     def backward(self, dout):
-        if self._mask is None:
+        if self._impl is None:  # p == 0: the identity
             return dout
-        return dout * self._mask
+        return self._impl.dropout_backward(dout, self._cache)
 
     def to(self, device):
         super().to(device)

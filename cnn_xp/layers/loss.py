@@ -1,25 +1,27 @@
 """SoftmaxCrossEntropy: the loss layer closing every classifier."""
-from ..ops import cross_entropy_backward, softmax_cross_entropy
-from .base import Layer
+from .. import dispatch
+from ..backend import device_of
+from .base import Layer, needs_cache
 
 
 class SoftmaxCrossEntropy(Layer):
-    """``forward(scores (N, K), labels)`` -> mean loss (0-d array); labels are class
-    indices (N,) or one-hot (N, K). ``backward(dout=1.0)`` -> d scores (N, K)."""
+    """``forward(scores (N, K), labels)`` -> mean loss (0-d); labels are class indices
+    (N,) or one-hot (N, K). ``backward(dout=1.0)`` -> d scores (N, K)."""
 
     def __init__(self):
         super().__init__()
-        self._scores = self._labels = self._probs = None
+        self._impl = self._cache = None
 
     def forward(self, scores, labels, train=True):
-        self._scores, self._labels = scores, labels
-        loss, self._probs = softmax_cross_entropy(scores, labels)
+        impl = dispatch.implementation("softmax_cross_entropy", device_of(scores))
+        loss, cache = impl.softmax_cross_entropy_forward(scores, labels)
+        if train:
+            self._impl, self._cache = impl, cache
         return loss
 
     def backward(self, dout=1.0):
-        # The forward's probabilities become the gradient in place (recomputed if reused).
-        probs, self._probs = self._probs, None
-        return cross_entropy_backward(self._scores, self._labels, dout, probs=probs)
+        needs_cache(self, self._cache)
+        return self._impl.softmax_cross_entropy_backward(self._cache, dout)
 
     def __repr__(self) -> str:
         return "SoftmaxCrossEntropy()"

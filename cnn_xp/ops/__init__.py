@@ -1,16 +1,26 @@
-"""Pure array functions on ``xp`` arrays (NCHW): the math every layer is made of."""
+"""The reference: every op once, written against ``xp`` (NumPy or CuPy), NCHW.
+
+This is what both devices run in reference mode (``CNN_XP_KERNELS=reference``), and what
+every accelerator in ``cnn_xp.kernels`` is tested against. No device, layout or accelerator
+branches live here. ``cnn_xp.dispatch`` lists the ops (groups of these functions).
+"""
+from .activation import dropout_backward, dropout_forward, relu_backward, relu_forward
 from .conv import conv2d_backward, conv2d_forward
-from .im2col import col2im, col2im_t, fold_windows, im2col, output_shape, pair, pad_image, sliding_windows
+from .im2col import col2im, im2col, output_shape, pad_image, pair
 from .pool import avgpool2d_backward, avgpool2d_forward, maxpool2d_backward, maxpool2d_forward
-from .updates import adagrad_update, adam_update, momentum_update, nesterov_update, rmsprop_update, sgd_update
-from .softmax import cross_entropy, cross_entropy_backward, log_softmax, softmax, softmax_cross_entropy
+from .softmax import (cross_entropy, cross_entropy_backward, log_softmax, softmax, softmax_cross_entropy_backward,
+                      softmax_cross_entropy_forward)
+from .updates import (adagrad_update, adam_update, momentum_update, nesterov_update, rmsprop_update,
+                      sgd_update)
 
 NAME = "reference"
 
 __all__ = [
-    "sgd_update", "momentum_update", "nesterov_update", "adagrad_update", "rmsprop_update", "adam_update",
-    "im2col", "col2im", "col2im_t", "sliding_windows", "fold_windows", "output_shape", "pair", "pad_image",
+    "im2col", "col2im", "output_shape", "pair", "pad_image",
     "conv2d_forward", "conv2d_backward",
     "maxpool2d_forward", "maxpool2d_backward", "avgpool2d_forward", "avgpool2d_backward",
-    "softmax", "log_softmax", "cross_entropy", "cross_entropy_backward", "softmax_cross_entropy",
+    "relu_forward", "relu_backward", "dropout_forward", "dropout_backward",
+    "softmax", "log_softmax", "cross_entropy", "cross_entropy_backward", "softmax_cross_entropy_forward",
+    "softmax_cross_entropy_backward",
+    "sgd_update", "momentum_update", "nesterov_update", "adagrad_update", "rmsprop_update", "adam_update",
 ]

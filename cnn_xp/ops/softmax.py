@@ -1,13 +1,13 @@
-"""Numerically stable softmax and cross-entropy over class scores (N, K).
+"""Numerically stable softmax and the fused softmax + cross-entropy loss over scores (N, K).
 
 Labels are either class indices (N,) of an integer type or one-hot / probability rows (N, K).
-The loss is the mean over the batch, returned as a 0-d array on the scores' device.
+The loss is the mean over the batch: a 0-d value on the scores' device.
 """
 from ..backend import xp_of
-from . import cuda_kernels
 
 
 def softmax(x, axis=-1):
+    """exp(x - max) / sum(exp(x - max)) along ``axis``."""
     xp = xp_of(x)
     e = xp.exp(x - x.max(axis=axis, keepdims=True))
     e /= e.sum(axis=axis, keepdims=True)
@@ -15,6 +15,7 @@ def softmax(x, axis=-1):
 
 
 def log_softmax(x, axis=-1):
+    """log(softmax(x)) without overflow: (x - max) - log(sum(exp(x - max)))."""
     xp = xp_of(x)
     shifted = x - x.max(axis=axis, keepdims=True)
     return shifted - xp.log(xp.exp(shifted).sum(axis=axis, keepdims=True))
@@ -28,44 +29,37 @@ def _is_one_hot(scores, labels) -> bool:
     raise ValueError(f"labels of shape {tuple(labels.shape)} do not match scores {tuple(scores.shape)}")
 
 
-def cross_entropy(scores, labels):
-    """Mean cross-entropy of softmax(scores) against labels; a 0-d array."""
-    return softmax_cross_entropy(scores, labels)[0]
-
-
-def softmax_cross_entropy(scores, labels):
-    """(mean cross-entropy, softmax(scores)) from one log-softmax pass; hand the
-    probabilities to ``cross_entropy_backward`` to skip recomputing them."""
+def softmax_cross_entropy_forward(scores, labels):
+    """(mean cross-entropy of softmax(scores) against labels, cache) from one log-softmax."""
     xp = xp_of(scores)
     n = scores.shape[0]
-    one_hot = _is_one_hot(scores, labels)
-    if not one_hot and labels.dtype.kind in "iu" and cuda_kernels.applies(scores):
-        fused = cuda_kernels.softmax_cross_entropy(scores, labels)
-        if fused is not None:
-            return fused
     log_p = log_softmax(scores)
-    if one_hot:
+    if _is_one_hot(scores, labels):
         loss = -(labels.astype(scores.dtype, copy=False) * log_p).sum() / n
     else:
         loss = -log_p[xp.arange(n), labels].sum() / n
-    return loss, xp.exp(log_p, out=log_p)
+    return loss, (xp.exp(log_p), labels)
 
 
-def cross_entropy_backward(scores, labels, dout=1.0, probs=None):
-    """d loss / d scores for ``cross_entropy`` (the mean): (softmax - target) * dout / N.
-
-    ``probs``: softmax(scores) from ``softmax_cross_entropy``; it is overwritten."""
-    xp = xp_of(scores)
-    n = scores.shape[0]
-    if (probs is not None and isinstance(dout, (int, float)) and labels.ndim == 1
-            and labels.dtype.kind in "iu" and probs.flags.c_contiguous and cuda_kernels.applies(probs)):
-        fused = cuda_kernels.softmax_cross_entropy_grad(probs, labels, dout / n)
-        if fused is not None:
-            return fused
-    grad = softmax(scores) if probs is None else probs
-    if _is_one_hot(scores, labels):
-        grad -= labels.astype(scores.dtype, copy=False)
+def softmax_cross_entropy_backward(cache, dout=1.0):
+    """d loss / d scores: (softmax - target) * dout / N."""
+    probs, labels = cache
+    xp = xp_of(probs)
+    n = probs.shape[0]
+    grad = probs.copy()
+    if _is_one_hot(probs, labels):
+        grad -= labels.astype(probs.dtype, copy=False)
     else:
         grad[xp.arange(n), labels] -= 1
     grad *= dout / n
     return grad
+
+
+def cross_entropy(scores, labels):
+    """Mean cross-entropy of softmax(scores) against labels."""
+    return softmax_cross_entropy_forward(scores, labels)[0]
+
+
+def cross_entropy_backward(scores, labels, dout=1.0):
+    """d cross_entropy(scores, labels) / d scores, from the scores alone."""
+    return softmax_cross_entropy_backward(softmax_cross_entropy_forward(scores, labels)[1], dout)

@@ -1,17 +1,18 @@
-"""Whole models on the GPU: same seed -> same weights on both devices, one training step of
-every zoo model matching the CPU, every optimizer's update rule, checkpoints moving between
-devices, GPU random streams, training that learns, and ``cnn-xp doctor`` on a GPU machine."""
+"""Whole models on the GPU, in both kernel modes, against the CPU reference: same seed ->
+same weights on both devices, one training step of every zoo model, every optimizer's
+update rule, checkpoints moving between devices (and between kernel modes), GPU random
+streams, training that learns, and ``cnn-xp doctor`` on a GPU machine."""
 import io
 
 import numpy as np
 import pytest
 
-from cnn_xp import backend, layers, models, optim
+from gpu_helpers import DRY_RUN, kernel_mode, on_cpu_reference
 
+from cnn_xp import backend, dispatch, layers, models, optim
 from cnn_xp.app import doctor
 from cnn_xp.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from cnn_xp.model import Sequential
-from cnn_xp.ops import cuda_kernels
 
 ZOO = sorted(models.MODELS)
 BATCH = 4
@@ -91,29 +92,26 @@ def train_step(name, device, dtype, seed=0):
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("name", ZOO)
-def test_zoo_training_step_parity(name, dtype, gpu):
+def test_zoo_training_step_matches_the_cpu_reference(name, dtype, gpu, mode):
     loss_g, grads_g, state_g, scores_g = train_step(name, gpu, dtype)
-    loss_c, grads_c, state_c, scores_c = train_step(name, "cpu", dtype)
-    mode = "elementwise" if dtype == "float64" else "norm"
+    loss_c, grads_c, state_c, scores_c = on_cpu_reference(train_step, name, "cpu", dtype)
+    how = "elementwise" if dtype == "float64" else "norm"
     assert loss_g == pytest.approx(loss_c, rel=1e-10 if dtype == "float64" else 1e-4)
-    assert_same_arrays(grads_g, grads_c, dtype, mode)
-    assert_same_arrays(state_g, state_c, dtype, mode)
-    assert_same_arrays({"scores": scores_g}, {"scores": scores_c}, dtype, mode)
+    assert_same_arrays(grads_g, grads_c, dtype, how)
+    assert_same_arrays(state_g, state_c, dtype, how)
+    assert_same_arrays({"scores": scores_g}, {"scores": scores_c}, dtype, how)
 
 
 # -- optimizers ---------------------------------------------------------------------------
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("opt_name", sorted(optim.OPTIMIZERS))
-@pytest.mark.parametrize("kernels", ["fast", "portable"])
-def test_optimizer_update_parity(opt_name, dtype, kernels, gpu, monkeypatch):
+def test_optimizer_updates_match_the_cpu_reference(opt_name, dtype, gpu, mode):
     """Three updates from fixed gradients bounded away from 0 (Adam and AdaGrad divide by
-    |g|), compared with the CPU, with the fused GPU update kernels on and off; the optimizer
-    state stays on the device."""
-    if kernels == "portable":
-        monkeypatch.setenv(cuda_kernels.ENV_DISABLE, "1")
-    else:
-        monkeypatch.delenv(cuda_kernels.ENV_DISABLE, raising=False)
+    |g|), compared with the CPU reference; the optimizer state stays on the device."""
+    runs = dispatch.implementation_name(dispatch.implementation(opt_name, gpu))
+    if mode == "reference" or not DRY_RUN:
+        assert runs == {"reference": "reference", "auto": "cuda"}[mode]
     rng = np.random.default_rng(60)
     grads = [(rng.uniform(0.1, 1.0, (6, 5)) * rng.choice([-1.0, 1.0], (6, 5))).astype(dtype)
              for _ in range(3)]
@@ -132,9 +130,7 @@ def test_optimizer_update_parity(opt_name, dtype, kernels, gpu, monkeypatch):
         return model.state_dict(), opt.state_dict()
 
     state_g, opt_g = run(gpu)
-    if kernels == "fast" and gpu == "gpu":
-        assert cuda_kernels.status()["enabled"], cuda_kernels.status()
-    state_c, opt_c = run("cpu")
+    state_c, opt_c = on_cpu_reference(run, "cpu")
     tol = 1e-5 if dtype == "float32" else 1e-12
     for key in state_c:
         assert state_g[key].dtype == np.dtype(dtype), key
@@ -147,7 +143,7 @@ def test_optimizer_update_parity(opt_name, dtype, kernels, gpu, monkeypatch):
 
 # -- checkpoints move between devices -----------------------------------------------------
 
-def test_checkpoint_written_on_gpu_loads_on_cpu_and_back(tmp_path, gpu):
+def test_checkpoint_written_on_gpu_loads_on_cpu_and_back(tmp_path, gpu, mode):
     x, t = batch(7, n=8)
     model_g = models.build("lenet5", seed=1, device=gpu)
     opt_g = optim.Momentum(model_g, lr=0.01)
@@ -238,7 +234,7 @@ def separable_batch(n=20, seed=3):
 
 
 @pytest.mark.parametrize("name", ["one_conv", "lenet5", "deep_convnet"])
-def test_zoo_model_learns_on_gpu(name, gpu):
+def test_zoo_model_learns_on_gpu(name, gpu, mode):
     """Its own default optimizer (SGD / Adam / AdaGrad), dropout on: 10 steps on one batch
     cut the inference loss by 30% or more (measured on the CPU: 43%, 56%, 58%)."""
     spec = models.MODELS[name]
@@ -257,12 +253,39 @@ def test_zoo_model_learns_on_gpu(name, gpu):
     assert isinstance(accuracy, float) and 0.0 <= accuracy <= 1.0
 
 
-def test_doctor_checks_the_gpu(gpu):
-    if gpu == "cpu":
+def test_doctor_checks_the_gpu_and_names_the_implementation_of_every_op(gpu):
+    if DRY_RUN:
         pytest.skip("dry run: the doctor's GPU branch needs a real GPU")
-    buf = io.StringIO()
-    assert doctor.run_doctor(out=buf) == 0
-    text = buf.getvalue()
-    assert "gpu: usable" in text and "gpu: ok" in text, text
-    assert "cpu and gpu agree" in text, text
-    assert "gpu fused kernels: on" in text, text
+    for mode, accelerated in (("auto", "cuda"), ("reference", "reference")):
+        buf = io.StringIO()
+        with kernel_mode(mode):
+            dispatch.reset()
+            assert doctor.run_doctor(out=buf) == 0
+        text = buf.getvalue()
+        assert "gpu: usable" in text and "gpu: ok" in text, text
+        assert "cpu and gpu agree" in text, text
+        assert f"gpu ops: conv2d {accelerated}" in text, text
+        if mode == "auto":
+            assert "gpu accelerator: cuda" in text, text
+    dispatch.reset()
+
+
+def test_a_model_trained_with_the_kernels_continues_on_the_reference(gpu):
+    """The same model object, two steps in mode auto, then one step in mode reference
+    (caches never cross: each forward keeps the module that ran it), equals three steps on
+    the CPU reference."""
+    x, t = batch(11, n=8)
+
+    def three_steps(device, modes):
+        model = without_dropout(models.build("deep_convnet", seed=2, device=device))
+        opt = optim.AdaGrad(model, lr=0.01)
+        for step_mode in modes:
+            with kernel_mode(step_mode):
+                model.loss(x, t)
+                model.backward()
+                opt.step()
+        return model.state_dict()
+
+    got = three_steps(gpu, ["auto", "auto", "reference"])
+    want = on_cpu_reference(three_steps, "cpu", ["reference"] * 3)
+    assert_same_arrays(got, want, "float32", "norm")

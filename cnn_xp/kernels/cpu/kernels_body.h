@@ -1,8 +1,13 @@
 /* cnn_xp CPU kernels: direct 2-D convolution and max pooling on channels-last (NHWC) arrays.
  *
- * Built on first use by cnn_xp/ops/cpu_kernels.py with the machine's C compiler, once per
- * dtype: -DREAL=float or -DREAL=double. Plain C11 plus GCC/Clang vector extensions; the
- * compiler maps the `vec` type onto the machine's SIMD registers (AVX-512, AVX2, NEON...).
+ * This file is the kernels' body, included by kernels_<isa>_<type>.c, each of which defines
+ *   REAL          float or double
+ *   VECTOR_BYTES  16 (baseline x86-64: SSE2), 32 (AVX2 + FMA) or 64 (AVX-512)
+ *   TARGET        the variant's function attribute (empty for the baseline), on every function
+ *   TABLE         the name of the cnn_xp_kernels table it defines (see kernels.h)
+ * Plain C11 plus GCC/Clang vector extensions; the compiler maps the `vec` type onto the
+ * variant's SIMD registers. Built by setup.py with -O3 -ffp-contract=fast, so a*b + c is one
+ * fused multiply-add where the variant has FMA.
  *
  * Why not im2col here: the column matrix of a small-channel convolution is KH*KW times its
  * input, and writing it, then reading it back into a GEMM, costs more than the arithmetic.
@@ -22,21 +27,18 @@
  * walk a window as KH runs of KW*C values.
  *
  * Contents: conv_forward, conv_weight_grad, conv_input_grad (dx by scattering),
- * channel_sums (the bias gradient), maxpool_forward, maxpool_backward. Each is checked
- * against naive loops and the portable NumPy code in tests/test_cpu_kernels.py.
+ * channel_sums (the bias gradient), maxpool_forward, maxpool_backward. These functions trust
+ * their arguments: _native.c checks every buffer's size against the geometry first. Each is
+ * checked against naive loops in tests/test_kernels_cpu.py, in every variant the CPU runs.
  */
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
 
-#ifndef REAL
-#define REAL float
-#endif
+#include "kernels.h"
 
-#if defined(__AVX512F__)
-#define VECTOR_BYTES 64
-#else
-#define VECTOR_BYTES 32
+#if !defined(REAL) || !defined(VECTOR_BYTES) || !defined(TARGET) || !defined(TABLE)
+#error "define REAL, VECTOR_BYTES, TARGET and TABLE before including kernels_body.h"
 #endif
 
 typedef REAL vec __attribute__((vector_size(VECTOR_BYTES)));
@@ -47,10 +49,7 @@ enum { LANES = VECTOR_BYTES / sizeof(REAL) };
  * the operands; PIXELS(B): output pixels per tile for B channel blocks. */
 #define ACCUMULATORS (VECTOR_BYTES == 64 ? 24 : 12)
 #define PIXELS(B) (ACCUMULATORS / (B) > MAX_TILE ? MAX_TILE : ACCUMULATORS / (B))
-#define INLINE static inline __attribute__((always_inline))
-
-/* Lanes in one vector: the output-channel block size the caller packs the weights for. */
-int kernel_lanes(void) { return LANES; }
+#define INLINE static inline __attribute__((always_inline)) TARGET
 
 INLINE vec load(const REAL *p) { vec v; memcpy(&v, p, sizeof v); return v; }
 
@@ -104,7 +103,7 @@ INLINE void forward_tile(const REAL *x_win, const REAL *w_blk, const REAL *bias,
 /* out = conv(x, w) + bias, stride (sh, sw); bias_padded has OC rounded up to LANES. Output
  * channel blocks go 4, then 2, then 1 at a time, each with as many pixels as registers
  * allow (ACCUMULATORS). */
-void conv_forward(const REAL *x, ptrdiff_t n, ptrdiff_t h, ptrdiff_t w, ptrdiff_t c,
+static TARGET void conv_forward(const REAL *x, ptrdiff_t n, ptrdiff_t h, ptrdiff_t w, ptrdiff_t c,
                   const REAL *w_packed, ptrdiff_t kh, ptrdiff_t kw, ptrdiff_t oc,
                   const REAL *bias_padded, ptrdiff_t sh, ptrdiff_t sw,
                   REAL *out, ptrdiff_t oh, ptrdiff_t ow)
@@ -190,7 +189,7 @@ INLINE void weight_grad_tile(const REAL *x_img, const REAL *d_img, int full_load
 #define CHUNK_PIXELS 256
 #define SHORT_RUN 8
 #define ROWS(R, B) (ACCUMULATORS / ((R) * (B)) > 3 ? 3 : ACCUMULATORS / ((R) * (B)))
-void conv_weight_grad(const REAL *x, ptrdiff_t n, ptrdiff_t h, ptrdiff_t w, ptrdiff_t c,
+static TARGET void conv_weight_grad(const REAL *x, ptrdiff_t n, ptrdiff_t h, ptrdiff_t w, ptrdiff_t c,
                       const REAL *dout, ptrdiff_t oh, ptrdiff_t ow, ptrdiff_t oc,
                       ptrdiff_t kh, ptrdiff_t kw, ptrdiff_t sh, ptrdiff_t sw, REAL *dw)
 {
@@ -254,7 +253,7 @@ void conv_weight_grad(const REAL *x, ptrdiff_t n, ptrdiff_t h, ptrdiff_t w, ptrd
  * values of slack after its end. R neighbouring pixels (R constant, R*NV <= ACCUMULATORS)
  * share each loaded wt vector; their windows overlap, so each adds to dx in turn.
  *   d_px: dout[n, oy, ox0, 0]; wt_i: wt[0, i]; dx_win: dx[n, oy*sh + i, ox0*sw, 0] */
-#define MAX_RUN_VECTORS 6  /* SCATTER_MAX_VECTORS in cpu_kernels.py */
+#define MAX_RUN_VECTORS 6  /* the table's max_run_vectors */
 INLINE void input_grad_tile(const REAL *d_px, const REAL *wt_i, REAL *dx_win, ptrdiff_t oc,
                             ptrdiff_t wt_stride, ptrdiff_t step, const int NV, const int R)
 {
@@ -279,7 +278,7 @@ INLINE void input_grad_tile(const REAL *d_px, const REAL *wt_i, REAL *dx_win, pt
 
 /* dx (N, H, W, C), padded coordinates, of conv_forward for dout (N, OH, OW, OC); `total`:
  * the values of dx plus its slack, all cleared first. */
-void conv_input_grad(const REAL *dout, ptrdiff_t n, ptrdiff_t oh, ptrdiff_t ow, ptrdiff_t oc,
+static TARGET void conv_input_grad(const REAL *dout, ptrdiff_t n, ptrdiff_t oh, ptrdiff_t ow, ptrdiff_t oc,
                      const REAL *wt, ptrdiff_t kh, ptrdiff_t kw, ptrdiff_t c, ptrdiff_t sh,
                      ptrdiff_t sw, REAL *dx, ptrdiff_t h, ptrdiff_t w, ptrdiff_t total)
 {
@@ -317,7 +316,7 @@ void conv_input_grad(const REAL *dout, ptrdiff_t n, ptrdiff_t oh, ptrdiff_t ow, 
  * float32 rounding errors near those of a pairwise sum); total is folded into sums at the
  * end. scratch: 2 * block values. */
 #define SUM_BLOCKS 64
-void channel_sums(const REAL *d, ptrdiff_t pixels, ptrdiff_t c, ptrdiff_t block, REAL *sums,
+static TARGET void channel_sums(const REAL *d, ptrdiff_t pixels, ptrdiff_t c, ptrdiff_t block, REAL *sums,
                   REAL *scratch)
 {
     REAL *partial = scratch, *total = scratch + block;
@@ -361,7 +360,7 @@ INLINE mask load_indices(const lane_index *p, const lane_index *end, int lanes) 
 
 INLINE vec select(mask m, vec yes, vec no) { return (vec)(((mask)yes & m) | ((mask)no & ~m)); }
 
-void maxpool_forward(const REAL *x, ptrdiff_t n, ptrdiff_t h, ptrdiff_t w, ptrdiff_t c,
+static TARGET void maxpool_forward(const REAL *x, ptrdiff_t n, ptrdiff_t h, ptrdiff_t w, ptrdiff_t c,
                      ptrdiff_t kh, ptrdiff_t kw, ptrdiff_t sh, ptrdiff_t sw, ptrdiff_t ph, ptrdiff_t pw,
                      REAL *out, lane_index *argmax, ptrdiff_t oh, ptrdiff_t ow)
 {
@@ -394,7 +393,7 @@ void maxpool_forward(const REAL *x, ptrdiff_t n, ptrdiff_t h, ptrdiff_t w, ptrdi
 /* dx (N, H, W, C) of maxpool_forward for dout (N, OH, OW, C): each output's gradient is
  * added to its window's argmax. dx is cleared first (`total` values: dx and LANES of slack,
  * which whole-vector additions past the last channel reach); lanes past C add zero. */
-void maxpool_backward(const REAL *dout, const lane_index *argmax, ptrdiff_t n, ptrdiff_t oh,
+static TARGET void maxpool_backward(const REAL *dout, const lane_index *argmax, ptrdiff_t n, ptrdiff_t oh,
                       ptrdiff_t ow, ptrdiff_t c, ptrdiff_t kh, ptrdiff_t kw, ptrdiff_t sh, ptrdiff_t sw,
                       ptrdiff_t ph, ptrdiff_t pw, REAL *dx, ptrdiff_t h, ptrdiff_t w, ptrdiff_t total)
 {
@@ -425,3 +424,64 @@ void maxpool_backward(const REAL *dout, const lane_index *argmax, ptrdiff_t n, p
                     }
                 }
 }
+
+/* The table: each kernel behind a void-pointer signature (kernels.h). */
+static TARGET void conv_forward_entry(const void *x, ptrdiff_t n, ptrdiff_t h, ptrdiff_t w, ptrdiff_t c,
+                                      const void *w_packed, ptrdiff_t kh, ptrdiff_t kw, ptrdiff_t oc,
+                                      const void *bias_padded, ptrdiff_t sh, ptrdiff_t sw,
+                                      void *out, ptrdiff_t oh, ptrdiff_t ow)
+{
+    conv_forward(x, n, h, w, c, w_packed, kh, kw, oc, bias_padded, sh, sw, out, oh, ow);
+}
+
+static TARGET void conv_weight_grad_entry(const void *x, ptrdiff_t n, ptrdiff_t h, ptrdiff_t w,
+                                          ptrdiff_t c, const void *dout, ptrdiff_t oh, ptrdiff_t ow,
+                                          ptrdiff_t oc, ptrdiff_t kh, ptrdiff_t kw, ptrdiff_t sh,
+                                          ptrdiff_t sw, void *dw)
+{
+    conv_weight_grad(x, n, h, w, c, dout, oh, ow, oc, kh, kw, sh, sw, dw);
+}
+
+static TARGET void conv_input_grad_entry(const void *dout, ptrdiff_t n, ptrdiff_t oh, ptrdiff_t ow,
+                                         ptrdiff_t oc, const void *wt, ptrdiff_t kh, ptrdiff_t kw,
+                                         ptrdiff_t c, ptrdiff_t sh, ptrdiff_t sw, void *dx,
+                                         ptrdiff_t h, ptrdiff_t w, ptrdiff_t total)
+{
+    conv_input_grad(dout, n, oh, ow, oc, wt, kh, kw, c, sh, sw, dx, h, w, total);
+}
+
+static TARGET void channel_sums_entry(const void *d, ptrdiff_t pixels, ptrdiff_t c, ptrdiff_t block,
+                                      void *sums, void *scratch)
+{
+    channel_sums(d, pixels, c, block, sums, scratch);
+}
+
+static TARGET void maxpool_forward_entry(const void *x, ptrdiff_t n, ptrdiff_t h, ptrdiff_t w,
+                                         ptrdiff_t c, ptrdiff_t kh, ptrdiff_t kw, ptrdiff_t sh,
+                                         ptrdiff_t sw, ptrdiff_t ph, ptrdiff_t pw, void *out,
+                                         void *argmax, ptrdiff_t oh, ptrdiff_t ow)
+{
+    maxpool_forward(x, n, h, w, c, kh, kw, sh, sw, ph, pw, out, argmax, oh, ow);
+}
+
+static TARGET void maxpool_backward_entry(const void *dout, const void *argmax, ptrdiff_t n,
+                                          ptrdiff_t oh, ptrdiff_t ow, ptrdiff_t c, ptrdiff_t kh,
+                                          ptrdiff_t kw, ptrdiff_t sh, ptrdiff_t sw, ptrdiff_t ph,
+                                          ptrdiff_t pw, void *dx, ptrdiff_t h, ptrdiff_t w,
+                                          ptrdiff_t total)
+{
+    maxpool_backward(dout, argmax, n, oh, ow, c, kh, kw, sh, sw, ph, pw, dx, h, w, total);
+}
+
+const cnn_xp_kernels TABLE = {
+    .isa = VECTOR_BYTES == 64 ? "avx512" : VECTOR_BYTES == 32 ? "avx2" : "baseline",
+    .lanes = LANES,
+    .itemsize = sizeof(REAL),
+    .max_run_vectors = MAX_RUN_VECTORS,
+    .conv_forward = conv_forward_entry,
+    .conv_weight_grad = conv_weight_grad_entry,
+    .conv_input_grad = conv_input_grad_entry,
+    .channel_sums = channel_sums_entry,
+    .maxpool_forward = maxpool_forward_entry,
+    .maxpool_backward = maxpool_backward_entry,
+};

@@ -1,0 +1,6 @@
+/* The CPU kernels for float, AVX2 + FMA (selected where the CPU has both): see kernels_body.h. */
+#define REAL float
+#define VECTOR_BYTES 32
+#define TARGET __attribute__((target("avx2,fma")))
+#define TABLE cnn_xp_kernels_float_avx2
+#include "kernels_body.h"

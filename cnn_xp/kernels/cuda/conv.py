@@ -1,0 +1,134 @@
+"""conv2d on the GPU: the book's im2col layout built by one kernel, then one cuBLAS GEMM.
+
+Forward: ``col`` (N*OH*OW, C*KH*KW), rows (n, oh, ow), columns (c, i, j) -- the layout of
+the reference's ``im2col`` -- made by the ``im2col`` kernel straight from x in any memory
+order, padding included; out = col @ W_mat^T + b, (N*OH*OW, OC), returned as an NCHW-shaped
+view of that NHWC memory (no transpose copy).
+
+Backward: dout_mat (N*OH*OW, OC) (free when dout is NHWC memory, as the forward's output
+is); db = ones @ dout_mat, one GEMV (``column_sums``); dW = dout_mat^T @ col; dx: the
+column gradient computed transposed, W_mat^T @ dout_mat^T (C*KH*KW, N*OH*OW), folded into
+(N, C, H, W) by the ``fold_windows`` gather kernel (``col2im_t``), whose neighbouring
+threads then read neighbouring values.
+"""
+from __future__ import annotations
+
+from ... import ops
+from . import launch
+from .cache import ReferenceCache, reference_call
+
+
+def output_geometry(x_shape, kh, kw, stride, pad):
+    """((sh, sw), (ph, pw), (oh, ow)), with the reference's checks and errors."""
+    stride, pad = ops.pair(stride), ops.pair(pad)
+    return stride, pad, ops.output_shape(x_shape, kh, kw, stride, pad)
+
+
+def rows_per_thread(size: int) -> int:
+    """How many column rows one im2col thread fills: up to 8, while at least 2^18 threads
+    (enough to fill a large GPU) remain."""
+    return max(1, min(8, size >> 18))
+
+
+def im2col(x, kh, kw, stride=1, pad=0):
+    """NCHW ``x`` (any memory order) -> ``col`` (N*OH*OW, C*KH*KW), rows (n, oh, ow),
+    columns (c, i, j); None if the kernel failed to compile."""
+    (sh, sw), (ph, pw), (oh, ow) = output_geometry(x.shape, kh, kw, stride, pad)
+    n, c, h, w = x.shape
+    rows, width_col = n * oh * ow, c * kh * kw
+    col = launch.cupy().empty((rows, width_col), dtype=x.dtype)
+    if col.size == 0:
+        return col
+    x, strides = launch.strided(x)
+    per_thread = rows_per_thread(col.size)
+    threads = -(-rows // per_thread) * width_col
+    done = launch.launch("im2col", x, c, h, w, oh, ow, kh, kw, sh, sw, ph, pw, rows, per_thread,
+                         *strides, col, size=threads)
+    return None if done is None else col
+
+
+def fold_windows(windows, x_shape, stride=1, pad=0):
+    """Sum (N, C, OH, OW, KH, KW) window values (any strided view, zero strides included)
+    into an (N, C, H, W) image; None if the kernel failed to compile."""
+    (sh, sw), (ph, pw) = ops.pair(stride), ops.pair(pad)
+    n, c, h, w = x_shape
+    _, _, oh, ow, kh, kw = windows.shape
+    cp = launch.cupy()
+    if windows.size == 0 or n * c * h * w == 0:
+        return cp.zeros((n, c, h, w), dtype=windows.dtype)
+    windows, strides = launch.strided(windows)
+    image = cp.empty((n, c, h, w), dtype=windows.dtype)
+    done = launch.launch("fold_windows", windows, c, h, w, oh, ow, kh, kw, sh, sw, ph, pw,
+                         *strides, image)
+    return None if done is None else image
+
+
+def col2im_t(col_t, x_shape, kh, kw, stride=1, pad=0):
+    """The adjoint of ``im2col`` for transposed columns: ``col_t`` (C*KH*KW, N*OH*OW) ->
+    (N, C, H, W), overlaps summed; None if the kernel failed to compile."""
+    n, c = x_shape[:2]
+    _, _, (oh, ow) = output_geometry(x_shape, kh, kw, stride, pad)
+    windows = col_t.reshape(c, kh, kw, n, oh, ow).transpose(3, 0, 4, 5, 1, 2)
+    return fold_windows(windows, x_shape, stride, pad)
+
+
+def column_sums(matrix):
+    """Sums over the rows of an (M, K) matrix, (K,): one GEMV with a ones vector (CuPy's
+    ``sum(axis=0)`` gives each of the K sums one thread block, slow for a tall matrix).
+    Equal to the row sum up to float rounding (another summation order)."""
+    ones = launch.cupy().ones(matrix.shape[0], dtype=matrix.dtype)
+    return ones @ matrix
+
+
+def conv2d_forward(x, W, b, stride=1, pad=0, train=True):
+    """x (N, C, H, W), W (OC, C, KH, KW), b (OC,) -> (out (N, OC, OH, OW), cache); out is an
+    NCHW-shaped view of NHWC memory. ``train=False``: cache None."""
+    shapes_match = (x.ndim == 4 and W.ndim == 4 and b.ndim == 1 and x.shape[1] == W.shape[1]
+                    and b.shape[0] == W.shape[0])
+    if not (shapes_match and launch.serves(x, W, b)):
+        return reference_call("conv2d_forward", x, W, b, stride, pad, train=train)
+    oc, c, kh, kw = W.shape
+    stride, pad, (oh, ow) = output_geometry(x.shape, kh, kw, stride, pad)
+    n = x.shape[0]
+    rows = n * oh * ow
+    if not launch.fits(rows * c * kh * kw, rows * oc):
+        return reference_call("conv2d_forward", x, W, b, stride, pad, train=train)
+    col = im2col(x, kh, kw, stride, pad)
+    if col is None:
+        return reference_call("conv2d_forward", x, W, b, stride, pad, train=train)
+    w_mat = W.reshape(oc, -1)                              # (OC, C*KH*KW)
+    out = col @ w_mat.T                                    # (N*OH*OW, OC)
+    out += b
+    out = out.reshape(n, oh, ow, oc).transpose(0, 3, 1, 2)
+    if not train:
+        return out, None
+    return out, ("cuda", x, W, b, col, w_mat, stride, pad)
+
+
+def conv2d_backward(dout, cache, need_dx=True):
+    """dout (N, OC, OH, OW) -> (dx (N, C, H, W) or None, dW (OC, C, KH, KW), db (OC,))."""
+    if isinstance(cache, ReferenceCache):
+        return ops.conv2d_backward(dout, cache.cache, need_dx)
+    _, x, W, b, col, w_mat, stride, pad = cache
+    oc, c, kh, kw = W.shape
+    out_shape = (x.shape[0], oc, *ops.output_shape(x.shape, kh, kw, stride, pad))
+    if not launch.serves(dout, W) or tuple(dout.shape) != out_shape:
+        return _recomputed(dout, cache, need_dx)
+    dout_mat = dout.transpose(0, 2, 3, 1).reshape(-1, oc)  # (N*OH*OW, OC)
+    db = column_sums(dout_mat)
+    dW = (dout_mat.T @ col).reshape(W.shape)
+    if not need_dx:
+        return None, dW, db
+    dx = col2im_t(w_mat.T @ dout_mat.T, x.shape, kh, kw, stride, pad)
+    if dx is None:
+        return _recomputed(dout, cache, need_dx)
+    return dx, dW, db
+
+
+def _recomputed(dout, cache, need_dx):
+    """The reference's backward for a call the kernels cannot finish (another dtype of
+    dout, or a kernel that failed to compile since the forward): its forward is re-run on
+    the cached inputs."""
+    _, x, W, b, _, _, stride, pad = cache
+    _, ref_cache = ops.conv2d_forward(x, W, b, stride, pad, train=True)
+    return ops.conv2d_backward(dout, ref_cache, need_dx)

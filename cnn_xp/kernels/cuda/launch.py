@@ -1,0 +1,111 @@
+"""Building and launching the CUDA kernels of ``sources.KERNEL_SPECS``.
+
+The kernels are ``cupy.ElementwiseKernel`` objects, made on first use (making one needs no
+GPU; CuPy compiles each at its first launch, per dtype, and caches the binary). cupy is
+reached only through ``backend.cupy()``.
+
+``serves(*arrays)`` is the one test of whether a call can run on the kernels: every array a
+CuPy array of one float dtype (float32 or float64) with fewer than 2^31 elements (the
+kernels index with 32-bit ints), and no kernel has failed to compile in this process.
+Where it is False the op runs the reference for that call. A kernel that fails to compile
+(``launch`` returns None) is reported once, as a RuntimeWarning, and switches the kernels
+off for the rest of the process; ``failure()`` says why.
+"""
+from __future__ import annotations
+
+import warnings
+
+from ... import backend
+from .sources import KERNEL_SPECS
+
+DTYPES = ("float32", "float64")
+INDEX_LIMIT = 2**31 - 1  # the kernels index elements with 32-bit ints
+
+_kernels: dict | None = None  # name -> ElementwiseKernel, made on first use
+_failure: str | None = None   # why the kernels were switched off (a compile failure)
+
+
+def cupy():
+    """The cupy module (``backend.cupy()``)."""
+    return backend.cupy()
+
+
+def on_gpu(array) -> bool:
+    """True for a CuPy array (decided by its type: no cupy import)."""
+    return backend.device_of(array) == "gpu"
+
+
+def serves(*arrays) -> bool:
+    """True when the kernels can run a call on ``arrays`` (see the module docstring)."""
+    if _failure is not None or not arrays:
+        return False
+    dtype = getattr(arrays[0], "dtype", None)
+    return all(on_gpu(a) and a.dtype == dtype and a.dtype.name in DTYPES and a.size <= INDEX_LIMIT
+               for a in arrays)
+
+
+def fits(*sizes: int) -> bool:
+    """True when every size (of an array a call would make) is within 32-bit indexing."""
+    return all(size <= INDEX_LIMIT for size in sizes)
+
+
+def build_kernels(cp) -> dict:
+    """name -> ``cp.ElementwiseKernel`` for every spec, made with the cupy module ``cp``
+    (construction compiles nothing, so this runs without a GPU)."""
+    return {name: cp.ElementwiseKernel(in_params, out_params, body, "cnn_xp_" + name)
+            for name, (in_params, out_params, body) in KERNEL_SPECS.items()}
+
+
+def launch(name: str, *args, **kwargs):
+    """Run kernel ``name`` on ``args`` (inputs, then outputs) and return its result; None
+    when it failed to compile (the kernels are then off for this process) or the kernels
+    are already off."""
+    global _kernels, _failure
+    if _failure is not None:
+        return None
+    cp = cupy()
+    if _kernels is None:
+        _kernels = build_kernels(cp)
+    try:
+        return _kernels[name](*args, **kwargs)
+    except cp.cuda.compiler.CompileException as exc:
+        lines = str(exc).strip().splitlines() or [type(exc).__name__]
+        _failure = f"CUDA kernel {name} failed to compile: {lines[0]}"
+        warnings.warn(f"cnn_xp: {_failure}; running the reference ops on the GPU instead",
+                      RuntimeWarning, stacklevel=3)
+        return None
+
+
+def element_strides(array) -> list[int] | None:
+    """The strides of ``array`` in elements, or None when one is negative or not a whole
+    number of elements (the caller then hands over a contiguous copy)."""
+    size = array.itemsize
+    if any(s % size or s < 0 for s in array.strides):
+        return None
+    return [s // size for s in array.strides]
+
+
+def strided(array):
+    """(array, its element strides): ``array`` itself where its strides are usable, else a
+    C-contiguous copy."""
+    strides = element_strides(array)
+    if strides is None:
+        array = cupy().ascontiguousarray(array)
+        strides = element_strides(array)
+    return array, strides
+
+
+def failure() -> str | None:
+    """Why the kernels were switched off in this process (None: they are on)."""
+    return _failure
+
+
+def built() -> bool:
+    """Whether the kernel objects have been made in this process."""
+    return _kernels is not None
+
+
+def reset() -> None:
+    """Forget the kernel objects and any recorded failure (for tests)."""
+    global _kernels, _failure
+    _kernels, _failure = None, None

@@ -1,0 +1,215 @@
+"""The CUDA kernels' source: one ``cupy.ElementwiseKernel`` per entry of ``KERNEL_SPECS``.
+
+Each entry is ``name -> (in_params, out_params, body)`` in CuPy's ElementwiseKernel syntax:
+``T`` is the float type (float32 or float64), ``I`` an integer type (argmax offsets, class
+labels); ``raw`` arrays are indexed by the body itself, the others element ``i`` of the
+launch. No cupy here: the test suite compiles these bodies with nvcc and, as host C++, runs
+them against the reference ops on the CPU.
+
+Index arithmetic is 32-bit (``int``): a GPU divides 64-bit integers in a much longer
+software routine, and most of these kernels' work is index division. The callers launch
+only when every array has fewer than 2^31 elements (``launch.INDEX_LIMIT``). Pointer
+offsets (an index times an int64 element stride) are computed in 64 bits.
+
+Shared window geometry: channels, image (height, width), output (out_h, out_w), kernel
+(k_h, k_w), stride (s_h, s_w), padding (p_h, p_w). No kernel uses atomics: every output
+element is written by one thread, so results are deterministic.
+"""
+
+GEOMETRY = ("int32 channels, int32 height, int32 width, int32 out_h, int32 out_w, "
+            "int32 k_h, int32 k_w, int32 s_h, int32 s_w, int32 p_h, int32 p_w")
+
+# Decode the flat index i of an (N, C, H, W) image into nc = n*C + c, y, x.
+_DECODE_PIXEL = """
+    const int pixel = (int)i;
+    const int x = pixel % width;
+    const int y = (pixel / width) % height;
+    const int nc = pixel / (width * height);
+"""
+
+# Decode the flat index i of an (N, C, OH, OW) output into nc = n*C + c, oh, ow.
+_DECODE_OUTPUT = """
+    const int pixel = (int)i;
+    const int ow = pixel % out_w;
+    const int oh = (pixel / out_w) % out_h;
+    const int nc = pixel / (out_w * out_h);
+    const int c = nc % channels, n = nc / channels;
+"""
+
+# Loop over the windows that cover padded pixel (yq, xq): kernel rows ki = yq mod s_h, +s_h...
+# with output row oh = (yq - ki) / s_h in [0, out_h); likewise for columns. Row-major order
+# (ki, then kj), the order in which the reference adds its kernel-offset slabs.
+_FOR_COVERING_WINDOWS = """
+    const int yq = y + p_h, xq = x + p_w;
+    for (int ki = yq % s_h; ki < k_h && ki <= yq; ki += s_h) {
+        const int oh = (yq - ki) / s_h;
+        if (oh >= out_h) continue;
+        for (int kj = xq % s_w; kj < k_w && kj <= xq; kj += s_w) {
+            const int ow = (xq - kj) / s_w;
+            if (ow >= out_w) continue;
+"""
+
+# A class label taken modulo the class count (as CuPy's integer indexing wraps), so that no
+# label, however wrong, reads or writes outside a row.
+_LABEL = """
+    long long label = (long long)labels[row] % classes;
+    if (label < 0) label += classes;
+"""
+
+_STRIDES_X = "int64 xs0, int64 xs1, int64 xs2, int64 xs3"
+_STRIDES_W = "int64 ws0, int64 ws1, int64 ws2, int64 ws3, int64 ws4, int64 ws5"
+
+KERNEL_SPECS = {
+    # x: any strided (N, C, H, W) view, xs0..xs3 its element strides. Output col
+    # (N*OH*OW, C*KH*KW), C-contiguous: rows (n, oh, ow), columns (c, i, j), zero padding.
+    # One thread per column entry q of rows_per_thread consecutive rows (output pixels): its
+    # integer divisions happen once per thread, and neighbouring threads still write
+    # neighbouring entries of each row.
+    "im2col": (
+        "raw T x, " + GEOMETRY + ", int32 rows, int32 rows_per_thread, " + _STRIDES_X,
+        "raw T col",
+        """
+    const int width_col = channels * k_h * k_w;
+    const int q = (int)i % width_col, first = (int)i / width_col * rows_per_thread;
+    const int last = first + rows_per_thread < rows ? first + rows_per_thread : rows;
+    const int kj = q % k_w, ki = (q / k_w) % k_h, c = q / (k_w * k_h);
+    int ow = first % out_w, oh = (first / out_w) % out_h, n = first / (out_w * out_h);
+    const T* xc = &x[(ptrdiff_t)0] + c * xs1;
+    T* out = &col[(ptrdiff_t)0] + q;
+    for (int row = first; row < last; ++row) {
+        const int y = oh * s_h - p_h + ki, xx = ow * s_w - p_w + kj;
+        out[(ptrdiff_t)row * width_col] = (y >= 0 && y < height && xx >= 0 && xx < width)
+                                          ? xc[n * xs0 + y * xs2 + xx * xs3] : (T)0;
+        if (++ow == out_w) { ow = 0; if (++oh == out_h) { oh = 0; ++n; } }
+    }
+""",
+    ),
+    # The adjoint of the windows of an image, as a GATHER: each pixel of the (N, C, H, W)
+    # output sums the window entries that touch it, kernel offsets in row-major order.
+    # windows: any strided (N, C, OH, OW, KH, KW) view, ws0..ws5 its element strides (zero
+    # strides too: a broadcast share, as average pooling's backward hands over).
+    "fold_windows": (
+        "raw T windows, " + GEOMETRY + ", " + _STRIDES_W,
+        "T image",
+        _DECODE_PIXEL + """
+    const int c = nc % channels, n = nc / channels;
+    const T* base = &windows[(ptrdiff_t)0] + n * ws0 + c * ws1;
+    T acc = 0;""" + _FOR_COVERING_WINDOWS + """
+            acc += base[oh * ws2 + ow * ws3 + ki * ws4 + kj * ws5];
+        }
+    }
+    image = acc;
+""",
+    ),
+    # x: any strided (N, C, H, W) view. Outputs (N, C, OH, OW): the window maximum (padding
+    # is -inf) and its row-major offset in the window; the first maximum wins, a NaN counts
+    # as the maximum (the first NaN).
+    "maxpool_forward": (
+        "raw T x, " + GEOMETRY + ", " + _STRIDES_X + ", T neg_inf",
+        "T out, I argmax",
+        _DECODE_OUTPUT + """
+    const T* base = &x[(ptrdiff_t)0] + n * xs0 + c * xs1;
+    T best = neg_inf;
+    int best_k = 0;
+    for (int ki = 0; ki < k_h; ++ki) {
+        const int y = oh * s_h - p_h + ki;
+        for (int kj = 0; kj < k_w; ++kj) {
+            const int xx = ow * s_w - p_w + kj;
+            const T v = (y >= 0 && y < height && xx >= 0 && xx < width)
+                        ? base[y * xs2 + xx * xs3] : neg_inf;
+            const int k = ki * k_w + kj;
+            if (k == 0 || v > best || (v != v && best == best)) { best = v; best_k = k; }
+        }
+    }
+    out = best;
+    argmax = (I)best_k;
+""",
+    ),
+    # dout, argmax: C-contiguous (N, C, OH, OW). Each pixel of dx (N, C, H, W) gathers the
+    # upstream gradients of the windows whose argmax points at it.
+    "maxpool_backward": (
+        "raw T dout, raw I argmax, " + GEOMETRY,
+        "T dx",
+        _DECODE_PIXEL + """
+    const ptrdiff_t plane = (ptrdiff_t)nc * out_h * out_w;
+    T acc = 0;""" + _FOR_COVERING_WINDOWS + """
+            const ptrdiff_t o = plane + (ptrdiff_t)oh * out_w + ow;
+            if (argmax[o] == (I)(ki * k_w + kj)) acc += dout[o];
+        }
+    }
+    dx = acc;
+""",
+    ),
+    # x: any strided (N, C, H, W) view. Output (N, C, OH, OW): the window mean, zero padding
+    # counted (the sum over the window divided by KH*KW).
+    "avgpool_forward": (
+        "raw T x, " + GEOMETRY + ", " + _STRIDES_X,
+        "T out",
+        _DECODE_OUTPUT + """
+    const T* base = &x[(ptrdiff_t)0] + n * xs0 + c * xs1;
+    T acc = 0;
+    for (int ki = 0; ki < k_h; ++ki) {
+        const int y = oh * s_h - p_h + ki;
+        if (y < 0 || y >= height) continue;
+        for (int kj = 0; kj < k_w; ++kj) {
+            const int xx = ow * s_w - p_w + kj;
+            if (xx >= 0 && xx < width) acc += base[y * xs2 + xx * xs3];
+        }
+    }
+    out = acc / (T)(k_h * k_w);
+""",
+    ),
+    # One thread per row of C-contiguous scores (N, K): probs (N, K) (a raw output, written
+    # through its pointer) = the softmax of the row, shifted by its maximum; row_loss (N,) =
+    # -log probs[label] = log(sum) + max - s[label].
+    "softmax_xent_rows": (
+        "raw T scores, raw I labels, int32 classes",
+        "raw T probs, T row_loss",
+        """
+    const int row = (int)i;""" + _LABEL + """
+    const T* s = &scores[(ptrdiff_t)row * classes];
+    T* p = &probs[(ptrdiff_t)row * classes];
+    T top = s[0];
+    for (int j = 1; j < classes; ++j) top = s[j] > top ? s[j] : top;
+    T total = 0;
+    for (int j = 0; j < classes; ++j) { p[j] = exp(s[j] - top); total += p[j]; }
+    for (int j = 0; j < classes; ++j) p[j] /= total;
+    row_loss = log(total) + top - s[label];
+""",
+    ),
+    # Over probs (N, K): grad = (probs - one_hot(label)) * scale, with scale = dout / N.
+    "softmax_xent_grad": (
+        "T probs, raw I labels, int32 classes, T scale",
+        "T grad",
+        """
+    const int row = (int)i / classes, j = (int)i % classes;""" + _LABEL + """
+    grad = (probs - (label == j ? (T)1 : (T)0)) * scale;
+""",
+    ),
+    # ReLU backward in one pass: dout * (out > 0), the reference's formula (NaN included).
+    "relu_backward": ("T dout, T out", "T dx", "dx = dout * (T)(out > (T)0);"),
+    # Inverted dropout from uniform draws u in [0, 1): mask = scale (= 1 / (1 - p)) where
+    # u >= p, else 0; y = x * mask.
+    "dropout_forward": ("T x, T u, T p, T scale", "T y, T mask",
+                        "mask = u >= p ? scale : (T)0; y = x * mask;"),
+    # Optimizer updates, in place on one parameter p and its state (see cnn_xp.ops.updates).
+    "sgd_update": ("T g, T lr", "T p", "p -= lr * g;"),
+    "momentum_update": (
+        "T g, T lr, T momentum", "T p, T v",
+        "v = momentum * v - lr * g; p += v;"),
+    "nesterov_update": (
+        "T g, T lr, T momentum", "T p, T v",
+        "v = momentum * v - lr * g; p += momentum * v - lr * g;"),
+    "adagrad_update": (
+        "T g, T lr, T eps", "T p, T h",
+        "h += g * g; p -= lr * g / (sqrt(h) + eps);"),
+    "rmsprop_update": (
+        "T g, T lr, T decay, T one_minus_decay, T eps", "T p, T h",
+        "h = decay * h + one_minus_decay * g * g; p -= lr * g / (sqrt(h) + eps);"),
+    # Adam with the bias corrections folded in: lr_t = lr / (1 - beta1^t), v_scale =
+    # 1 / sqrt(1 - beta2^t).
+    "adam_update": (
+        "T g, T one_minus_beta1, T one_minus_beta2, T lr_t, T v_scale, T eps", "T p, T m, T v",
+        "m += one_minus_beta1 * (g - m); v += one_minus_beta2 * (g * g - v);"
+        " p -= lr_t * m / (sqrt(v) * v_scale + eps);"),
+}

@@ -1,0 +1,262 @@
+"""The CUDA accelerator (cnn_xp.kernels.cuda) as a module, without a GPU.
+
+- its contract with the seam: NAME, OPS, every function of its ops with exactly the
+  reference's signature, status() and details() cheap and honest on a machine without a
+  GPU, and dispatch choosing it only where it is usable and the mode is ``auto``;
+- the whole module run on the host: ``launch.cupy`` and ``launch.on_gpu`` point at
+  ``cuda_host.HostCuPy``, whose ElementwiseKernel runs each kernel body compiled as host
+  C++ with CuPy's calling rules, and whose other names are NumPy's. Every op then runs the
+  equivalence cases of op_cases.py (shapes, strides, pads, dtypes, memory orders) against
+  the reference (cnn_xp.ops), and its caches show that the kernels ran. This checks the
+  Python half of every kernel call -- argument order, strides, contiguity, dtypes, the
+  output and cache layouts -- which the source tests (test_kernels_cuda_source.py) do not;
+- the calls the kernels cannot serve (float16, mixed dtypes, more than 2^31 elements,
+  one-hot labels, an array dout, a kernel that fails to compile, before or after the
+  forward) run the reference, with a cache that says so.
+
+On a real GPU the same cases run through tests/gpu/test_gpu_ops.py.
+"""
+import inspect
+import shutil
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import cuda_host  # noqa: E402
+import op_cases  # noqa: E402
+
+from cnn_xp import backend, dispatch, ops  # noqa: E402
+from cnn_xp.kernels import cuda  # noqa: E402
+from cnn_xp.kernels.cuda import launch  # noqa: E402
+from cnn_xp.kernels.cuda.cache import ReferenceCache  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# -- the contract ---------------------------------------------------------------------------
+
+def test_name_and_ops():
+    assert cuda.NAME == "cuda"
+    assert set(cuda.OPS) <= set(dispatch.OPS)
+    assert {"conv2d", "maxpool2d", "relu", "dropout", "softmax_cross_entropy", "sgd", "momentum",
+            "nesterov", "adagrad", "rmsprop", "adam"} <= set(cuda.OPS)
+
+
+@pytest.mark.parametrize("op", sorted(cuda.OPS))
+def test_every_function_has_the_reference_signature(op):
+    for name in dispatch.OPS[op]:
+        mine, reference = getattr(cuda, name), getattr(ops, name)
+        assert inspect.signature(mine) == inspect.signature(reference), name
+        assert mine.__doc__, f"{name} has no docstring"
+
+
+def test_status_and_details_without_a_gpu_build_nothing():
+    launch.reset()
+    usable, reason = cuda.status()
+    assert (usable, reason) == backend.gpu_status()
+    info = cuda.details()
+    assert info["name"] == "cuda" and info["usable"] is usable and info["reason"] == reason
+    assert info["ops"] == list(cuda.OPS) and info["dtypes"] == ["float32", "float64"]
+    assert info["index_limit"] == 2**31 - 1 and info["failure"] is None
+    assert set(info["kernels"]) == set(cuda_host.KERNEL_SPECS)
+    assert not launch.built()
+
+
+def test_importing_the_accelerator_imports_no_cupy():
+    code = ("import sys, cnn_xp.kernels.cuda as c; "
+            "assert 'cupy' not in sys.modules, 'cupy imported'; print(c.NAME)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=ROOT, timeout=60)
+    assert proc.returncode == 0 and proc.stdout.strip() == "cuda", proc.stderr
+
+
+def test_dispatch_chooses_cuda_only_where_usable_and_in_auto_mode(monkeypatch):
+    dispatch.reset()
+    try:
+        if not backend.gpu_available():
+            assert dispatch.accelerator("gpu")[0] is None
+            assert set(dispatch.table("gpu").values()) == {"reference"}
+        monkeypatch.setattr(cuda, "status", lambda: (True, ""))
+        dispatch.reset()
+        dispatch.set_mode("auto")
+        table = dispatch.table("gpu")
+        assert {op for op, name in table.items() if name == "cuda"} == set(cuda.OPS)
+        assert {op for op, name in table.items() if name == "reference"} == set(dispatch.OPS) - set(cuda.OPS)
+        assert dispatch.implementation("conv2d", "gpu") is cuda
+        dispatch.set_mode("reference")
+        assert set(dispatch.table("gpu").values()) == {"reference"}
+        assert dispatch.implementation("conv2d", "gpu") is ops
+    finally:
+        dispatch.set_mode(None)
+        dispatch.reset()
+
+
+# -- the module on the host ----------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def host_lib(tmp_path_factory):
+    if shutil.which("g++") is None:
+        pytest.skip("g++ is not installed")
+    return cuda_host.host_library(tmp_path_factory.mktemp("cuda_module_host"))
+
+
+@pytest.fixture
+def host(host_lib, monkeypatch):
+    """cnn_xp.kernels.cuda running on host-compiled kernels over NumPy arrays."""
+    cp = cuda_host.HostCuPy(host_lib)
+    launch.reset()
+    monkeypatch.setattr(launch, "cupy", lambda: cp)
+    monkeypatch.setattr(launch, "on_gpu", lambda a: isinstance(a, np.ndarray))
+    yield cp
+    launch.reset()
+
+
+def _np(a):
+    return np.asarray(a)
+
+
+ALL_CASES = [(op, case) for op in cuda.OPS for case in op_cases.CASES[op]]
+
+
+@pytest.mark.parametrize("op, case", ALL_CASES, ids=[op_cases.case_id(o, c) for o, c in ALL_CASES])
+def test_every_op_matches_the_reference(host, op, case):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no compile fallback, no NumPy warning
+        got, caches = op_cases.run(op, cuda, np.asarray, case)
+    want, _ = op_cases.run(op, ops, np.asarray, case)
+    op_cases.compare(got, want, case["dtype"], _np, where=op)
+    reference_by_design = (case.get("labels") == "one_hot" or case.get("p") == 0.0)
+    for cache in caches:
+        if reference_by_design:
+            assert cache is None or isinstance(cache, ReferenceCache)
+        else:
+            assert isinstance(cache, tuple) and cache[0] == "cuda", f"{op}: the kernels did not run"
+    if not reference_by_design:
+        assert host.launches(), f"{op}: no kernel launched"
+    assert launch.failure() is None
+
+
+def test_conv_outputs_are_views_of_nhwc_memory_and_backward_reads_them_for_free(host):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 3, 8, 8)).astype(np.float32)
+    W = rng.standard_normal((5, 3, 3, 3)).astype(np.float32)
+    out, cache = cuda.conv2d_forward(x, W, np.zeros(5, np.float32), 1, 1)
+    assert out.shape == (2, 5, 8, 8) and out.transpose(0, 2, 3, 1).flags.c_contiguous
+    assert cache[4].shape == (2 * 8 * 8, 3 * 3 * 3) and cache[4].flags.c_contiguous  # the book's col
+
+
+def test_index_limit_sends_large_calls_to_the_reference(host, monkeypatch):
+    monkeypatch.setattr(launch, "INDEX_LIMIT", 100)
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((2, 3, 6, 6)).astype(np.float32)  # 216 elements
+    W = rng.standard_normal((2, 3, 3, 3)).astype(np.float32)
+    b = np.zeros(2, np.float32)
+    out, cache = cuda.conv2d_forward(x, W, b)
+    assert isinstance(cache, ReferenceCache)
+    np.testing.assert_array_equal(out, ops.conv2d_forward(x, W, b)[0])
+    small = rng.standard_normal((1, 2, 4, 4)).astype(np.float32)  # 32 in, columns 2*2*2*9 = 72 ...
+    _, cache = cuda.conv2d_forward(small, W[:, :2], b)
+    assert cache[0] == "cuda"
+    p, g = rng.standard_normal(150).astype(np.float32), rng.standard_normal(150).astype(np.float32)
+    want = p - np.float32(0.1) * g
+    cuda.sgd_update(p, g, 0.1)
+    np.testing.assert_allclose(p, want, rtol=1e-6)
+    assert not host.launches().get("sgd_update")  # the reference ran
+
+
+@pytest.mark.parametrize("op", ["conv2d", "maxpool2d", "avgpool2d", "relu", "dropout"])
+def test_float16_runs_the_reference(host, op):
+    case = dict(op_cases.CASES[op][0], dtype="float16")
+    got, caches = op_cases.run(op, cuda, np.asarray, case)
+    want, _ = op_cases.run(op, ops, np.asarray, case)
+    assert all(isinstance(c, ReferenceCache) for c in caches)
+    assert not host.launches()
+    for key, value in want.items():
+        if value is not None and key != "infer_cache":
+            np.testing.assert_array_equal(_np(got[key]), _np(value), err_msg=key)
+
+
+def test_mixed_dtypes_and_cpu_labels_run_the_reference(host, monkeypatch):
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((1, 2, 5, 5)).astype(np.float32)
+    W = rng.standard_normal((3, 2, 3, 3))  # float64
+    _, cache = cuda.conv2d_forward(x, W, np.zeros(3))
+    assert isinstance(cache, ReferenceCache)
+    p, g = np.ones(4, np.float32), np.ones(4)  # float64 gradient
+    cuda.sgd_update(p, g, 0.5)
+    np.testing.assert_array_equal(p, 0.5)
+    # labels not on the device (on_gpu False for them): the reference
+    monkeypatch.setattr(launch, "on_gpu", lambda a: isinstance(a, np.ndarray) and a.dtype.kind == "f")
+    scores = rng.standard_normal((3, 4)).astype(np.float32)
+    loss, cache = cuda.softmax_cross_entropy_forward(scores, np.array([0, 1, 3]))
+    assert isinstance(cache, ReferenceCache)
+    assert not host.launches()
+
+
+def test_an_array_dout_of_the_loss_runs_the_reference_backward(host):
+    rng = np.random.default_rng(3)
+    scores, labels = rng.standard_normal((5, 4)), np.array([0, 3, 1, 1, 2])
+    _, cache = cuda.softmax_cross_entropy_forward(scores, labels)
+    assert cache[0] == "cuda"
+    dout = np.array(0.25)
+    want = ops.softmax_cross_entropy_backward(ops.softmax_cross_entropy_forward(scores, labels)[1], dout)
+    np.testing.assert_allclose(cuda.softmax_cross_entropy_backward(cache, dout), want, rtol=1e-12)
+
+
+def test_a_backward_with_another_dtype_or_shape_runs_the_reference(host):
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((2, 3, 6, 6)).astype(np.float32)
+    W = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    b = np.zeros(4, np.float32)
+    out, cache = cuda.conv2d_forward(x, W, b)
+    _, ref_cache = ops.conv2d_forward(x, W, b)
+    dout64 = rng.standard_normal(out.shape)  # float64
+    for got, want in zip(cuda.conv2d_backward(dout64, cache), ops.conv2d_backward(dout64, ref_cache)):
+        np.testing.assert_array_equal(got, want)
+    pooled, pcache = cuda.maxpool2d_forward(x, 2, 2)
+    with pytest.raises(ValueError):  # a dout of the wrong shape: the reference's error
+        cuda.maxpool2d_backward(np.zeros((2, 3, 2, 2), np.float32), pcache)
+    with pytest.raises(ValueError):
+        ops.maxpool2d_backward(np.zeros((2, 3, 2, 2), np.float32), ops.maxpool2d_forward(x, 2, 2)[1])
+
+
+@pytest.mark.parametrize("failing", ["im2col", "maxpool_forward", "softmax_xent_rows", "adam_update"])
+def test_a_kernel_that_fails_to_compile_switches_the_kernels_off_with_one_warning(host_lib, monkeypatch, failing):
+    cp = cuda_host.HostCuPy(host_lib, fail={failing})
+    launch.reset()
+    monkeypatch.setattr(launch, "cupy", lambda: cp)
+    monkeypatch.setattr(launch, "on_gpu", lambda a: isinstance(a, np.ndarray))
+    op = {"im2col": "conv2d", "maxpool_forward": "maxpool2d", "softmax_xent_rows": "softmax_cross_entropy",
+          "adam_update": "adam"}[failing]
+    case = op_cases.CASES[op][0]
+    try:
+        with pytest.warns(RuntimeWarning, match=f"CUDA kernel {failing} failed to compile") as record:
+            got, caches = op_cases.run(op, cuda, np.asarray, case)
+        assert len([w for w in record if issubclass(w.category, RuntimeWarning)]) == 1
+        want, _ = op_cases.run(op, ops, np.asarray, case)
+        op_cases.compare(got, want, case["dtype"], _np, where=op)
+        assert all(isinstance(c, ReferenceCache) for c in caches)
+        assert failing in launch.failure() and cuda.details()["failure"] == launch.failure()
+        assert not launch.serves(np.zeros(3, np.float32))  # off for the rest of the process
+    finally:
+        launch.reset()
+
+
+@pytest.mark.parametrize("op, failing", [("conv2d", "fold_windows"), ("maxpool2d", "maxpool_backward"),
+                                         ("avgpool2d", "fold_windows"), ("relu", "relu_backward"),
+                                         ("softmax_cross_entropy", "softmax_xent_grad")])
+def test_a_backward_kernel_that_fails_after_its_forward_ran_gives_the_reference(host, op, failing):
+    case = op_cases.CASES[op][1]
+    host.fail = frozenset({failing})
+    for kernel in host.kernels.values():  # kernels made before: fail from now on too
+        kernel.fail = host.fail
+    with pytest.warns(RuntimeWarning, match=failing):
+        got, caches = op_cases.run(op, cuda, np.asarray, case)
+    assert caches[0][0] == "cuda"  # the forward ran on the kernels
+    want, _ = op_cases.run(op, ops, np.asarray, case)
+    op_cases.compare(got, want, case["dtype"], _np, where=op)
