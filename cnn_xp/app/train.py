@@ -409,6 +409,7 @@ class Trainer:
             extra = {} if filters_before is None else {"filters_before": filters_before}
             save_checkpoint(run_dir / CHECKPOINT, Checkpoint(meta=meta, model_state=model.state_dict(),
                                                              optimizer_state=optimizer.state_dict(), extra=extra))
+            self._stage = f"after epoch {epoch}"
             write_metrics(run_dir / "metrics.csv", history)
         self._stage = "while writing the results"
         wall = elapsed + (time.perf_counter() - started)
