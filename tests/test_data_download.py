@@ -175,3 +175,37 @@ def test_unwritable_destination_is_a_clear_error(isolated):
     blocker.write_text("not a folder")
     with pytest.raises(DatasetError, match="cannot create the download folder"):
         fetch_file("x.gz", blocker / "sub", ["http://127.0.0.1:1/"], {"md5": "0" * 32})
+
+
+def test_a_download_removes_temp_files_a_killed_download_left(isolated, fake_mnist):
+    dest = isolated / "dl"
+    dest.mkdir()
+    (dest / ".train-images-idx3-ubyte.gz-k1ll3d_x.tmp").write_bytes(b"half a file")
+    (dest / "notes.txt").write_text("mine")
+    with http_server(isolated / "www") as (url, _):
+        download("mnist", dest, mirrors=[url], progress=False)
+    assert sorted(p.name for p in dest.iterdir()) == sorted([*GZ.values(), "notes.txt"])
+
+
+def test_a_mirror_sending_too_much_is_cut_off(isolated, fake_mnist, monkeypatch):
+    import importlib
+
+    monkeypatch.setattr(importlib.import_module("cnn_xp.data.download"), "MAX_DOWNLOAD_BYTES", 100)
+    dest = isolated / "dl"
+    name = GZ["train_images"]
+    with http_server(isolated / "www") as (url, _):
+        with pytest.raises(DatasetError, match=rf"{url}{name}: more than 100 bytes sent"):
+            fetch_file(name, dest, [url], sources.DATASETS["mnist"].checksums[name], progress=False)
+    assert list(dest.iterdir()) == []
+
+
+def test_downloads_go_through_pooch(isolated, fake_mnist, monkeypatch):
+    import pooch
+
+    calls = []
+    real_call = pooch.HTTPDownloader.__call__
+    monkeypatch.setattr(pooch.HTTPDownloader, "__call__",
+                        lambda self, url, out, p, **kw: calls.append(url) or real_call(self, url, out, p, **kw))
+    with http_server(isolated / "www") as (url, _):
+        download("mnist", isolated / "dl", mirrors=[url], progress=False)
+    assert sorted(calls) == sorted(url + name for name in GZ.values())

@@ -83,14 +83,15 @@ def test_truncated_raw_file(isolated):
     data = idx_bytes(tiny_arrays()["train_images"])
     path = _break(isolated, "train_images", data[:-100])
     msg = _error(isolated)
-    assert str(path) in msg and "truncated or malformed IDX images" in msg
+    assert str(path) in msg and "the header claims 12 images of 28x28 (9,424 bytes)" in msg
+    assert "the file holds 9,324 bytes (truncated)" in msg
 
 
 def test_superfluous_bytes(isolated):
     data = idx_bytes(tiny_arrays()["test_labels"])
     path = _break(isolated, "test_labels", data + b"\0")
     msg = _error(isolated)
-    assert str(path) in msg and "malformed IDX labels" in msg
+    assert str(path) in msg and "the header claims 5 labels (13 bytes)" in msg and "(trailing data)" in msg
 
 
 def test_empty_file(isolated):
@@ -127,11 +128,23 @@ def test_missing_files_offline(isolated):
     paths = write_dataset(folder)
     paths["test_labels"].unlink()
     msg = _error(isolated)
-    assert "mnist not found" in msg and str(folder) in msg
-    assert "missing t10k-labels-idx1-ubyte[.gz]" in msg
-    assert str(isolated / "cache" / "cnn_xp" / "mnist") in msg
-    assert "cnn-xp download mnist" in msg and "--data-dir" in msg
+    assert f"mnist not found where --data-dir {folder} says" in msg
+    assert "3 of 4 files; missing t10k-labels-idx1-ubyte[.gz]" in msg
+    assert str(isolated / "cache") not in msg  # a named folder is the only one searched
+    assert "cnn-xp download mnist" in msg
     assert "\n" not in msg
+
+
+def test_missing_files_default_search(isolated):
+    msg = " ".join(str(load_error(isolated)).split())
+    assert "mnist not found" in msg and str(isolated / "cache" / "cnn_xp" / "mnist") in msg
+    assert "cnn-xp download mnist" in msg and "--data-dir" in msg
+
+
+def load_error(isolated):
+    with pytest.raises(DatasetError) as info:
+        load_dataset("mnist", download=False)
+    return info.value
 
 
 def test_unknown_name(isolated):

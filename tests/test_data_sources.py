@@ -9,13 +9,13 @@ from cnn_xp.data import DatasetError, load_dataset, sources
 
 
 def test_search_order(isolated, monkeypatch):
+    """A folder the user names is the only one searched: --data-dir first, else $CNN_XP_DATA."""
     monkeypatch.setenv("CNN_XP_DATA", str(isolated / "env"))
     dirs = sources.search_dirs("mnist", data_dir=isolated / "explicit")
-    assert dirs == [
-        isolated / "explicit", isolated / "explicit" / "mnist",
-        isolated / "env", isolated / "env" / "mnist",
-        isolated / "cache" / "cnn_xp" / "mnist",
-    ]
+    assert dirs == [isolated / "explicit", isolated / "explicit" / "mnist"]
+    assert sources.search_dirs("mnist") == [isolated / "env", isolated / "env" / "mnist"]
+    monkeypatch.delenv("CNN_XP_DATA")
+    assert sources.search_dirs("mnist") == [isolated / "cache" / "cnn_xp" / "mnist"]
 
 
 def test_default_search_includes_system_folders(monkeypatch, tmp_path):
@@ -41,11 +41,16 @@ def test_first_complete_folder_wins(isolated, monkeypatch):
     ds = load_dataset("fashion-mnist", download=False)
     assert ds.folder == isolated / "env" / "fashion-mnist"
     np.testing.assert_array_equal(ds.train_labels, env_arrays["train_labels"])
-    # An incomplete explicit folder is passed over for the next complete one.
+    # An incomplete explicit folder is an error: never replaced by a complete one elsewhere.
     partial = write_dataset(isolated / "explicit", tiny_arrays(seed=3))
     partial["train_images"].unlink()
-    ds = load_dataset("fashion-mnist", data_dir=isolated / "explicit", download=False)
-    assert ds.folder == isolated / "env" / "fashion-mnist"
+    with pytest.raises(DatasetError, match=r"where --data-dir .*explicit says .*3 of 4 files; missing "
+                                           r"train-images-idx3-ubyte\[\.gz\]"):
+        load_dataset("fashion-mnist", data_dir=isolated / "explicit", download=False)
+    # So is an incomplete $CNN_XP_DATA, while the cache holds a complete copy.
+    (isolated / "env" / "fashion-mnist" / "t10k-labels-idx1-ubyte.gz").unlink()
+    with pytest.raises(DatasetError, match=r"where \$CNN_XP_DATA=.*env says"):
+        load_dataset("fashion-mnist", download=False)
     monkeypatch.delenv("CNN_XP_DATA")
     ds = load_dataset("fashion-mnist", download=False)
     assert ds.folder == sources.cache_dir("fashion-mnist")
@@ -94,4 +99,24 @@ def test_describe_search(isolated):
     lines = text.splitlines()
     assert lines[1] == f"  1. {isolated / 'd'}  [complete]"
     assert lines[2] == f"  2. {isolated / 'd' / 'mnist'}  [absent]"
-    assert "cache" in lines[3]
+    assert len(lines) == 3
+    assert "cache" in sources.describe_search("mnist").splitlines()[1]
+
+
+def test_cache_comes_from_platformdirs(isolated, monkeypatch):
+    import platformdirs
+
+    assert sources.cache_dir("mnist") == platformdirs.user_cache_path("cnn_xp", appauthor=False) / "mnist"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(isolated / "xdg"))
+    assert sources.cache_dir("fashion-mnist") == isolated / "xdg" / "cnn_xp" / "fashion-mnist"
+
+
+def test_an_entry_that_is_not_a_file_counts_as_present(isolated):
+    """A FIFO or a broken link under an accepted name is reported, not passed over."""
+    import os
+
+    paths = write_dataset(isolated / "d")
+    paths["test_labels"].unlink()
+    os.mkfifo(paths["test_labels"])
+    with pytest.raises(DatasetError, match="is a FIFO"):
+        load_dataset("mnist", data_dir=isolated / "d", download=False)

@@ -2,12 +2,17 @@
 
 Every user mistake (bad flag, unknown model, missing data, unusable GPU, bad image, ...)
 ends with one line on stderr, ``cnn-xp: error: ...``, and exit status 2; a diverging
-training run ends with exit status 1; success is 0.
+training run ends with exit status 1; success is 0. ``predict`` answers every good image
+and names every bad one, then exits 2 if there was any. SIGINT and SIGTERM stop any
+command with one line saying what was kept, and status 128 + the signal number.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import sys
+import threading
 import warnings
 
 from .. import backend
@@ -156,11 +161,9 @@ def load_model(checkpoint_path, device: str):
     from .train import UserError, check_device, load_run_checkpoint
 
     check_device(device)
-    ckpt = load_run_checkpoint(checkpoint_path)
+    ckpt = load_run_checkpoint(checkpoint_path)  # validated: model, dtype, weights' shapes, class names
     name = ckpt.meta["model"]
-    if name not in models.MODELS:
-        raise UserError(f"{checkpoint_path}: unknown model {name!r} in the checkpoint")
-    model = models.build(name, seed=0, device=device, dtype=ckpt.meta["hyperparameters"].get("dtype", "float32"))
+    model = models.build(name, seed=0, device=device, dtype=ckpt.meta["hyperparameters"]["dtype"])
     try:
         model.load_state_dict(ckpt.model_state)
     except ValueError as exc:
@@ -192,17 +195,19 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from .predict import classify, load_images
+    from .predict import classify_files
 
     model, ckpt = load_model(args.checkpoint, args.device)
-    names = ckpt.meta.get("class_names") or [str(i) for i in range(10)]
-    batch = load_images(args.images)
-    probs = classify(model, batch)
-    for path, row in zip(args.images, probs):
+    names = ckpt.meta["class_names"]
+    status = 0
+    for path, row, error in classify_files(model, args.images):
+        if error is not None:
+            status = _fail(error)
+            continue
         k = int(row.argmax())
         label = names[k] if names[k] == str(k) else f"{k} ({names[k]})"
-        print(f"{path}: {label}  p={float(row[k]):.4f}")
-    return 0
+        print(f"{path}: {label}  p={float(row[k]):.4f}", flush=True)
+    return status
 
 
 def cmd_download(args) -> int:
@@ -256,11 +261,50 @@ def _fail(message: str, status: int = 2) -> int:
     return status
 
 
+@contextlib.contextmanager
+def _stop_signals():
+    """SIGINT and SIGTERM raise ``train.Stopped`` (a KeyboardInterrupt naming the signal) in the
+    main thread while a command runs, so both stop it through the same clean path."""
+    from .train import Stopped
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise Stopped(signal.Signals(signum).name)
+
+    previous = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        if signal.getsignal(sig) is signal.SIG_IGN:
+            continue  # e.g. SIGINT in a background job: the caller chose to ignore it
+        previous[sig] = signal.signal(sig, stop)
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def main(argv=None, parser: argparse.ArgumentParser | None = None, command: str | None = None) -> int:
     """Entry point of the ``cnn-xp`` console script; returns the exit status.
 
     ``parser``/``command`` let scripts/train_mnist.py run the ``train`` command on its own parser.
     """
+    with _stop_signals():
+        try:
+            return _main(argv, parser, command)
+        except KeyboardInterrupt as exc:  # a signal outside a command (e.g. while parsing)
+            return _stopped(exc)
+
+
+def _stopped(exc: KeyboardInterrupt) -> int:
+    name = getattr(exc, "signal_name", "SIGINT")
+    print(f"{PROG}: stopped by {name}", file=sys.stderr)
+    return 128 + int(getattr(signal, name, signal.SIGINT))
+
+
+def _main(argv, parser, command) -> int:
     from .train import TrainingDiverged
 
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -288,6 +332,8 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
 
 
 def _run(call) -> int:
+    from .train import RunInterrupted
+
     errors = _user_errors()
     with warnings.catch_warnings():
         warnings.showwarning = _one_line_warning
@@ -300,10 +346,11 @@ def _run(call) -> int:
             return _fail(exc.message, exc.status) if exc.message else exc.status
         except errors as exc:
             return _fail(str(exc))
-        except KeyboardInterrupt:
-            print(f"\n{PROG}: interrupted; a training run continues from its last finished epoch with "
-                  f"--resume --out RUN_DIR", file=sys.stderr)
-            return 130
+        except RunInterrupted as exc:
+            print(f"{PROG}: {' '.join(str(exc).split())}", file=sys.stderr)
+            return 128 + int(getattr(signal, exc.signal_name, signal.SIGINT))
+        except KeyboardInterrupt as exc:
+            return _stopped(exc)
 
 
 def entry() -> None:

@@ -4,38 +4,99 @@ MNIST digits are white ink on black, fitted into a 20x20 box (aspect kept) and p
 28x28 field so that their centre of mass is at the centre. :func:`preprocess_image` does the
 same to any PNG/JPEG with Pillow: grayscale, invert a light background, crop to the ink,
 fit in 20x20, centre by mass.
+
+Image files are untrusted input. Only regular files are opened (a FIFO or a device is
+refused from its ``stat``); only common raster formats are decoded (``FORMATS``: no EPS,
+whose Pillow plugin runs Ghostscript); an image whose header states more than ``MAX_PIXELS``
+pixels (50 megapixels, e.g. 8660x5773) is refused from the header, before any pixel is
+decoded, which also stops decompression bombs (a tiny PNG claiming 13000x13000). Larger
+accepted images are decoded at reduced scale where the format allows it (JPEG) and reduced
+to at most ``WORK_SIDE`` pixels a side before any float copy is made, so memory stays
+bounded. Any failure is an :class:`ImageError` naming the file.
 """
 from __future__ import annotations
 
+import math
 import os
+import warnings
 
 import numpy
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .. import backend
+from ..input_files import describe_os_error, open_regular
 from ..ops import softmax
 
 FIELD = 28  # output side
 BOX = 20  # the ink's bounding box is scaled to fit in BOX x BOX
 INK_THRESHOLD = 0.2  # fraction of the peak ink level that counts as ink for the bounding box
 MIN_CONTRAST = 25.0  # ink must differ from the background by this much (0..255) somewhere
+MAX_PIXELS = 50_000_000  # width x height from the header; more is refused before decoding
+WORK_SIDE = 2048  # larger images are reduced to at most this many pixels a side first
+FORMATS = ("PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP", "PPM")  # JPEG includes MPO (phone photos)
+_ALPHA_MODES = ("RGBA", "LA", "PA")
 
 
 class ImageError(ValueError):
     """An image file cannot be read or holds no visible ink."""
 
 
+def _decode(path) -> Image.Image:
+    """The first frame of ``path``, decoded within the pixel budget and reduced to at most
+    WORK_SIDE a side; ImageError for anything else."""
+    name = os.fspath(path)
+    try:
+        fh = open_regular(path)
+    except FileNotFoundError:
+        raise ImageError(f"{name}: no such file") from None
+    except OSError as exc:  # a folder, FIFO or device is refused before it is opened
+        raise ImageError(f"{name}: cannot read ({describe_os_error(exc)})") from None
+    # Pillow warns about damaged metadata it skips (and its own bomb warning, above 89 MP, is
+    # moot: our budget is lower); the file either decodes or ends in one ImageError.
+    with fh, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            img = Image.open(fh, formats=FORMATS)
+        except Image.DecompressionBombError as exc:
+            raise ImageError(f"{name}: refused before decoding ({exc})") from None
+        except Exception as exc:  # a decoder of untrusted bytes: any failure means "unreadable"
+            raise ImageError(f"{name}: not a readable image ({_reason(exc)})") from None
+        with img:
+            width, height = img.size
+            if width * height > MAX_PIXELS:
+                raise ImageError(f"{name}: {width}x{height} pixels ({width * height / 1e6:.0f} megapixels) is "
+                                 f"more than the {MAX_PIXELS // 1_000_000} megapixel limit; refused before "
+                                 f"decoding")
+            if width < 1 or height < 1:
+                raise ImageError(f"{name}: not a readable image (size {width}x{height})")
+            try:
+                factor = math.ceil(max(width, height) / WORK_SIDE)
+                if factor > 1 and img.format in ("JPEG", "MPO"):
+                    img.draft(None, (math.ceil(width / factor), math.ceil(height / factor)))
+                img.load()
+                img = ImageOps.exif_transpose(img)
+                factor = math.ceil(max(img.size) / WORK_SIDE)
+                if factor > 1:
+                    alpha = img.mode in _ALPHA_MODES or (img.mode == "P" and "transparency" in img.info)
+                    if img.mode not in ("L", "LA", "RGB", "RGBA", "I", "F"):
+                        img = img.convert("RGBA" if alpha else "RGB")
+                    img = img.reduce(factor)
+                return img
+            except Exception as exc:
+                raise ImageError(f"{name}: not a readable image ({_reason(exc)})") from None
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, UnidentifiedImageError):
+        return f"not a {', '.join(FORMATS[:-1])} or {FORMATS[-1]} file"
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text and not isinstance(exc, OSError) else (text or type(exc).__name__)
+
+
 def _open_gray(path) -> numpy.ndarray:
     """The image as float32 (H, W) luminance in 0..255; transparency flattened sensibly."""
-    try:
-        with Image.open(path) as img:
-            img.load()
-            img = ImageOps.exif_transpose(img)
-    except FileNotFoundError:
-        raise ImageError(f"{path}: no such file") from None
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise ImageError(f"{path}: not a readable image ({exc})") from None
-    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+    img = _decode(path)
+    if img.mode in _ALPHA_MODES or (img.mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")
         alpha = numpy.asarray(rgba.getchannel("A"), dtype=numpy.float32)
         gray = numpy.asarray(rgba.convert("L"), dtype=numpy.float32)
@@ -58,8 +119,26 @@ def _border_level(gray: numpy.ndarray) -> float:
 
 
 def preprocess_array(gray: numpy.ndarray, name: str = "image") -> numpy.ndarray:
-    """MNIST-style (28, 28) float32 in [0, 1], ink bright, from a (H, W) 0..255 luminance array."""
-    gray = numpy.asarray(gray, dtype=numpy.float32)
+    """MNIST-style (28, 28) float32 in [0, 1], ink bright, from a (H, W) 0..255 luminance array.
+
+    ImageError when ``gray`` is not a non-empty 2-D array of finite real numbers, or holds no ink.
+    """
+    try:
+        gray = numpy.asarray(gray)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise ImageError(f"{name}: not a luminance array ({exc})") from None
+    if gray.dtype.kind not in "biuf":
+        raise ImageError(f"{name}: not a luminance array (dtype {gray.dtype})")
+    if gray.ndim != 2 or gray.size == 0:
+        raise ImageError(f"{name}: expected a non-empty (H, W) luminance array, got shape {gray.shape}")
+    if gray.size > MAX_PIXELS:
+        raise ImageError(f"{name}: {gray.shape[1]}x{gray.shape[0]} pixels is more than the "
+                         f"{MAX_PIXELS // 1_000_000} megapixel limit")
+    with numpy.errstate(over="ignore", invalid="ignore"):
+        gray = gray.astype(numpy.float32)  # beyond float32's range becomes inf: refused below
+    if not numpy.isfinite(gray).all():
+        raise ImageError(f"{name}: the luminance array holds NaN or infinite values")
+    gray = numpy.clip(gray, 0.0, 255.0)
     background = _border_level(gray)
     if background > 127.5:  # dark ink on a light sheet: make the ink bright, like MNIST
         gray = 255.0 - gray
@@ -96,8 +175,25 @@ def preprocess_image(path) -> numpy.ndarray:
 
 
 def load_images(paths) -> numpy.ndarray:
-    """Preprocess several files into an (N, 1, 28, 28) float32 batch."""
+    """Preprocess several files into an (N, 1, 28, 28) float32 batch (ImageError on the first bad one)."""
     return numpy.stack([preprocess_image(p) for p in paths])[:, None, :, :]
+
+
+def classify_files(model, paths) -> list[tuple[str, numpy.ndarray | None, str | None]]:
+    """(path, class probabilities (K,) or None, error message or None) for each path, in order.
+
+    A bad file gets its ImageError message and does not stop the others; the good ones are
+    classified in one batch.
+    """
+    prepared, results = [], []
+    for path in paths:
+        try:
+            prepared.append(preprocess_image(path))
+            results.append([os.fspath(path), len(prepared) - 1, None])
+        except ImageError as exc:
+            results.append([os.fspath(path), None, str(exc)])
+    probs = classify(model, numpy.stack(prepared)[:, None, :, :]) if prepared else None
+    return [(path, None if k is None else probs[k], err) for path, k, err in results]
 
 
 def classify(model, batch: numpy.ndarray) -> numpy.ndarray:

@@ -12,6 +12,11 @@ A run lives in one folder (RUN_DIR)::
 Resuming (``resume=True``) restores weights, optimizer state, the batch order RNG and the
 dropout RNGs at the last finished epoch, so on the CPU a run stopped after epoch k and
 resumed ends bit-identical to an uninterrupted one.
+
+The folder stays true to what happened: temp files that a killed write left behind are
+removed by the next run in it; a run that fails or is stopped before its first checkpoint
+removes the folder it created; a stop (SIGINT, SIGTERM: :class:`Stopped`) ends in
+:class:`RunInterrupted`, whose message suggests ``--resume`` only when a checkpoint exists.
 """
 from __future__ import annotations
 
@@ -21,6 +26,7 @@ import json
 import math
 import os
 import platform
+import shlex
 import sys
 import tempfile
 import time
@@ -31,9 +37,9 @@ from pathlib import Path
 import numpy
 
 from .. import backend, models, parallel
-from . import plots
-from ..atomic import write_text
-from ..checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
+from . import plots, run_checkpoint
+from ..atomic import remove_stale_temporaries, write_text
+from ..checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from ..ops import cross_entropy
 from ..optim import OPTIMIZERS
 
@@ -48,6 +54,23 @@ class UserError(ValueError):
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite."""
+
+
+class Stopped(KeyboardInterrupt):
+    """The process was asked to stop (``signal_name``: SIGINT, SIGTERM); the CLI raises it
+    from its signal handlers. A plain KeyboardInterrupt counts as SIGINT."""
+
+    def __init__(self, signal_name: str = "SIGINT"):
+        super().__init__(signal_name)
+        self.signal_name = signal_name
+
+
+class RunInterrupted(Exception):
+    """A training run was stopped; the message says what was kept and how to go on."""
+
+    def __init__(self, message: str, signal_name: str):
+        super().__init__(message)
+        self.signal_name = signal_name
 
 
 @dataclass
@@ -129,12 +152,15 @@ def latest_run_dir(model: str, dataset: str) -> Path | None:
     return found[-1] if found else None
 
 
-def prepare_run_dir(path: Path) -> bool:
-    """Create ``path`` and prove it writable (UserError otherwise); True if it was created."""
-    created = not path.exists()
+def prepare_run_dir(path: Path) -> list[Path]:
+    """Create ``path`` and prove it writable (UserError otherwise); return the folders this
+    created, outermost first (empty when ``path`` existed)."""
+    created = [p for p in (path, *path.parents) if not p.exists()][::-1]
     try:
+        if path.exists() and not path.is_dir():
+            raise NotADirectoryError(20, "not a folder")
         path.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=path)
+        fd, probe = tempfile.mkstemp(prefix=".write-test-", suffix=".tmp", dir=path)
         os.close(fd)
         os.unlink(probe)
     except OSError as exc:
@@ -142,17 +168,21 @@ def prepare_run_dir(path: Path) -> bool:
     return created
 
 
+def remove_created_folders(created: list[Path]) -> None:
+    """Undo :func:`prepare_run_dir` for a run that saved nothing: the folders it created
+    go, innermost first, with any temp files in them; a folder holding anything else stays."""
+    for folder in reversed(created):
+        remove_stale_temporaries(folder)
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+
+
 def load_run_checkpoint(path) -> Checkpoint:
-    """A checkpoint written by the trainer (UserError when it is missing, unreadable or
-    lacks the trainer's metadata)."""
-    try:
-        ckpt = load_checkpoint(path)
-    except CheckpointError as exc:
-        raise UserError(str(exc)) from None
-    missing = [key for key in ("model", "dataset", "epoch", "hyperparameters") if key not in ckpt.meta]
-    if missing:
-        raise UserError(f"{path}: not a training checkpoint (no {', '.join(missing)} in its metadata)")
-    return ckpt
+    """A checkpoint written by the trainer, validated against the schema of
+    ``run_checkpoint`` (UserError naming the file and the field otherwise)."""
+    return run_checkpoint.load_run_checkpoint(path, UserError)
 
 
 def write_metrics(path: Path, history: list[dict]) -> None:
@@ -267,6 +297,11 @@ class Trainer:
                 if key in hp and getattr(cfg, key) != hp[key]:
                     raise UserError(f"--resume keeps the run's hyperparameters; --{key.replace('_', '-')} "
                                     f"{getattr(cfg, key)} differs from the run's {hp[key]}")
+            done = int(ckpt.meta["epoch"])
+            if cfg.epochs is not None and int(cfg.epochs) < done:
+                raise UserError(f"--resume: {run_dir} has already trained {done} epochs, more than "
+                                f"--epochs {cfg.epochs}; nothing was changed (pass --epochs N with N > {done} "
+                                f"to train on)")
             if cfg.epochs is not None:
                 hp["epochs"] = int(cfg.epochs)
             validate_hyperparameters(hp)
@@ -276,26 +311,55 @@ class Trainer:
             if (run_dir / CHECKPOINT).exists():
                 raise UserError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
             ckpt = None
-        self._created_run_dir = prepare_run_dir(run_dir)
+        self._created_folders = prepare_run_dir(run_dir)
+        self._run_dir = run_dir
+        remove_stale_temporaries(run_dir)  # left by a write that was killed in an earlier run
         return run_dir, hp, ckpt
 
     # -- the run -----------------------------------------------------------------------
     def run(self) -> dict:
-        # Overflow shows up as a non-finite loss, which the epoch loop reports in one line.
-        with numpy.errstate(over="ignore", invalid="ignore", divide="ignore"):
-            return self._run()
+        self._run_dir, self._created_folders, self._stage = None, [], "before training started"
+        try:
+            # Overflow shows up as a non-finite loss, which the epoch loop reports in one line.
+            with numpy.errstate(over="ignore", invalid="ignore", divide="ignore"):
+                return self._run()
+        except BaseException as exc:
+            run_dir = self._run_dir
+            saved = run_dir is not None and (run_dir / CHECKPOINT).is_file()
+            if not saved:
+                remove_created_folders(self._created_folders)  # nothing saved: leave no folder behind
+            if isinstance(exc, KeyboardInterrupt) and run_dir is not None:
+                raise self._interrupted(exc, run_dir, saved) from None
+            raise
+
+    def _interrupted(self, exc: KeyboardInterrupt, run_dir: Path, saved: bool) -> RunInterrupted:
+        """The true account of a stopped run: what the folder holds and how to go on."""
+        cfg = self.cfg
+        signal_name = getattr(exc, "signal_name", "SIGINT")
+        when = self._stage
+        if not saved:
+            kept = ("the run folder it had created was removed" if self._created_folders
+                    else f"nothing was written to {run_dir}")
+            return RunInterrupted(f"stopped by {signal_name} {when}; no epoch had finished, so no "
+                                  f"checkpoint was saved and {kept}", signal_name)
+        try:
+            epoch = int(load_checkpoint(run_dir / CHECKPOINT).meta["epoch"])
+            holds = f"holds epoch {epoch}"
+        except Exception:  # the message must come out whatever the file holds
+            holds = "is the last one saved"
+        command = ["cnn-xp", "train", "--model", cfg.model, "--dataset", cfg.dataset]
+        if cfg.data_dir:
+            command += ["--data-dir", str(cfg.data_dir)]
+        command += ["--resume", "--out", str(run_dir)]
+        return RunInterrupted(f"stopped by {signal_name} {when}; {run_dir / CHECKPOINT} {holds}: continue "
+                              f"with `{shlex.join(command)}`", signal_name)
 
     def _run(self) -> dict:
         from ..data import BatchIterator
 
         cfg, out = self.cfg, self.out
         run_dir, hp, ckpt = self._open_run()
-        try:
-            x_tr, t_tr, x_val, t_val, x_test, t_test, class_names = load_data(cfg, hp, out)
-        except BaseException:
-            if self._created_run_dir and not any(run_dir.iterdir()):
-                run_dir.rmdir()  # no data, no run: leave no empty folder behind
-            raise
+        x_tr, t_tr, x_val, t_val, x_test, t_test, class_names = load_data(cfg, hp, out)
         device = cfg.device
         model = models.build(cfg.model, seed=hp["seed"], device=device, dtype=hp["dtype"])
         spec = models.MODELS[cfg.model]
@@ -324,6 +388,7 @@ class Trainer:
         n_train = batches.num_samples
         started = time.perf_counter()
         for epoch in range(start_epoch + 1, int(hp["epochs"]) + 1):
+            self._stage = f"during epoch {epoch}"
             tic = time.perf_counter()
             train_loss, train_acc = self._train_epoch(model, optimizer, batches, epoch, hp, run_dir)
             backend.synchronize(device)
@@ -344,7 +409,9 @@ class Trainer:
             extra = {} if filters_before is None else {"filters_before": filters_before}
             save_checkpoint(run_dir / CHECKPOINT, Checkpoint(meta=meta, model_state=model.state_dict(),
                                                              optimizer_state=optimizer.state_dict(), extra=extra))
+            self._stage = f"after epoch {epoch}"
             write_metrics(run_dir / "metrics.csv", history)
+        self._stage = "while writing the results"
         wall = elapsed + (time.perf_counter() - started)
         return self._finish(run_dir, hp, model, history, class_names, x_test, t_test, filters_before, wall)
 
@@ -417,5 +484,5 @@ def train(cfg: TrainConfig, out=None) -> dict:
     return Trainer(cfg, out).run()
 
 
-__all__ = ["TrainConfig", "Trainer", "train", "UserError", "TrainingDiverged", "evaluate_arrays",
-           "confusion_matrix", "per_class_accuracy", "METRIC_COLUMNS"]
+__all__ = ["TrainConfig", "Trainer", "train", "UserError", "TrainingDiverged", "Stopped", "RunInterrupted",
+           "evaluate_arrays", "confusion_matrix", "per_class_accuracy", "METRIC_COLUMNS"]

@@ -6,7 +6,8 @@
     for xb, tb in BatchIterator(x_tr, t_tr, 100, seed=0, device="cpu"): ...
 """
 from .batches import BatchIterator
-from .download import download, download_command, fetch_file
+from .command import download_command
+from .download import download, fetch_file
 from .errors import DatasetError
 from .loader import Dataset, load_dataset, load_files
 from .prep import one_hot, to_float, train_val_split

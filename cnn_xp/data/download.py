@@ -1,25 +1,27 @@
-"""Checksummed downloads from a list of mirrors, and the ``cnn-xp download`` command.
+"""Checksummed downloads from a list of mirrors.
 
-Each file is streamed (with a tqdm bar) into a temp file in the destination folder, checked
-against every published checksum (md5, sha256), then renamed into place (``atomic_open``);
-a failed or mismatching mirror is skipped for the next one, and no partial file is left.
+Each file is fetched with ``pooch``'s HTTP downloader (requests, a tqdm bar) straight into
+an atomic temp file in the destination folder (``atomic_open``: fsync, rename, fsync of the
+folder), hashed on the way with every published checksum (md5, sha256) and renamed into
+place only when all match. A failed or mismatching mirror is skipped for the next one, and
+no partial file is left; temp files of a download that was killed are removed by the next
+download into that folder. ``pooch.retrieve`` itself is not used: it renames without an
+fsync and leaves ``tmpXXXX`` files behind when killed, which nothing could tell apart later.
 """
 from __future__ import annotations
 
 import hashlib
-import http.client
-import sys
-import urllib.error
-import urllib.request
+import logging
+import re
+from contextlib import contextmanager
 from pathlib import Path
 
-from tqdm import tqdm
-
-from ..atomic import atomic_open
+from ..atomic import atomic_open, remove_stale_temporaries
 from . import sources
 from .errors import DatasetError
 
 CHUNK = 1 << 16
+MAX_DOWNLOAD_BYTES = 1 << 30  # no published file comes near; a mirror streaming more is cut off
 
 
 class _MirrorFailure(Exception):
@@ -43,31 +45,81 @@ def _mismatch(digests: dict[str, str], checksums: dict[str, str]) -> str | None:
     return None
 
 
+class _HashingWriter:
+    """A write-only file object for pooch: passes bytes on to ``out``, hashing and counting."""
+
+    def __init__(self, out, algorithms):
+        self.out = out
+        self.hashes = {alg: hashlib.new(alg) for alg in algorithms}
+        self.size = 0
+
+    def write(self, chunk: bytes) -> int:
+        self.size += len(chunk)
+        if self.size > MAX_DOWNLOAD_BYTES:
+            raise _MirrorFailure(f"more than {MAX_DOWNLOAD_BYTES:,} bytes sent: not the published file")
+        for h in self.hashes.values():
+            h.update(chunk)
+        return self.out.write(chunk)
+
+    def flush(self) -> None:
+        self.out.flush()
+
+    def digests(self) -> dict[str, str]:
+        return {alg: h.hexdigest() for alg, h in self.hashes.items()}
+
+
+@contextmanager
+def _quiet_pooch():
+    """pooch logs every download at INFO level on stderr; keep the CLI's output its own."""
+    import pooch
+
+    logger = pooch.get_logger()
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        yield pooch
+    finally:
+        logger.setLevel(level)
+
+
+def _reason(exc) -> str:
+    """A short reason for a requests/pooch failure (HTTP status, or the OS error's text)."""
+    import requests
+
+    if isinstance(exc, requests.HTTPError) and exc.response is not None:
+        return f"HTTP {exc.response.status_code} {exc.response.reason or ''}".rstrip()
+    text = str(exc)
+    errno_text = re.findall(r"\[Errno -?\d+\] ([^'\"\)]+)", text)
+    if errno_text:
+        return f"{type(exc).__name__}: {errno_text[-1].strip()}"
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
 def _fetch_one(url: str, target: Path, checksums: dict[str, str], progress: bool,
                timeout: float) -> None:
-    """Stream ``url`` into ``target`` atomically; _MirrorFailure (and no file) on any problem."""
-    hashes = {alg: hashlib.new(alg) for alg in checksums}
-    request = urllib.request.Request(url, headers={"User-Agent": "cnn_xp"})
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as resp, atomic_open(target, "wb") as out:
-            length = resp.headers.get("Content-Length")
-            total = int(length) if length and length.isdigit() else None
-            with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024,
-                      desc=target.name, disable=not progress, leave=False) as bar:
-                while chunk := resp.read(CHUNK):
-                    out.write(chunk)
-                    for h in hashes.values():
-                        h.update(chunk)
-                    bar.update(len(chunk))
-            bad = _mismatch({a: h.hexdigest() for a, h in hashes.items()}, checksums)
-            if bad:
-                raise _MirrorFailure(bad)  # inside the ``with``: the temp file is dropped
-    except urllib.error.HTTPError as exc:
-        raise _MirrorFailure(f"HTTP {exc.code} {exc.reason}") from None
-    except urllib.error.URLError as exc:
-        raise _MirrorFailure(str(exc.reason)) from None
-    except (OSError, http.client.HTTPException, ValueError) as exc:
-        raise _MirrorFailure(f"{type(exc).__name__}: {exc}") from None
+    """Download ``url`` into ``target`` atomically; _MirrorFailure (and no file) on any problem."""
+    import requests
+
+    with _quiet_pooch() as pooch:
+        if url.startswith(("http://", "https://")):
+            downloader = pooch.HTTPDownloader(progressbar=progress, chunk_size=CHUNK, timeout=timeout,
+                                              headers={"User-Agent": "cnn_xp"})
+        else:
+            try:
+                downloader = pooch.choose_downloader(url, progressbar=progress)
+            except ValueError as exc:
+                raise _MirrorFailure(str(exc)) from None
+        try:
+            with atomic_open(target, "wb") as out:
+                writer = _HashingWriter(out, tuple(checksums))
+                downloader(url, writer, None)
+                bad = _mismatch(writer.digests(), checksums)
+                if bad:
+                    raise _MirrorFailure(bad)  # inside the ``with``: the temp file is dropped
+        except _MirrorFailure:
+            raise
+        except (requests.RequestException, OSError, ValueError, EOFError) as exc:
+            raise _MirrorFailure(_reason(exc)) from None
 
 
 def fetch_file(filename: str, dest_dir, mirrors, checksums: dict[str, str], *,
@@ -85,6 +137,7 @@ def fetch_file(filename: str, dest_dir, mirrors, checksums: dict[str, str], *,
         dest.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise DatasetError(f"{dest}: cannot create the download folder ({exc.strerror or exc})") from None
+    remove_stale_temporaries(dest, [filename])
     failures = []
     for base in mirrors:
         url = base + filename
@@ -121,35 +174,9 @@ def download(name: str, data_dir=None, mirrors=None, *, progress: bool = True,
         if have is not None and have.name != filename:
             files[part] = have
             continue
-        if have is not None and _mismatch(file_digests(have, tuple(checksums)), checksums) is None:
+        if have is not None and have.is_file() and _mismatch(file_digests(have, tuple(checksums)),
+                                                             checksums) is None:
             files[part] = have
             continue
         files[part] = fetch_file(filename, dest, urls, checksums, progress=progress, timeout=timeout)
     return files
-
-
-def download_command(name: str, data_dir=None, *, mirrors=None, progress: bool = True,
-                     out=None, err=None) -> int:
-    """``cnn-xp download NAME [--data-dir DIR]``: returns the exit status (0 ok, 2 error).
-
-    Without ``data_dir`` a data set already found in the search folders is only checked;
-    with it, the files are made present in ``data_dir``. Errors print one line to stderr.
-    """
-    from .loader import load_files
-
-    out = sys.stdout if out is None else out
-    err = sys.stderr if err is None else err
-    try:
-        sources.get_spec(name)
-        files = sources.find_files(name) if data_dir is None else None
-        verb = "already present"
-        if files is None:
-            files = download(name, data_dir, mirrors, progress=progress)
-            verb = "ready"
-        ds = load_files(name, files)
-    except DatasetError as exc:
-        print(f"cnn-xp: error: {exc}", file=err)
-        return 2
-    print(f"{name}: {verb} in {ds.folder} ({len(ds.train_labels)} training + "
-          f"{len(ds.test_labels)} test images)", file=out)
-    return 0

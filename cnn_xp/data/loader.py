@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from . import sources
+from .download import download as fetch_dataset
 from .errors import DatasetError
 from .idx import read_images, read_labels
 
@@ -35,6 +36,8 @@ class Dataset:
 
 def _load_pair(images_path: Path, labels_path: Path) -> tuple[np.ndarray, np.ndarray]:
     images = read_images(images_path)
+    if images.shape[0] == 0:
+        raise DatasetError(f"{images_path}: holds no images (an empty IDX file: nothing to train or test on)")
     labels = read_labels(labels_path)
     if images.shape[0] != labels.shape[0]:
         raise DatasetError(
@@ -53,6 +56,17 @@ def load_files(name: str, files: dict[str, Path]) -> Dataset:
 
 
 def _not_found_message(name: str, data_dir) -> str:
+    chosen = sources.chosen_folder(data_dir)
+    if chosen is not None:
+        looked = []
+        for folder in sources.search_dirs(name, data_dir):
+            have = sources.find_in_dir(folder)
+            missing = [sources.BASE_NAMES[p] + "[.gz]" for p in sources.PARTS if p not in have]
+            looked.append(f"{folder} ({len(have)} of 4 files; missing {', '.join(missing)})" if have
+                          else f"{folder} (absent or empty)")
+        return (f"{name} not found where {chosen} says (download disabled; no other folder is "
+                f"used instead): {'; '.join(looked)}. Put the four IDX files there, or run "
+                f"`cnn-xp download {name}` with the same folder")
     looked = []
     for folder in sources.search_dirs(name, data_dir):
         have = sources.find_in_dir(folder)
@@ -72,14 +86,14 @@ def load_dataset(name: str, data_dir=None, download: bool = True, mirrors=None,
     """Load ``mnist`` or ``fashion-mnist``, downloading it when it is nowhere to be found.
 
     Folders are searched in ``sources.search_dirs`` order; the first one holding all four
-    files is used (a broken file there is an error, not a reason to look further).
+    files is used (a broken file there is an error, not a reason to look further). A folder
+    the user named (``data_dir``, ``$CNN_XP_DATA``) is the only one searched, and the only
+    one a download goes to.
     """
     sources.get_spec(name)
     files = sources.find_files(name, data_dir)
     if files is None:
         if not download:
             raise DatasetError(_not_found_message(name, data_dir))
-        from .download import download as fetch_dataset
-
         files = fetch_dataset(name, data_dir, mirrors=mirrors, progress=progress)
     return load_files(name, files)

@@ -1,11 +1,15 @@
 """What each data set is made of, where its files are looked for, and where they come from.
 
-Search order for a data set ``name`` (first folder that holds all four files wins):
+Where a data set ``name`` is looked for (first folder that holds all four files wins):
 
-1. the explicit ``data_dir`` (the CLI's ``--data-dir``), then ``<data_dir>/<name>``;
-2. ``$CNN_XP_DATA`` then ``$CNN_XP_DATA/<name>``;
-3. the per-user cache ``$XDG_CACHE_HOME/cnn_xp/<name>`` (default ``~/.cache/cnn_xp/<name>``);
-4. system folders (``/usr/share/datasets/<name>``: Debian's ``dataset-fashion-mnist``).
+1. with an explicit ``data_dir`` (the CLI's ``--data-dir``): ``<data_dir>`` then
+   ``<data_dir>/<name>``, and nowhere else: a folder the user names is used or the run
+   fails, it is never replaced by another copy found elsewhere;
+2. else, with ``$CNN_XP_DATA`` set: ``$CNN_XP_DATA`` then ``$CNN_XP_DATA/<name>``, and
+   nowhere else, for the same reason;
+3. else the per-user cache (``platformdirs``: ``$XDG_CACHE_HOME/cnn_xp/<name>``, by default
+   ``~/.cache/cnn_xp/<name>`` on Linux), then system folders (``/usr/share/datasets/<name>``:
+   Debian's ``dataset-fashion-mnist``).
 
 Downloads go to ``data_dir`` when given, else ``$CNN_XP_DATA/<name>``, else the cache.
 """
@@ -131,22 +135,35 @@ def mirrors_for(name: str, mirrors=None) -> list[str]:
 
 
 def cache_dir(name: str) -> Path:
-    """Per-user cache folder of a data set: ``$XDG_CACHE_HOME/cnn_xp/<name>``."""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "cnn_xp" / name
+    """Per-user cache folder of a data set, from ``platformdirs`` (Linux:
+    ``$XDG_CACHE_HOME/cnn_xp/<name>``, by default ``~/.cache/cnn_xp/<name>``)."""
+    try:
+        import platformdirs
+    except ImportError:  # a bare host running from a working tree (the GPU check): the XDG rule
+        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        return Path(base) / "cnn_xp" / name
+    return platformdirs.user_cache_path("cnn_xp", appauthor=False) / name
+
+
+def chosen_folder(data_dir=None) -> str | None:
+    """How the user named the data folder (``--data-dir DIR`` or ``$CNN_XP_DATA=DIR``), or None
+    when the default search (cache, system folders) applies."""
+    if data_dir is not None:
+        return f"--data-dir {data_dir}"
+    env = os.environ.get(DATA_ENV)
+    return f"${DATA_ENV}={env}" if env else None
 
 
 def search_dirs(name: str, data_dir=None) -> list[Path]:
     """Folders searched for data set ``name``, in order (see the module docstring)."""
     spec = get_spec(name)
-    dirs: list[Path] = []
-    if data_dir is not None:
-        dirs += [Path(data_dir), Path(data_dir) / name]
     env = os.environ.get(DATA_ENV)
-    if env:
-        dirs += [Path(env), Path(env) / name]
-    dirs.append(cache_dir(name))
-    dirs += [Path(d) for d in spec.system_dirs]
+    if data_dir is not None:
+        dirs = [Path(data_dir), Path(data_dir) / name]
+    elif env:
+        dirs = [Path(env), Path(env) / name]
+    else:
+        dirs = [cache_dir(name)] + [Path(d) for d in spec.system_dirs]
     unique: list[Path] = []
     for d in dirs:
         d = d.expanduser()
@@ -167,12 +184,16 @@ def download_dir(name: str, data_dir=None) -> Path:
 
 
 def find_in_dir(folder: Path) -> dict[str, Path]:
-    """The parts present in ``folder`` (part -> path), by the first accepted name found."""
+    """The parts present in ``folder`` (part -> path), by the first accepted name found.
+
+    Any entry of an accepted name counts, a FIFO or a broken link too: reading it then
+    fails with its own reason, instead of the folder being passed over in silence.
+    """
     found: dict[str, Path] = {}
     for part in PARTS:
         for fname in candidate_names(part):
             path = folder / fname
-            if path.is_file():
+            if os.path.lexists(path):
                 found[part] = path
                 break
     return found

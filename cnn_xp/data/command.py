@@ -1,0 +1,34 @@
+"""The ``cnn-xp download NAME [--data-dir DIR]`` command: make a data set present, prove it loads."""
+from __future__ import annotations
+
+import sys
+
+from . import sources
+from .download import download
+from .errors import DatasetError
+from .loader import load_files
+
+
+def download_command(name: str, data_dir=None, *, mirrors=None, progress: bool = True,
+                     out=None, err=None) -> int:
+    """Returns the exit status (0 ok, 2 error); errors print one line to ``err``.
+
+    Without ``data_dir`` a data set already found in the search folders is only checked;
+    with it, the files are made present in ``data_dir``.
+    """
+    out = sys.stdout if out is None else out
+    err = sys.stderr if err is None else err
+    try:
+        sources.get_spec(name)
+        files = sources.find_files(name) if data_dir is None else None
+        verb = "already present"
+        if files is None:
+            files = download(name, data_dir, mirrors, progress=progress)
+            verb = "ready"
+        ds = load_files(name, files)
+    except DatasetError as exc:
+        print(f"cnn-xp: error: {' '.join(str(exc).split())}", file=err)
+        return 2
+    print(f"{name}: {verb} in {ds.folder} ({len(ds.train_labels)} training + "
+          f"{len(ds.test_labels)} test images)", file=out)
+    return 0

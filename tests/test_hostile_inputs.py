@@ -1,0 +1,294 @@
+"""Issue 16's table, one test per hostile input: one line on stderr and exit 2, never a
+traceback, a hang or a memory blow-up (the run-folder rows are in test_hostile_runs.py)."""
+import dataclasses
+import gzip
+import json
+import os
+import struct
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cnn_xp.app import cli
+from cnn_xp.app.predict import MAX_PIXELS, ImageError, preprocess_image
+from cnn_xp.checkpoint import CheckpointError, load_checkpoint
+from cnn_xp.data import DatasetError, load_dataset, sources
+from tiny_idx import draw_digit_one, write_dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+TRAIN_IMAGES = "train-images-idx3-ubyte"
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return write_dataset(tmp_path_factory.mktemp("tiny") / "data", n_train=200, n_test=100, gz=True)
+
+
+@pytest.fixture(scope="module")
+def trained(data_dir, tmp_path_factory):
+    """A simple_convnet run folder after 2 epochs on the tiny bars."""
+    out = tmp_path_factory.mktemp("run") / "run"
+    code = cli.main(["train", "--model", "simple_convnet", "--dataset", "mnist", "--data-dir", data_dir,
+                     "--epochs", "2", "--out", str(out), "--no-download", "--no-progress"])
+    assert code == 0
+    return out
+
+
+@pytest.fixture(autouse=True)
+def isolated(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.delenv("CNN_XP_DATA", raising=False)
+    monkeypatch.setenv("CNN_XP_MIRRORS_MNIST", "http://127.0.0.1:9/")  # offline: nothing answers
+    for name, spec in list(sources.DATASETS.items()):
+        monkeypatch.setitem(sources.DATASETS, name, dataclasses.replace(spec, system_dirs=()))
+
+
+def one_line_error(capsys, code, expected_code=2) -> str:
+    captured = capsys.readouterr()
+    assert code == expected_code, captured
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1, captured.err
+    assert lines[0].startswith("cnn-xp: error: ") and "Traceback" not in captured.err
+    return lines[0]
+
+
+def train_argv(data_dir, out, *extra):
+    return ["train", "--model", "simple_convnet", "--dataset", "mnist", "--data-dir", str(data_dir),
+            "--out", str(out), "--no-download", "--no-progress", *extra]
+
+
+def copy_dataset(src, dst) -> Path:
+    dst = Path(dst)
+    dst.mkdir(parents=True)
+    for path in Path(src).iterdir():
+        (dst / path.name).write_bytes(path.read_bytes())
+    return dst
+
+
+# -- IDX header claiming 0xFFFFFFF0 images (gz or raw) ------------------------------------
+@pytest.mark.parametrize("gz", [False, True])
+def test_idx_header_claiming_four_billion_images(data_dir, tmp_path, capsys, gz):
+    folder = copy_dataset(data_dir, tmp_path / "d")
+    (folder / (TRAIN_IMAGES + ".gz")).unlink()
+    header = struct.pack(">IIII", 0x803, 0xFFFFFFF0, 28, 28) + bytes(28 * 28 * 3)
+    (folder / (TRAIN_IMAGES + (".gz" if gz else ""))).write_bytes(gzip.compress(header) if gz else header)
+    line = one_line_error(capsys, cli.main(train_argv(folder, tmp_path / "run", "--epochs", "1")))
+    assert "the header claims 4,294,967,280 images of 28x28" in line
+    assert ("more than the 1024 MiB" in line) if gz else ("the file holds 2,368 bytes (truncated)" in line)
+    assert not (tmp_path / "run").exists()
+
+
+def test_gzip_idx_whose_data_ends_before_its_header_says(tmp_path):
+    """A gz header within the size limit but a short stream: refused after reading only what is there."""
+    folder = write_dataset(tmp_path / "d", n_train=20, n_test=10, gz=True)
+    header = struct.pack(">IIII", 0x803, 1_000_000, 28, 28) + bytes(28 * 28 * 5)
+    (Path(folder) / (TRAIN_IMAGES + ".gz")).write_bytes(gzip.compress(header))
+    with pytest.raises(DatasetError, match=r"claims 1,000,000 images .* but the data ends after 3,936 bytes "
+                                           r"\(decompressed\)"):
+        load_dataset("mnist", data_dir=folder, download=False)
+
+
+# -- a test set of 0 images ---------------------------------------------------------------
+def test_test_set_of_zero_images(data_dir, tmp_path, capsys):
+    folder = copy_dataset(data_dir, tmp_path / "d")
+    (folder / "t10k-images-idx3-ubyte.gz").write_bytes(gzip.compress(struct.pack(">IIII", 0x803, 0, 28, 28)))
+    (folder / "t10k-labels-idx1-ubyte.gz").write_bytes(gzip.compress(struct.pack(">II", 0x801, 0)))
+    line = one_line_error(capsys, cli.main(train_argv(folder, tmp_path / "run", "--epochs", "1")))
+    assert "t10k-images-idx3-ubyte.gz: holds no images" in line
+    assert not (tmp_path / "run").exists()
+
+
+# -- predict on a 13000x13000 PNG (a decompression bomb) ----------------------------------
+def png_claiming(path, width, height, color_type=4):
+    """A PNG whose header claims width x height (8-bit, gray+alpha by default) and whose
+    data is a few bytes: decoding it would need width*height*2 bytes."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, color_type, 0, 0, 0)
+    Path(path).write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+                           + chunk(b"IEND", b""))
+    return str(path)
+
+
+def test_predict_refuses_a_decompression_bomb_from_its_header(trained, tmp_path, capsys):
+    bomb = png_claiming(tmp_path / "bomb.png", 13000, 13000)
+    line = one_line_error(capsys, cli.main(["predict", "--checkpoint", str(trained / "checkpoint.npz"), bomb]))
+    assert "13000x13000 pixels (169 megapixels) is more than the 50 megapixel limit; refused before decoding" in line
+    # Pillow's own limit (2 x 89 MP) is refused the same way, also from the header.
+    with pytest.raises(ImageError, match="refused before decoding"):
+        preprocess_image(png_claiming(tmp_path / "huge.png", 20000, 20000))
+
+
+def test_the_pixel_budget_edge(tmp_path):
+    over = png_claiming(tmp_path / "over.png", MAX_PIXELS // 5000 + 1, 5000)
+    with pytest.raises(ImageError, match="more than the 50 megapixel limit"):
+        preprocess_image(over)
+    under = png_claiming(tmp_path / "under.png", MAX_PIXELS // 5000, 5000)
+    with pytest.raises(ImageError, match="not a readable image"):  # passes the budget; its data is short
+        preprocess_image(under)
+
+
+def test_a_large_photo_is_reduced_before_float_work(tmp_path):
+    """A 6000x4000 JPEG (24 MP) is decoded at reduced scale and gives the same digit as a small copy."""
+    big = draw_digit_one(tmp_path / "big.jpg", (6000, 4000), True, fmt="JPEG")
+    small = draw_digit_one(tmp_path / "small.png", (600, 400), True)
+    a, b = preprocess_image(big), preprocess_image(small)
+    assert a.shape == (28, 28) and np.abs(a - b).mean() < 0.03
+
+
+# -- predict (and the data and checkpoint readers) on a FIFO, a folder, a device ---------
+def run_cli(*args, timeout=120):
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.run([sys.executable, "-m", "cnn_xp", *args], capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+def assert_one_line(proc, code=2) -> str:
+    assert proc.returncode == code, (proc.stdout, proc.stderr)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("cnn-xp: error: "), proc.stderr
+    return lines[0]
+
+
+def test_predict_on_a_fifo_is_refused_unopened(trained, tmp_path):
+    fifo = tmp_path / "digit.png"
+    os.mkfifo(fifo)
+    line = assert_one_line(run_cli("predict", "--checkpoint", str(trained / "checkpoint.npz"), str(fifo)))
+    assert "is a FIFO (named pipe), not a regular file" in line
+
+
+def test_fifo_folder_and_device_inputs_never_block(data_dir, tmp_path):
+    """The checkpoint and IDX readers refuse non-regular files too (in a child: a hang fails it)."""
+    fifo = tmp_path / "checkpoint.npz"
+    os.mkfifo(fifo)
+    line = assert_one_line(run_cli("evaluate", "--checkpoint", str(fifo), "--data-dir", data_dir))
+    assert "is a FIFO (named pipe), not a regular file" in line
+    line = assert_one_line(run_cli("predict", "--checkpoint", "/dev/zero", "x.png"))
+    assert "is a character device, not a regular file" in line
+    folder = copy_dataset(data_dir, tmp_path / "d")
+    (folder / "t10k-labels-idx1-ubyte.gz").unlink()
+    os.mkfifo(folder / "t10k-labels-idx1-ubyte.gz")
+    line = assert_one_line(run_cli(*train_argv(folder, tmp_path / "run", "--epochs", "1")))
+    assert "t10k-labels-idx1-ubyte.gz: cannot read (is a FIFO (named pipe), not a regular file)" in line
+    with pytest.raises(CheckpointError, match="is a directory"):
+        load_checkpoint(tmp_path)
+
+
+# -- --resume on a checkpoint whose weights do not fit its model --------------------------
+def edited_checkpoint(trained, dst, meta_edit=None, array_edit=None) -> Path:
+    """A copy of the trained run whose checkpoint's metadata or arrays were edited by hand."""
+    arrays = dict(np.load(trained / "checkpoint.npz", allow_pickle=False))
+    meta = json.loads(str(arrays["meta"]))
+    if meta_edit:
+        meta_edit(meta)
+    if array_edit:
+        array_edit(arrays)
+    arrays["meta"] = np.array(json.dumps(meta))
+    dst = Path(dst)
+    dst.mkdir(parents=True)
+    np.savez(dst / "checkpoint.npz", **arrays)
+    return dst
+
+
+def test_resume_with_weights_that_do_not_fit_the_model(trained, data_dir, tmp_path, capsys):
+    run = edited_checkpoint(trained, tmp_path / "r",
+                            array_edit=lambda a: a.__setitem__("model/3.W", np.zeros((10, 7), np.float32)))
+    line = one_line_error(capsys, cli.main(train_argv(data_dir, run, "--epochs", "3", "--resume")))
+    assert "weights 3.W has shape (10, 7), the model needs (4320, 100)" in line
+    for command in (["evaluate", "--data-dir", data_dir, "--no-download"], ["predict", "x.png"]):
+        line = one_line_error(capsys, cli.main([command[0], "--checkpoint", str(run / "checkpoint.npz"),
+                                                *command[1:]]))
+        assert "weights 3.W has shape (10, 7)" in line
+
+
+# -- hand-edited checkpoint metadata ------------------------------------------------------
+EDITS = {
+    "hyperparameters a list": (lambda m: m.__setitem__("hyperparameters", [1, 2]),
+                               "hyperparameters must be an object with string keys, got [1, 2]"),
+    "dtype int8": (lambda m: m["hyperparameters"].__setitem__("dtype", "int8"),
+                   "hyperparameters.dtype must be one of float32, float64, got 'int8'"),
+    "short class_names": (lambda m: m.__setitem__("class_names", ["0", "1"]),
+                          "class_names must be a list of 10 printable names"),
+    "epoch a string": (lambda m: m.__setitem__("epoch", "2"), "epoch must be an integer in 1..2, got '2'"),
+    "lr negative": (lambda m: m["hyperparameters"].__setitem__("lr", -1), "hyperparameters.lr must be a positive"),
+    "rng state a number": (lambda m: m["rng"].__setitem__("batches", 7), "rng.batches must be an object"),
+    "history too short": (lambda m: m.__setitem__("history", m["history"][:1]),
+                          "history must be a list of 2 rows"),
+    "unknown model": (lambda m: m.__setitem__("model", "resnet"), "model must be one of one_conv"),
+}
+
+
+@pytest.mark.parametrize("edit", list(EDITS))
+def test_hand_edited_metadata_on_every_reading_path(trained, data_dir, tmp_path, capsys, edit):
+    change, expected = EDITS[edit]
+    run = edited_checkpoint(trained, tmp_path / "r", meta_edit=change)
+    ckpt = str(run / "checkpoint.npz")
+    digit = draw_digit_one(tmp_path / "one.png")
+    for argv in (train_argv(data_dir, run, "--epochs", "3", "--resume"),
+                 ["evaluate", "--checkpoint", ckpt, "--data-dir", data_dir, "--no-download"],
+                 ["predict", "--checkpoint", ckpt, digit]):
+        line = one_line_error(capsys, cli.main(argv))
+        assert line.startswith(f"cnn-xp: error: {ckpt}: ") and expected in line, line
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoint.npz"]  # the resume changed nothing
+
+
+def test_weights_of_another_dtype_or_non_finite(trained, tmp_path, capsys):
+    for name, value, expected in (("f64", np.zeros((10, 100), np.float64), "is float64, the hyperparameters say float32"),
+                                  ("nan", np.full((100, 10), np.nan, np.float32), "holds NaN or infinite values")):
+        shape_key = "model/5.W"
+        run = edited_checkpoint(trained, tmp_path / name,
+                                array_edit=lambda a, v=value: a.__setitem__(shape_key, v.reshape(100, 10)))
+        line = one_line_error(capsys, cli.main(["predict", "--checkpoint", str(run / "checkpoint.npz"), "x.png"]))
+        assert expected in line
+
+
+# -- --resume --epochs 1 after 2 epochs ---------------------------------------------------
+def test_resume_with_fewer_epochs_than_done_changes_nothing(trained, data_dir, tmp_path, capsys):
+    run = tmp_path / "r"
+    run.mkdir()
+    for path in trained.iterdir():
+        (run / path.name).write_bytes(path.read_bytes())
+    before = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in run.iterdir()}
+    line = one_line_error(capsys, cli.main(train_argv(data_dir, run, "--epochs", "1", "--resume")))
+    assert f"--resume: {run} has already trained 2 epochs, more than --epochs 1; nothing was changed" in line
+    assert {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in run.iterdir()} == before
+
+
+# -- --data-dir holding 3 of the 4 files ----------------------------------------------------
+def test_a_data_dir_with_three_files_is_not_replaced_by_another_folder(data_dir, tmp_path, capsys):
+    write_dataset(sources.cache_dir("fashion-mnist"), n_train=50, n_test=20, seed=3, gz=True)  # complete
+    folder = copy_dataset(data_dir, tmp_path / "three")
+    (folder / "t10k-labels-idx1-ubyte.gz").unlink()
+    argv = train_argv(folder, tmp_path / "run", "--epochs", "1")
+    argv[argv.index("mnist")] = "fashion-mnist"
+    line = one_line_error(capsys, cli.main(argv))
+    assert f"fashion-mnist not found where --data-dir {folder} says" in line
+    assert "3 of 4 files; missing t10k-labels-idx1-ubyte[.gz]" in line
+    assert not (tmp_path / "run").exists()
+
+
+# -- one unreadable image among many in predict ------------------------------------------
+def test_predict_answers_every_good_image_and_names_every_bad_one(trained, tmp_path, capsys):
+    good = [draw_digit_one(tmp_path / f"g{i}.png", (200, 240), bool(i)) for i in range(2)]
+    bad = tmp_path / "bad.png"
+    bad.write_text("not an image")
+    blank = tmp_path / "blank.png"
+    Image.new("L", (40, 40), 255).save(blank)
+    code = cli.main(["predict", "--checkpoint", str(trained / "checkpoint.npz"),
+                     good[0], str(bad), good[1], str(blank), str(tmp_path / "missing.png")])
+    captured = capsys.readouterr()
+    assert code == 2
+    answers = captured.out.strip().splitlines()
+    assert [a.split(":")[0] for a in answers] == good
+    errors = captured.err.strip().splitlines()
+    assert len(errors) == 3 and all(e.startswith("cnn-xp: error: ") for e in errors)
+    assert f"{bad}: not a readable image" in errors[0]
+    assert f"{blank}: no ink found" in errors[1]
+    assert "missing.png: no such file" in errors[2]
+    assert "Traceback" not in captured.err
