@@ -203,9 +203,7 @@ def summarize(rates: list[float]) -> dict:
 
 # Pause before each timed CPU run. Both libraries leave worker threads spinning for a while
 # after their last parallel call (OpenBLAS for NumPy, OpenMP for PyTorch); on a 2-core CPU
-# a run that starts at once shares the cores with them. Measured: PyTorch's deep_convnet
-# training ran at 4,300 img/s right after ours and 8,500-9,500 img/s after a 0.2 s pause
-# (our own runs lost 5-15% after PyTorch's).
+# a run that starts at once shares the cores with them (docs/history.md, "A correction").
 SETTLE_SECONDS = 0.3
 
 

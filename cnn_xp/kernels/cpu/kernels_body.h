@@ -184,8 +184,7 @@ INLINE void weight_grad_tile(const REAL *x_img, const REAL *d_img, int full_load
  * dout stay in cache while every tile of dw passes over them; channel blocks 4, 2, then 1
  * at a time, as in conv_forward. Window rows shorter than SHORT_RUN values (one input
  * channel: KW values) take tiles of up to ROWS(R, B) kernel rows, for up to 2 channel blocks
- * (measured, one thread, 50 images: LeNet-5's 1->6 conv 0.46 -> 0.27 ms, SimpleConvNet's
- * 1->30 conv 0.56 -> 0.31 ms, deep_convnet's 1->16 conv 0.20 -> 0.15 ms). */
+ * (docs/history.md has the measurement). */
 #define CHUNK_PIXELS 256
 #define SHORT_RUN 8
 #define ROWS(R, B) (ACCUMULATORS / ((R) * (B)) > 3 ? 3 : ACCUMULATORS / ((R) * (B)))
