@@ -6,8 +6,8 @@ on the host from ``numpy.random.default_rng(seed)`` (same weights on CPU and GPU
 start at zero, and the first layer skips its input gradient (``need_input_grad = False``).
 
 ``MODELS[name]`` is a :class:`ModelSpec`: a one-line description, the layer builder and the
-training defaults (optimizer, learning rate, batch size, epochs, validation split),
-all overridable from the CLI.
+training defaults (optimizer, learning rate, per-parameter learning-rate groups, schedule,
+data augmentation, batch size, epochs, validation split), all overridable from the CLI.
 """
 from __future__ import annotations
 
@@ -40,11 +40,20 @@ class ModelSpec:
     split_seed: int = 0  # seed of the train/validation split
     notes: str = ""
     optimizer_kwargs: dict = field(default_factory=dict)
+    # parameter groups (cnn_xp.optim): [{"params": [names or patterns], "lr" or "lr_scale": x}]
+    lr_groups: tuple = ()
+    # learning-rate schedule: {"name": "onecycle", "warmup_epochs": ..., ...} (see app.train), or None
+    schedule: dict | None = None
+    # random affine distortions of the training images (cnn_xp.augment strengths), or None
+    augment: dict | None = None
 
     def defaults(self) -> dict:
-        """The training hyperparameters as a plain dict."""
+        """The training hyperparameters as a plain dict (JSON-able copies)."""
         return {"optimizer": self.optimizer, "lr": self.lr, "batch_size": self.batch_size,
-                "epochs": self.epochs, "val_size": self.val_size, "split_seed": self.split_seed}
+                "epochs": self.epochs, "val_size": self.val_size, "split_seed": self.split_seed,
+                "lr_groups": [dict(g) for g in self.lr_groups],
+                "schedule": None if self.schedule is None else dict(self.schedule),
+                "augment": None if self.augment is None else dict(self.augment)}
 
 
 def _one_conv(rng, dtype, seed):
@@ -117,17 +126,32 @@ def _lenet5(rng, dtype, seed):
     ]
 
 
+def _fast_mnist(rng, dtype, seed):
+    he = init.he()
+    return [
+        Conv2D(1, 24, 5, weight_init=he, rng=rng, dtype=dtype),  # 24x24x24
+        MaxPool2D(2),  # 24x12x12
+        ReLU(),
+        Conv2D(24, 32, 3, weight_init=he, rng=rng, dtype=dtype),  # 32x10x10
+        MaxPool2D(2),  # 32x5x5
+        ReLU(),
+        Affine(32 * 5 * 5, 256, weight_init=he, rng=rng, dtype=dtype),
+        ReLU(),
+        Affine(256, NUM_CLASSES, weight_init=he, rng=rng, dtype=dtype),
+    ]
+
+
 MODELS: dict[str, ModelSpec] = {
     "one_conv": ModelSpec(
         name="one_conv",
-        source="seed 000: one conv layer, test accuracy 0.987 on MNIST after 100 epochs",
-        layers=_one_conv, optimizer="sgd", lr=0.1, batch_size=100, epochs=5,
+        source="seed 000: one conv layer, validation 0.987 by epoch 20, test accuracy 0.987 on MNIST",
+        layers=_one_conv, optimizer="sgd", lr=0.5, batch_size=100, epochs=20,
         init="U(-0.1, 0.1) weights, zero biases", val_size=10_000, split_seed=1,
-        notes="conv 3x3x16 pad 1 - ReLU - maxpool 2 - FC 512 - ReLU - FC 10; trained on a "
-              "50k/10k train/validation split (split seed 1). The seed's lr 0.5 applies to its "
-              "FC layers only: it divides the conv kernel's step by 28*28, so its conv lr is "
-              "0.5/784. One global SGD lr of 0.5 makes this net stall at chance (loss 2.30), "
-              "so the default is lr 0.1. The seed runs 100 epochs; we default to 5."),
+        lr_groups=({"params": ["0.W", "0.b"], "lr_scale": 1 / 784},),
+        notes="conv 3x3x16 pad 1 - ReLU - maxpool 2 - FC 512 - ReLU - FC 10; seed 000's recipe: SGD lr 0.5 "
+              "with the conv kernel's and bias's steps divided by 28*28 (a parameter group with lr_scale "
+              "1/784), batch 100, trained on a 50k/10k train/validation split (split seed 1). The seed "
+              "runs 100 epochs in a fixed batch order; we shuffle each epoch and stop at 20."),
     "simple_convnet": ModelSpec(
         name="simple_convnet",
         source="seed 002 (SimpleConvNet): 98.96% test accuracy on MNIST",
@@ -152,6 +176,15 @@ MODELS: dict[str, ModelSpec] = {
         notes="LeNet-5 with modern parts (ReLU, max pooling): conv 6x5x5 pad 2 - ReLU - pool 2 "
               "- conv 16x5x5 - ReLU - pool 2 - FC 120 - ReLU - FC 84 - ReLU - FC 10. The seed "
               "gives no training recipe; Adam 1e-3, batch 100 and He init are our choice."),
+    "fast_mnist": ModelSpec(
+        name="fast_mnist",
+        source="issue 15's time-to-99% anchor (not a seed): 98.87-99.02% test accuracy after one epoch",
+        layers=_fast_mnist, optimizer="adam", lr=0.01, batch_size=256, epochs=1,
+        init="He: N(0, 2/fan_in) weights, zero biases",
+        optimizer_kwargs={"beta1": 0.7, "beta2": 0.9}, schedule={"name": "onecycle"},
+        notes="conv 24x5x5 - maxpool 2 - ReLU - conv 32x3x3 - maxpool 2 - ReLU - FC 256 - ReLU - FC 10; "
+              "Adam lr 0.01, betas (0.7, 0.9), one-cycle schedule (peak at 30%), batch 256: the recipe "
+              "that reaches 99% test accuracy in the least time on a 2-core CPU."),
 }
 
 
