@@ -98,7 +98,7 @@ def test_zoo_defaults_carry_their_recipes(data_dir, tmp_path):
     assert models.MODELS["lenet5"].augment is not None
     assert models.MODELS["fast_mnist"].schedule["name"] == "onecycle"
     assert train(data_dir, tmp_path / "oc", "--epochs", "1", "--limit-train", "100", "--limit-test", "20",
-                 model="one_conv") == 0
+                 "--val-size", "20", model="one_conv") == 0
     summary = json.loads((tmp_path / "oc" / "summary.json").read_text())
     assert summary["hyperparameters"]["lr_groups"] == [{"params": ["0.W", "0.b"], "lr_scale": 1 / 784}]
     state = load_checkpoint(tmp_path / "oc" / "checkpoint.npz").optimizer_state
