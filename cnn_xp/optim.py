@@ -4,26 +4,96 @@ Each optimizer walks ``model.params_and_grads()`` at every ``step()`` and reads
 ``layer.params[key]`` afresh, so re-assigning a parameter array takes effect. Per-parameter
 state (velocities, moment estimates) is keyed by parameter name ("0.W") and saved with
 ``state_dict()`` as NumPy arrays.
+
+Learning rates per parameter, as PyTorch's parameter groups: ``param_groups`` is a list of
+``{"params": [names or glob patterns], "lr": value}`` (an absolute learning rate, as in
+PyTorch) or ``{"params": [...], "lr_scale": factor}`` (a multiple of the optimizer's ``lr``,
+so that changing ``lr`` moves every group alike). Parameters in no group use ``lr``. A
+group that matches no parameter, or a parameter claimed by two groups, is a ValueError.
+A schedule (``cnn_xp.schedules``) multiplies every learning rate by ``lr_factor``.
 """
 from __future__ import annotations
 
+import fnmatch
 import math
 
 from . import dispatch
 from .backend import device_of, to_device, to_numpy, xp_of
 
 
+def _check_lr(value, what: str = "learning rate") -> float:
+    if isinstance(value, bool) or not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+        raise ValueError(f"{what} must be a positive number, got {value!r}")
+    return float(value)
+
+
+def resolve_param_groups(names, groups) -> list[dict]:
+    """Validated copies of ``groups`` (see the module docstring) for parameter ``names``:
+    each ``{"params": [matched names, in model order], "patterns": [...], "lr" or "lr_scale"}``.
+    ValueError (one line) on a group naming no parameter, a parameter in two groups, a
+    missing or non-positive rate, or an unknown key."""
+    names = list(names)
+    owner: dict[str, int] = {}
+    resolved = []
+    for index, group in enumerate(groups or ()):
+        if not isinstance(group, dict):
+            raise ValueError(f"parameter group {index} must be a dict, got {type(group).__name__}")
+        unknown = set(group) - {"params", "patterns", "lr", "lr_scale"}
+        if unknown:
+            raise ValueError(f"parameter group {index}: unknown key(s) {', '.join(sorted(unknown))}; "
+                             f"a group has 'params' and one of 'lr', 'lr_scale'")
+        patterns = group.get("patterns", group.get("params"))
+        if isinstance(patterns, str):
+            patterns = [patterns]
+        if not patterns or not all(isinstance(p, str) and p for p in patterns):
+            raise ValueError(f"parameter group {index}: 'params' must list parameter names or patterns")
+        if ("lr" in group) == ("lr_scale" in group):
+            raise ValueError(f"parameter group {index} ({','.join(patterns)}): give exactly one of 'lr', 'lr_scale'")
+        key = "lr" if "lr" in group else "lr_scale"
+        rate = _check_lr(group[key], f"parameter group {index} ({','.join(patterns)}): {key}")
+        matched = [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
+        if not matched:
+            raise ValueError(f"parameter group {index} ({','.join(patterns)}) names no parameter of this model; "
+                             f"its parameters are {', '.join(names)}")
+        for n in matched:
+            if n in owner:
+                raise ValueError(f"parameter {n} is in parameter groups {owner[n]} and {index}; "
+                                 f"each parameter may be in one group only")
+            owner[n] = index
+        resolved.append({"params": matched, "patterns": list(patterns), key: rate})
+    return resolved
+
+
 class Optimizer:
     """Base class: ``step()`` calls ``update(name, param, grad)`` for every parameter with a
-    gradient; subclasses keep per-parameter state arrays (slots) via ``_slot``."""
+    gradient; subclasses keep per-parameter state arrays (slots) via ``_slot`` and take the
+    learning rate of each parameter from ``lr_of(name)``."""
 
-    def __init__(self, model, lr: float):
-        if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
-            raise ValueError(f"learning rate must be a positive number, got {lr!r}")
+    def __init__(self, model, lr: float, param_groups=None):
         self.model = model
-        self.lr = float(lr)
+        self.lr = _check_lr(lr)
+        self.lr_factor = 1.0  # set each step by a schedule (cnn_xp.schedules)
         self.t = 0
         self.state: dict[str, dict] = {}
+        self.set_param_groups(param_groups)
+
+    def set_param_groups(self, groups) -> None:
+        """Replace the parameter groups (ValueError as ``resolve_param_groups``)."""
+        names = [name for name, _, _ in self.model.params_and_grads()]
+        self.param_groups = resolve_param_groups(names, groups)
+        self._group_of = {n: g for g in self.param_groups for n in g["params"]}
+
+    def lr_of(self, name: str) -> float:
+        """The learning rate of parameter ``name`` for this step: its group's rate (or
+        ``lr``) times the schedule's ``lr_factor``."""
+        group = self._group_of.get(name)
+        if group is None:
+            base = self.lr
+        elif "lr" in group:
+            base = group["lr"]
+        else:
+            base = self.lr * group["lr_scale"]
+        return base * self.lr_factor
 
     def _slot(self, name: str, slot: str, like):
         """Per-parameter state array, created as zeros like ``like`` on first use."""
@@ -46,16 +116,24 @@ class Optimizer:
         return {"lr": self.lr}
 
     def state_dict(self) -> dict:
-        """Flat dict: "t", "lr", and "<slot>/<param name>" -> NumPy array."""
-        out = {"t": self.t, "lr": self.lr}
+        """Flat dict: "t", "lr", "lr_factor", "<slot>/<param name>" -> NumPy array, and
+        "param_groups" (a list of dicts) when there are groups."""
+        out = {"t": self.t, "lr": self.lr, "lr_factor": self.lr_factor}
+        if self.param_groups:
+            out["param_groups"] = [{k: (list(v) if isinstance(v, list) else v) for k, v in g.items() if k != "params"}
+                                   for g in self.param_groups]
         for name, per_param in self.state.items():
             for slot, value in per_param.items():
                 out[f"{slot}/{name}"] = to_numpy(value).copy()
         return out
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore a ``state_dict()``; its parameter groups replace this optimizer's (none
+        saved: no groups). ValueError when a saved group names no parameter of the model."""
+        self.set_param_groups(state.get("param_groups"))
         self.t = int(state["t"])
         self.lr = float(state["lr"])
+        self.lr_factor = float(state.get("lr_factor", 1.0))
         device = self.model.device
         self.state = {}
         for key, value in state.items():
@@ -66,7 +144,9 @@ class Optimizer:
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v}" for k, v in self.hyperparameters().items())
-        return f"{type(self).__name__}({args})"
+        groups = "".join(f", group {','.join(g['patterns'])}: " + ", ".join(f"{k}={g[k]:g}" for k in ("lr", "lr_scale")
+                                                                           if k in g) for g in self.param_groups)
+        return f"{type(self).__name__}({args}{groups})"
 
 
 def _rule(op: str, param):
@@ -78,18 +158,18 @@ class SGD(Optimizer):
     """p -= lr * g"""
 
     def update(self, name, param, grad):
-        _rule("sgd", param)(param, grad, self.lr)
+        _rule("sgd", param)(param, grad, self.lr_of(name))
 
 
 class Momentum(Optimizer):
     """v = momentum * v - lr * g;  p += v"""
 
-    def __init__(self, model, lr=0.01, momentum=0.9):
-        super().__init__(model, lr)
+    def __init__(self, model, lr=0.01, momentum=0.9, param_groups=None):
+        super().__init__(model, lr, param_groups)
         self.momentum = float(momentum)
 
     def update(self, name, param, grad):
-        _rule("momentum", param)(param, grad, self._slot(name, "v", param), self.lr, self.momentum)
+        _rule("momentum", param)(param, grad, self._slot(name, "v", param), self.lr_of(name), self.momentum)
 
     def hyperparameters(self):
         return {"lr": self.lr, "momentum": self.momentum}
@@ -100,18 +180,18 @@ class Nesterov(Momentum):
     v = m * v - lr * g;  p += m * v - lr * g"""
 
     def update(self, name, param, grad):
-        _rule("nesterov", param)(param, grad, self._slot(name, "v", param), self.lr, self.momentum)
+        _rule("nesterov", param)(param, grad, self._slot(name, "v", param), self.lr_of(name), self.momentum)
 
 
 class AdaGrad(Optimizer):
     """h += g * g;  p -= lr * g / (sqrt(h) + eps)"""
 
-    def __init__(self, model, lr=0.01, eps=1e-7):
-        super().__init__(model, lr)
+    def __init__(self, model, lr=0.01, eps=1e-7, param_groups=None):
+        super().__init__(model, lr, param_groups)
         self.eps = float(eps)
 
     def update(self, name, param, grad):
-        _rule("adagrad", param)(param, grad, self._slot(name, "h", param), self.lr, self.eps)
+        _rule("adagrad", param)(param, grad, self._slot(name, "h", param), self.lr_of(name), self.eps)
 
     def hyperparameters(self):
         return {"lr": self.lr, "eps": self.eps}
@@ -120,12 +200,13 @@ class AdaGrad(Optimizer):
 class RMSProp(Optimizer):
     """h = decay * h + (1 - decay) * g * g;  p -= lr * g / (sqrt(h) + eps)"""
 
-    def __init__(self, model, lr=0.01, decay=0.99, eps=1e-7):
-        super().__init__(model, lr)
+    def __init__(self, model, lr=0.01, decay=0.99, eps=1e-7, param_groups=None):
+        super().__init__(model, lr, param_groups)
         self.decay, self.eps = float(decay), float(eps)
 
     def update(self, name, param, grad):
-        _rule("rmsprop", param)(param, grad, self._slot(name, "h", param), self.lr, self.decay, self.eps)
+        _rule("rmsprop", param)(param, grad, self._slot(name, "h", param), self.lr_of(name), self.decay,
+                                self.eps)
 
     def hyperparameters(self):
         return {"lr": self.lr, "decay": self.decay, "eps": self.eps}
@@ -136,12 +217,12 @@ class Adam(Optimizer):
     m += (1 - b1)(g - m);  v += (1 - b2)(g^2 - v);
     p -= lr * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)"""
 
-    def __init__(self, model, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8):
-        super().__init__(model, lr)
+    def __init__(self, model, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, param_groups=None):
+        super().__init__(model, lr, param_groups)
         self.beta1, self.beta2, self.eps = float(beta1), float(beta2), float(eps)
 
     def update(self, name, param, grad):
-        lr_t = self.lr / (1.0 - self.beta1 ** self.t)
+        lr_t = self.lr_of(name) / (1.0 - self.beta1 ** self.t)
         v_scale = 1.0 / math.sqrt(1.0 - self.beta2 ** self.t)
         _rule("adam", param)(param, grad, self._slot(name, "m", param), self._slot(name, "v", param),
                              lr_t, self.beta1, self.beta2, v_scale, self.eps)

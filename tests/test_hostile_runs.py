@@ -51,10 +51,10 @@ import os, signal, sys
 from cnn_xp.app import cli, train
 stage, sig = sys.argv[1], getattr(signal, sys.argv[2])
 real_epoch = train.Trainer._train_epoch
-def epoch(self, model, optimizer, batches, epoch, hp, run_dir):
+def epoch(self, model, optimizer, batches, epoch, *rest, **options):
     if stage == f"epoch{epoch}":
         os.kill(os.getpid(), sig)
-    return real_epoch(self, model, optimizer, batches, epoch, hp, run_dir)
+    return real_epoch(self, model, optimizer, batches, epoch, *rest, **options)
 train.Trainer._train_epoch = epoch
 real_load = train.load_data
 def load_data(*args):

@@ -12,6 +12,10 @@ of it, and the peak memory of a training step. ``--kernels`` times the accelerat
 runs; the report says which implementation ran each op. On the CPU our side trains and
 infers through ``parallel.BatchSlices``, as the trainer does. Writes a JSON file and a
 markdown table.
+
+``--real`` measures real training instead (``cnn_xp.app.bench_training``): epoch times over
+several epochs of real MNIST and the time to a test accuracy, ours and PyTorch's running the
+same recipe, alternating epoch by epoch.
 """
 from __future__ import annotations
 
@@ -77,7 +81,8 @@ class OurRunner:
         spec = models.get_spec(name)
         self.device = device
         self.model = models.build(name, seed=seed, device=device, dtype=dtype)
-        self.optimizer = optim.create(spec.optimizer, self.model, lr=spec.lr, **spec.optimizer_kwargs)
+        groups = {"param_groups": [dict(g) for g in spec.lr_groups]} if spec.lr_groups else {}
+        self.optimizer = optim.create(spec.optimizer, self.model, lr=spec.lr, **spec.optimizer_kwargs, **groups)
         # what the trainer runs: on the CPU, batches in slices on every core
         self.steps = parallel.BatchSlices(self.model) if device == "cpu" else self.model
 
@@ -165,8 +170,11 @@ class TorchRunner:
         self.dev = torch.device("cuda" if self.cuda else "cpu")
         self.net = torch_twin(torch, ours.model).to(self.dev)
         self.net = self.net.to(getattr(torch, ours.model.dtype))
-        self.optimizer = torch_optimizer(torch, spec.optimizer, self.net.parameters(), spec.lr,
-                                         spec.optimizer_kwargs)
+        from .bench_training import torch_param_groups, twin_parameters
+
+        groups = torch_param_groups(twin_parameters(ours.model, self.net), ours.model,
+                                    {"lr": spec.lr, "lr_groups": list(spec.lr_groups)})
+        self.optimizer = torch_optimizer(torch, spec.optimizer, groups, spec.lr, spec.optimizer_kwargs)
         self.loss_fn = torch.nn.CrossEntropyLoss()
         self.dtype = getattr(torch, ours.model.dtype)
 
@@ -363,9 +371,31 @@ def parse_args(argv):
     p.add_argument("--quick", action="store_true", help="a fast smoke run: float32, batch 100, few steps")
     p.add_argument("--unset-openblas-env", action="store_true",
                    help="re-run in a subprocess without OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE")
+    real = p.add_argument_group("real training (--real)")
+    real.add_argument("--real", action="store_true",
+                      help="train each model's recipe on real data: seconds per epoch and time to --target "
+                           "test accuracy, side by side with PyTorch (default models: fast_mnist simple_convnet)")
+    real.add_argument("--epochs", type=int, default=None, help="epochs per run (default: the recipe's, at most 4)")
+    real.add_argument("--target", type=float, default=0.99, help="test accuracy to time to (default 0.99)")
+    real.add_argument("--seeds", nargs="+", type=int, default=[0], metavar="SEED", help="one run per seed")
+    real.add_argument("--dataset", default="mnist", choices=("mnist", "fashion-mnist"))
+    real.add_argument("--data-dir", default=None, metavar="DIR", help="folder of the four IDX files")
+    real.add_argument("--limit-train", type=int, default=None, metavar="N", help="the first N training images")
+    real.add_argument("--limit-test", type=int, default=None, metavar="N", help="the first N test images")
     args = p.parse_args(argv)
-    args.models = args.models or DEFAULT_MODELS
-    for name in args.models:
+    if args.real:
+        if args.epochs is not None and args.epochs < 1:
+            raise BenchError(f"--epochs must be a positive integer, got {args.epochs}")
+        if not 0 < args.target <= 1:
+            raise BenchError(f"--target must be a test accuracy in (0, 1], got {args.target}")
+        if any(seed < 0 for seed in args.seeds):
+            raise BenchError("--seeds must be 0 or more")
+        for key in ("limit_train", "limit_test"):
+            if getattr(args, key) is not None and getattr(args, key) < 1:
+                raise BenchError(f"--{key.replace('_', '-')} must be a positive integer")
+    elif not args.models:
+        args.models = DEFAULT_MODELS
+    for name in args.models or []:
         if name not in models.MODELS:
             raise BenchError(f"unknown model {name!r}; choose from {', '.join(models.MODELS)}")
     args.dtypes = args.dtypes or (["float32"] if args.quick else ["float32", "float64"])
@@ -401,6 +431,10 @@ def run(args, argv) -> int:
             if args.peer == "torch":
                 raise BenchError("--peer torch --device gpu: this PyTorch has no usable CUDA")
             torch = None
+    if args.real:
+        from .bench_training import run_real
+
+        return run_real(args, argv, torch)
     xp = backend.get_xp(args.device)
     size = 512 if args.quick else 2048
     gemm = {dtype: gemm_rate(xp, dtype, size, args.device) for dtype in args.dtypes}

@@ -71,6 +71,55 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if not (value >= 0 and value != float("inf")):
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text}")
+    return value
+
+
+def _lr_group(key: str):
+    """An argparse ``type``: ``PATTERNS=VALUE`` -> a parameter group ``{"params": [...], key: VALUE}``
+    (PATTERNS: comma-separated parameter names or glob patterns, e.g. ``0.W,0.b`` or ``0.*``)."""
+
+    def parse(text: str) -> dict:
+        patterns, sep, value = text.rpartition("=")
+        names = [p.strip() for p in patterns.split(",") if p.strip()]
+        if not sep or not names:
+            raise argparse.ArgumentTypeError(f"expected PARAMS=VALUE, e.g. '0.W,0.b=0.01' or '0.*=0.01', got {text!r}")
+        return {"params": names, key: _positive_float(value)}
+
+    return parse
+
+
+def _schedule_name(text: str) -> str:
+    from ..schedules import SCHEDULES
+
+    if text.lower() not in SCHEDULES:
+        raise argparse.ArgumentTypeError(f"unknown schedule {text!r}; choose one of {', '.join(SCHEDULES)}")
+    return text.lower()
+
+
+def _gamma(text: str) -> float:
+    value = _positive_float(text)
+    if value > 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
+    return value
+
+
+def _augment_spec(text: str) -> str:
+    from ..augment import parse_spec
+
+    try:
+        parse_spec(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
 def _add_data_flags(p, dataset_required: bool = True):
     p.add_argument("--dataset", choices=tuple(DATASETS), required=dataset_required,
                    default=None, help="data set (the four IDX files)")
@@ -99,6 +148,25 @@ def add_train_arguments(p) -> None:
     p.add_argument("--lr", type=_positive_float, help="learning rate (default: the model's)")
     p.add_argument("--optimizer", metavar="NAME",
                    help="sgd, momentum, nesterov, adagrad, rmsprop or adam (default: the model's)")
+    p.add_argument("--lr-group", dest="lr_groups", action="append", type=_lr_group("lr"), metavar="PARAMS=LR",
+                   help="a parameter group with its own learning rate, e.g. '0.W,0.b=0.001' or '0.*=0.001' "
+                        "(names as in the checkpoint: layer index.W/b); repeatable; replaces the model's groups")
+    p.add_argument("--lr-scale", dest="lr_groups", action="append", type=_lr_group("lr_scale"),
+                   metavar="PARAMS=FACTOR", help="a parameter group whose learning rate is FACTOR times --lr, "
+                                                 "e.g. '0.*=0.00128'; repeatable; replaces the model's groups")
+    p.add_argument("--schedule", type=_schedule_name, metavar="NAME",
+                   help="learning-rate schedule: constant, step, cosine or onecycle (default: the model's)")
+    p.add_argument("--warmup-epochs", type=_non_negative_float, metavar="E",
+                   help="linear warm-up over E epochs (may be fractional); for onecycle, its rising phase")
+    p.add_argument("--schedule-epochs", type=_positive_int, metavar="N",
+                   help="epochs the schedule is planned over (default: --epochs)")
+    p.add_argument("--step-epochs", type=_positive_float, metavar="E",
+                   help="--schedule step: multiply the learning rate by --gamma every E epochs")
+    p.add_argument("--gamma", type=_gamma, help="--schedule step: the decay factor (default 0.1)")
+    p.add_argument("--augment", type=_augment_spec, metavar="SPEC",
+                   help="random affine distortions of the training images, e.g. "
+                        "'shift=0.1,scale=0.1,rotate=10,shear=10' (shift: fraction of the size; rotate, shear: "
+                        "degrees), or 'none' (default: the model's)")
     p.add_argument("--seed", type=_non_negative_int, help="seed of weights, batch order and dropout (default 0)")
     p.add_argument("--out", metavar="RUN_DIR", help="run folder (default runs/<model>-<dataset>-<time>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
@@ -143,14 +211,20 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_train(args) -> int:
     from .train import TrainConfig, train
 
+    from ..augment import parse_spec
+
     explicit = {k for k in ("epochs", "batch_size", "lr", "optimizer", "val_size", "limit_train", "limit_test",
-                            "seed", "dtype") if getattr(args, k) is not None}
+                            "seed", "dtype", "lr_groups", "augment", "schedule", "warmup_epochs",
+                            "schedule_epochs", "step_epochs", "gamma") if getattr(args, k) is not None}
     cfg = TrainConfig(model=args.model, dataset=args.dataset, device=args.device, epochs=args.epochs,
                       batch_size=args.batch_size, lr=args.lr,
                       optimizer=None if args.optimizer is None else args.optimizer.lower(),
                       seed=0 if args.seed is None else args.seed, data_dir=args.data_dir, out=args.out, resume=args.resume,
                       val_size=args.val_size, limit_train=args.limit_train, limit_test=args.limit_test,
-                      dtype=args.dtype or "float32", download=args.download, progress=args.progress, explicit=explicit)
+                      dtype=args.dtype or "float32", download=args.download, progress=args.progress,
+                      lr_groups=args.lr_groups, schedule=args.schedule, warmup_epochs=args.warmup_epochs,
+                      schedule_epochs=args.schedule_epochs, step_epochs=args.step_epochs, gamma=args.gamma,
+                      augment=None if args.augment is None else parse_spec(args.augment), explicit=explicit)
     train(cfg)
     return 0
 
@@ -232,8 +306,13 @@ def cmd_models(args) -> int:
     from ..models import MODELS
 
     for spec in MODELS.values():
-        print(f"{spec.name}: {spec.optimizer} lr {spec.lr:g}, batch {spec.batch_size}, {spec.epochs} epochs, "
-              f"{spec.init}" + (f", validation {spec.val_size}" if spec.val_size else ""))
+        groups = "".join(f", lr {'x' if 'lr_scale' in g else ''}{g.get('lr_scale', g.get('lr')):g} for "
+                         f"{','.join(g['params'])}" for g in spec.lr_groups)
+        sched = "" if not spec.schedule else f", {spec.schedule['name']} schedule"
+        augment = "" if not spec.augment else ", augment " + ",".join(f"{k}={v:g}" for k, v in spec.augment.items())
+        print(f"{spec.name}: {spec.optimizer} lr {spec.lr:g}{groups}{sched}, batch {spec.batch_size}, "
+              f"{spec.epochs} epochs, {spec.init}" + (f", validation {spec.val_size}" if spec.val_size else "")
+              + augment)
         print(f"    {spec.notes}")
     return 0
 

@@ -9,9 +9,14 @@ A run lives in one folder (RUN_DIR)::
     filters.png     first-layer filters before and after training
     confusion.png   test confusion matrix
 
-Resuming (``resume=True``) restores weights, optimizer state, the batch order RNG and the
-dropout RNGs at the last finished epoch, so on the CPU a run stopped after epoch k and
-resumed ends bit-identical to an uninterrupted one.
+Resuming (``resume=True``) restores weights, optimizer state (parameter groups included),
+the learning-rate schedule's step, the batch order RNG, the augmentation RNG and the dropout
+RNGs at the last finished epoch, so on the CPU a run stopped after epoch k and resumed ends
+bit-identical to an uninterrupted one.
+
+A schedule is planned over ``schedule_epochs`` (default: the run's epochs, fixed when the run
+starts), as PyTorch's ``T_max`` / ``total_steps``: stop after epoch 1 of a 3-epoch
+schedule and resume with ``--epochs 3`` to finish it.
 
 The folder stays true to what happened: temp files that a killed write left behind are
 removed by the next run in it; a run that fails or is stopped before its first checkpoint
@@ -21,6 +26,7 @@ removes the folder it created; a stop (SIGINT, SIGTERM: :class:`Stopped`) ends i
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import math
@@ -36,12 +42,13 @@ from pathlib import Path
 
 import numpy
 
-from .. import backend, models, parallel
+from .. import backend, models, parallel, schedules
 from . import plots, run_checkpoint
 from ..atomic import remove_stale_temporaries, write_text
+from ..augment import RandomAffine, check_strengths
 from ..checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from ..ops import cross_entropy
-from ..optim import OPTIMIZERS
+from ..optim import OPTIMIZERS, resolve_param_groups
 
 METRIC_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "seconds", "images_per_second")
 CHECKPOINT = "checkpoint.npz"
@@ -94,7 +101,18 @@ class TrainConfig:
     dtype: str = "float32"
     download: bool = True
     progress: bool = True
+    # per-parameter learning rates: [{"params": [patterns], "lr" or "lr_scale": x}] (cnn_xp.optim)
+    lr_groups: list | None = None
+    schedule: str | None = None  # constant, step, cosine, onecycle (cnn_xp.schedules)
+    warmup_epochs: float | None = None
+    schedule_epochs: int | None = None
+    step_epochs: float | None = None
+    gamma: float | None = None
+    augment: dict | None = None  # cnn_xp.augment strengths; None with "augment" in explicit: off
     explicit: set = field(default_factory=set)  # names of hyperparameters the user gave
+
+
+SCHEDULE_FLAGS = ("schedule", "warmup_epochs", "schedule_epochs", "step_epochs", "gamma")
 
 
 def resolve_hyperparameters(cfg: TrainConfig) -> dict:
@@ -108,8 +126,63 @@ def resolve_hyperparameters(cfg: TrainConfig) -> dict:
             hp[key] = value
     hp.update(seed=int(cfg.seed), dtype=cfg.dtype, limit_train=cfg.limit_train, limit_test=cfg.limit_test)
     hp["optimizer"] = str(hp["optimizer"]).lower()
+    if cfg.lr_groups is not None:
+        hp["lr_groups"] = [dict(g) for g in cfg.lr_groups]
+    if "augment" in cfg.explicit or cfg.augment is not None:
+        hp["augment"] = None if cfg.augment is None else dict(cfg.augment)
+    hp["schedule"] = resolve_schedule(hp.get("schedule"), cfg, int(hp["epochs"]))
     validate_hyperparameters(hp)
     return hp
+
+
+def resolve_schedule(default: dict | None, cfg: TrainConfig, epochs: int) -> dict | None:
+    """The model's schedule with the user's schedule flags applied; None for none.
+
+    The result is ``{"name", "epochs" (the horizon), "warmup_epochs", ...}``; naming another
+    schedule than the model's drops the model's schedule options."""
+    given = {key for key in SCHEDULE_FLAGS if getattr(cfg, key) is not None}
+    sched = dict(default) if default else {"name": "constant"}
+    if "schedule" in given and str(cfg.schedule).lower() != sched["name"]:
+        sched = {"name": str(cfg.schedule).lower()}
+    if sched["name"] not in schedules.SCHEDULES:
+        raise UserError(f"unknown schedule {sched['name']!r}; choose one of {', '.join(schedules.SCHEDULES)}")
+    for key in ("warmup_epochs", "step_epochs", "gamma"):
+        if key in given:
+            sched[key] = float(getattr(cfg, key))
+    if "schedule_epochs" in given:
+        sched["epochs"] = int(cfg.schedule_epochs)
+    sched.setdefault("epochs", int(epochs))
+    sched.setdefault("warmup_epochs", 0.0)
+    if sched["name"] == "step":
+        sched.setdefault("gamma", 0.1)
+        if "step_epochs" not in sched:
+            raise UserError("--schedule step needs --step-epochs N (the learning rate is multiplied by "
+                            "--gamma every N epochs)")
+    else:
+        for key in ("step_epochs", "gamma"):
+            if key in sched:
+                raise UserError(f"--{key.replace('_', '-')} applies to --schedule step only, "
+                                f"not to {sched['name']}")
+    if sched["name"] == "constant" and not sched["warmup_epochs"]:
+        return None
+    return sched
+
+
+def schedule_steps(sched: dict, steps_per_epoch: int) -> schedules.Schedule:
+    """The :class:`cnn_xp.schedules.Schedule` of a resolved schedule dict, in steps."""
+    kwargs = {"warmup_steps": int(round(float(sched["warmup_epochs"]) * steps_per_epoch))}
+    if sched["name"] == "step":
+        kwargs.update(step_size=max(1, int(round(float(sched["step_epochs"]) * steps_per_epoch))),
+                      gamma=float(sched["gamma"]))
+    for key in ("min_factor", "pct_start", "div_factor", "final_div_factor"):
+        if key in sched:
+            kwargs[key] = float(sched[key])
+    return schedules.create(sched["name"], int(sched["epochs"]) * steps_per_epoch, **kwargs)
+
+
+def augment_seed(seed: int) -> int:
+    """The augmentation stream's seed: apart from the batch order's (which uses ``seed``)."""
+    return int(numpy.random.SeedSequence([int(seed), 0x617567]).generate_state(1)[0])
 
 
 def validate_hyperparameters(hp: dict) -> None:
@@ -129,6 +202,54 @@ def validate_hyperparameters(hp: dict) -> None:
             raise UserError(f"--{key.replace('_', '-')} must be a positive integer, got {hp[key]}")
     if hp["dtype"] not in backend.FLOAT_DTYPES:
         raise UserError(f"--dtype must be one of {', '.join(backend.FLOAT_DTYPES)}, got {hp['dtype']!r}")
+    if hp.get("augment") is not None:
+        try:
+            check_strengths(hp["augment"])
+        except ValueError as exc:
+            raise UserError(f"--augment: {exc}") from None
+    sched = hp.get("schedule")
+    if sched is not None:
+        if int(sched["epochs"]) < 1:
+            raise UserError(f"--schedule-epochs must be a positive integer, got {sched['epochs']}")
+        warmup = float(sched["warmup_epochs"])
+        limit = int(sched["epochs"])
+        if not (math.isfinite(warmup) and 0 <= warmup <= limit) or (sched["name"] == "onecycle" and warmup >= limit):
+            raise UserError(f"--warmup-epochs must be in [0, {limit}{')' if sched['name'] == 'onecycle' else ']'} "
+                            f"(the schedule's {limit} epochs), got {warmup:g}")
+        if sched["name"] == "step" and not (float(sched["step_epochs"]) > 0 and 0 < float(sched["gamma"]) <= 1):
+            raise UserError(f"--step-epochs must be positive and --gamma in (0, 1], got "
+                            f"{sched['step_epochs']:g} and {sched['gamma']:g}")
+
+
+def resume_conflicts(cfg: TrainConfig, hp: dict) -> list[tuple[str, object, object]]:
+    """(flag, given, saved) for each learning-rate group, augmentation or schedule flag the
+    user gave that differs from the run's resolved hyperparameters ``hp``."""
+    conflicts = []
+    if "lr_groups" in cfg.explicit and list(cfg.lr_groups or []) != list(hp.get("lr_groups") or []):
+        conflicts.append(("--lr-group/--lr-scale", cfg.lr_groups, hp.get("lr_groups") or []))
+    if "augment" in cfg.explicit and cfg.augment != hp.get("augment"):
+        conflicts.append(("--augment", cfg.augment, hp.get("augment")))
+    given = [key for key in SCHEDULE_FLAGS if getattr(cfg, key) is not None]
+    if given:  # the flags, applied to the run's schedule, must leave it as it is
+        try:
+            requested = resolve_schedule(hp.get("schedule"), cfg, int(hp["epochs"]))
+        except UserError as exc:
+            requested = f"invalid ({exc})"
+        if requested != hp.get("schedule"):
+            flags = " ".join(f"--{key.replace('_', '-')} {getattr(cfg, key)}" for key in given)
+            conflicts.append((flags, f"(schedule {requested})", hp.get("schedule")))
+    return conflicts
+
+
+def check_lr_groups(model_name: str, groups) -> None:
+    """UserError (one line) unless every learning-rate group names parameters of the model."""
+    if not groups:
+        return
+    names = [name for name, _, _ in models.build(model_name).params_and_grads()]
+    try:
+        resolve_param_groups(names, groups)
+    except ValueError as exc:
+        raise UserError(f"--lr-group/--lr-scale: {exc}") from None
 
 
 def check_device(device: str) -> None:
@@ -272,6 +393,27 @@ def load_data(cfg: TrainConfig, hp: dict, out):
     return x, t, x_val, t_val, x_test, t_test, list(ds.class_names)
 
 
+def build_training(model_name: str, hp: dict, x_train, t_train, device: str):
+    """The parts of a run of resolved hyperparameters ``hp``: (model, optimizer, batches,
+    scheduler or None, augmenter or None), freshly seeded from ``hp["seed"]``. The trainer
+    and ``cnn-xp bench --real`` both build their runs here."""
+    from ..data import BatchIterator
+
+    model = models.build(model_name, seed=hp["seed"], device=device, dtype=hp["dtype"])
+    spec = models.MODELS[model_name]
+    # The model's own optimizer settings (momentum, betas, ...) apply to its own optimizer only.
+    optimizer_kwargs = spec.optimizer_kwargs if hp["optimizer"] == spec.optimizer.lower() else {}
+    if hp.get("lr_groups"):
+        optimizer_kwargs = {**optimizer_kwargs, "param_groups": hp["lr_groups"]}
+    optimizer = OPTIMIZERS[hp["optimizer"]](model, lr=float(hp["lr"]), **optimizer_kwargs)
+    batches = BatchIterator(x_train, t_train, hp["batch_size"], seed=hp["seed"], device=device)
+    sched = hp.get("schedule")
+    scheduler = None if sched is None else schedules.Scheduler(optimizer, schedule_steps(sched, len(batches)))
+    strengths = hp.get("augment")
+    augmenter = None if strengths is None else RandomAffine(**strengths, seed=augment_seed(hp["seed"]))
+    return model, optimizer, batches, scheduler, augmenter
+
+
 class Trainer:
     """Runs a :class:`TrainConfig`; :meth:`run` returns the summary dict."""
 
@@ -293,10 +435,14 @@ class Trainer:
             if ckpt.meta["model"] != cfg.model or ckpt.meta["dataset"] != cfg.dataset:
                 raise UserError(f"--resume: {run_dir} trained {ckpt.meta['model']} on {ckpt.meta['dataset']}, "
                                 f"not {cfg.model} on {cfg.dataset}")
-            for key in sorted(cfg.explicit - {"epochs"}):
+            structured = {"lr_groups", "augment", *SCHEDULE_FLAGS}
+            for key in sorted(cfg.explicit - {"epochs"} - structured):
                 if key in hp and getattr(cfg, key) != hp[key]:
                     raise UserError(f"--resume keeps the run's hyperparameters; --{key.replace('_', '-')} "
                                     f"{getattr(cfg, key)} differs from the run's {hp[key]}")
+            for flag, given, saved in resume_conflicts(cfg, hp):
+                raise UserError(f"--resume keeps the run's hyperparameters; {flag} {given} differs from the "
+                                f"run's {saved}")
             done = int(ckpt.meta["epoch"])
             if cfg.epochs is not None and int(cfg.epochs) < done:
                 raise UserError(f"--resume: {run_dir} has already trained {done} epochs, more than "
@@ -307,6 +453,7 @@ class Trainer:
             validate_hyperparameters(hp)
         else:
             hp = resolve_hyperparameters(cfg)
+            check_lr_groups(cfg.model, hp["lr_groups"])
             run_dir = Path(cfg.out) if cfg.out else default_run_dir(cfg.model, cfg.dataset)
             if (run_dir / CHECKPOINT).exists():
                 raise UserError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
@@ -355,18 +502,12 @@ class Trainer:
                               f"with `{shlex.join(command)}`", signal_name)
 
     def _run(self) -> dict:
-        from ..data import BatchIterator
-
         cfg, out = self.cfg, self.out
         run_dir, hp, ckpt = self._open_run()
         x_tr, t_tr, x_val, t_val, x_test, t_test, class_names = load_data(cfg, hp, out)
         device = cfg.device
-        model = models.build(cfg.model, seed=hp["seed"], device=device, dtype=hp["dtype"])
-        spec = models.MODELS[cfg.model]
-        # The model's own optimizer settings (momentum, betas, ...) apply to its own optimizer only.
-        optimizer_kwargs = spec.optimizer_kwargs if hp["optimizer"] == spec.optimizer.lower() else {}
-        optimizer = OPTIMIZERS[hp["optimizer"]](model, lr=float(hp["lr"]), **optimizer_kwargs)
-        batches = BatchIterator(x_tr, t_tr, hp["batch_size"], seed=hp["seed"], device=device)
+        model, optimizer, batches, scheduler, augmenter = build_training(cfg.model, hp, x_tr, t_tr, device)
+        sched = hp.get("schedule")
         x_val, t_val = backend.to_device(x_val, device), backend.to_device(t_val, device)
         x_test, t_test = backend.to_device(x_test, device), backend.to_device(t_test, device)
         filters_before = first_conv_weights(model)
@@ -377,20 +518,31 @@ class Trainer:
             optimizer.load_state_dict(ckpt.optimizer_state)
             batches.load_state_dict(ckpt.meta["rng"]["batches"])
             model.set_random_state(ckpt.meta["rng"]["model"])
+            if augmenter is not None:
+                augmenter.load_state_dict(ckpt.meta["rng"]["augment"])
+            if scheduler is not None:
+                scheduler.load_state_dict(ckpt.meta["schedule"])
             history = list(ckpt.meta["history"])
             start_epoch = int(ckpt.meta["epoch"])
             elapsed = float(ckpt.meta["wall_seconds"])
             filters_before = ckpt.extra.get("filters_before", filters_before)
             print(f"resuming {run_dir} after epoch {start_epoch}", file=out)
+        extras = "".join(f"; {text}" for text in (
+            ", ".join(f"lr {'x' if 'lr_scale' in g else ''}{g.get('lr_scale', g.get('lr')):g} for "
+                      f"{','.join(g['patterns'])}" for g in optimizer.param_groups),
+            "" if scheduler is None else f"schedule {sched['name']} over {sched['epochs']} epochs"
+            + (f" ({sched['warmup_epochs']:g} of warm-up)" if sched["warmup_epochs"] else ""),
+            "" if augmenter is None else f"augment {augmenter}") if text)
         print(f"model {cfg.model} ({model.num_params():,} parameters) on {device}, {hp['dtype']}; "
-              f"{hp['optimizer']} lr {hp['lr']}, batch {hp['batch_size']}, epochs {hp['epochs']}; "
+              f"{hp['optimizer']} lr {hp['lr']}, batch {hp['batch_size']}, epochs {hp['epochs']}{extras}; "
               f"run dir {run_dir}", file=out)
         n_train = batches.num_samples
         started = time.perf_counter()
         for epoch in range(start_epoch + 1, int(hp["epochs"]) + 1):
             self._stage = f"during epoch {epoch}"
             tic = time.perf_counter()
-            train_loss, train_acc = self._train_epoch(model, optimizer, batches, epoch, hp, run_dir)
+            train_loss, train_acc = self._train_epoch(model, optimizer, batches, epoch, hp, run_dir,
+                                                      scheduler, augmenter)
             backend.synchronize(device)
             seconds = time.perf_counter() - tic
             val_loss, val_acc, _ = evaluate_arrays(model, x_val, t_val)
@@ -406,6 +558,10 @@ class Trainer:
                     "hyperparameters": hp, "class_names": class_names, "history": history,
                     "wall_seconds": elapsed + (time.perf_counter() - started),
                     "rng": {"batches": batches.state_dict(), "model": model.random_state()}}
+            if augmenter is not None:
+                meta["rng"]["augment"] = augmenter.state_dict()
+            if scheduler is not None:
+                meta["schedule"] = scheduler.state_dict()
             extra = {} if filters_before is None else {"filters_before": filters_before}
             save_checkpoint(run_dir / CHECKPOINT, Checkpoint(meta=meta, model_state=model.state_dict(),
                                                              optimizer_state=optimizer.state_dict(), extra=extra))
@@ -415,9 +571,12 @@ class Trainer:
         wall = elapsed + (time.perf_counter() - started)
         return self._finish(run_dir, hp, model, history, class_names, x_test, t_test, filters_before, wall)
 
-    def _train_epoch(self, model, optimizer, batches, epoch: int, hp: dict, run_dir: Path) -> tuple[float, float]:
-        """One pass over ``batches``: (mean training loss, training accuracy). The sums stay on
-        the device; the host reads them every SYNC_EVERY batches (progress bar, divergence)."""
+    def _train_epoch(self, model, optimizer, batches, epoch: int, hp: dict, run_dir: Path,
+                     scheduler=None, augmenter=None) -> tuple[float, float]:
+        """One pass over ``batches``: (mean training loss, training accuracy), each batch
+        distorted by ``augmenter`` and each step followed by ``scheduler.step()`` when given.
+        The sums stay on the device; the host reads them every SYNC_EVERY batches (progress
+        bar, divergence)."""
         from tqdm import tqdm
 
         loss_sum = correct = None
@@ -426,9 +585,13 @@ class Trainer:
                    leave=False, disable=not self.cfg.progress, file=sys.stderr, dynamic_ncols=True)
         runner = parallel.BatchSlices(model) if model.device == "cpu" else model  # CPU: every core
         for step, (xb, tb) in enumerate(bar, 1):
+            if augmenter is not None:
+                xb = augmenter(xb)
             scores, loss = runner.scores_and_loss(xb, tb)
             runner.backward()
             optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
             n = int(xb.shape[0])
             seen += n
             batch_loss = loss * float(n)
