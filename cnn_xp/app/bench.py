@@ -34,14 +34,12 @@ import numpy
 from .. import backend, dispatch, models, optim, parallel
 from ..models import INPUT_SHAPE, NUM_CLASSES
 from ..atomic import write_text
-from ..layers import Affine, Conv2D
+from .bench_common import (SETTLE_SECONDS, BenchError, accelerator_description, import_torch,
+                           machine_description, torch_optimizer, torch_param_groups, torch_twin,
+                           twin_parameters)
 
 DEFAULT_MODELS = ["simple_convnet", "deep_convnet", "one_conv", "lenet5"]
 OPENBLAS_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
-
-
-class BenchError(Exception):
-    """A user-facing problem: printed as one line, exit status 2."""
 
 
 # -- FLOPs ----------------------------------------------------------------------------
@@ -103,63 +101,6 @@ class OurRunner:
         backend.synchronize(self.device)
 
 
-# -- the PyTorch peer -----------------------------------------------------------------
-def import_torch():
-    try:
-        import torch
-    except ImportError:
-        return None
-    return torch
-
-
-def torch_optimizer(torch, name: str, params, lr: float, kwargs: dict):
-    """Our optimizer's PyTorch twin (same update rule and constants)."""
-    name = name.lower()
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=lr)
-    if name in ("momentum", "nesterov"):
-        return torch.optim.SGD(params, lr=lr, momentum=kwargs.get("momentum", 0.9), nesterov=name == "nesterov")
-    if name == "adagrad":
-        return torch.optim.Adagrad(params, lr=lr, eps=kwargs.get("eps", 1e-7))
-    if name == "rmsprop":
-        return torch.optim.RMSprop(params, lr=lr, alpha=kwargs.get("decay", 0.99), eps=kwargs.get("eps", 1e-7))
-    if name == "adam":
-        return torch.optim.Adam(params, lr=lr, betas=(kwargs.get("beta1", 0.9), kwargs.get("beta2", 0.999)),
-                                eps=kwargs.get("eps", 1e-8))
-    raise BenchError(f"no PyTorch twin for optimizer {name!r}")
-
-
-def torch_twin(torch, model):
-    """An ``nn.Sequential`` mirroring our layers, with our initial weights copied in."""
-    from ..layers import Dropout, MaxPool2D, ReLU
-    nn = torch.nn
-    mods = []
-    for layer in model.layers:
-        if isinstance(layer, Conv2D):
-            oc, c, kh, kw = layer.params["W"].shape
-            mod = nn.Conv2d(c, oc, (kh, kw), stride=layer.stride, padding=layer.pad)
-            mod.weight.data = torch.from_numpy(backend.to_numpy(layer.params["W"]).copy())
-            mod.bias.data = torch.from_numpy(backend.to_numpy(layer.params["b"]).copy())
-            mods.append(mod)
-        elif isinstance(layer, Affine):
-            fan_in, fan_out = layer.params["W"].shape
-            if not mods or not isinstance(mods[-1], nn.Flatten):
-                mods.append(nn.Flatten())
-            mod = nn.Linear(fan_in, fan_out)
-            mod.weight.data = torch.from_numpy(backend.to_numpy(layer.params["W"]).T.copy())
-            mod.bias.data = torch.from_numpy(backend.to_numpy(layer.params["b"]).copy())
-            mods.append(mod)
-        elif isinstance(layer, ReLU):
-            mods.append(nn.ReLU())
-        elif isinstance(layer, MaxPool2D):
-            mods.append(nn.MaxPool2d(layer.kernel, stride=layer.stride, padding=layer.pad))
-        elif isinstance(layer, Dropout):
-            mods.append(nn.Dropout(layer.p))
-        else:
-            raise BenchError(f"no PyTorch twin for layer {layer!r}")
-    return nn.Sequential(*mods)
-
-
 class TorchRunner:
     """The same network in PyTorch, same weights and optimizer, on the matching device."""
 
@@ -170,8 +111,6 @@ class TorchRunner:
         self.dev = torch.device("cuda" if self.cuda else "cpu")
         self.net = torch_twin(torch, ours.model).to(self.dev)
         self.net = self.net.to(getattr(torch, ours.model.dtype))
-        from .bench_training import torch_param_groups, twin_parameters
-
         groups = torch_param_groups(twin_parameters(ours.model, self.net), ours.model,
                                     {"lr": spec.lr, "lr_groups": list(spec.lr_groups)})
         self.optimizer = torch_optimizer(torch, spec.optimizer, groups, spec.lr, spec.optimizer_kwargs)
@@ -207,12 +146,6 @@ class TorchRunner:
 def summarize(rates: list[float]) -> dict:
     return {"median": statistics.median(rates), "min": min(rates), "max": max(rates),
             "runs": [round(r, 1) for r in rates]}
-
-
-# Pause before each timed CPU run. Both libraries leave worker threads spinning for a while
-# after their last parallel call (OpenBLAS for NumPy, OpenMP for PyTorch); on a 2-core CPU
-# a run that starts at once shares the cores with them (docs/history.md, "A correction").
-SETTLE_SECONDS = 0.3
 
 
 def time_interleaved(runners: dict, phase: str, steps: int, batch: int, repeats: int,
@@ -326,29 +259,6 @@ def markdown_table(report: dict) -> str:
               f"numpy {report['versions']['numpy']}" + (f", torch {report['versions']['torch']}" if peer else "")
               + f"; command: `{report['command']}`"]
     return "\n".join(lines) + "\n"
-
-
-def accelerator_description(device: str) -> str:
-    """The device's accelerator and the ops it runs in ``auto`` mode, or why there is none."""
-    fast = [op for op, name in dispatch.table(device).items() if name != "reference"]
-    return dispatch.describe_accelerator(device) + (f" for {', '.join(fast)}" if fast else "")
-
-
-def machine_description(device: str) -> str:
-    if device == "gpu":
-        cp = backend.cupy()
-        props = cp.cuda.runtime.getDeviceProperties(cp.cuda.Device().id)
-        return props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} logical cores"
 
 
 # -- command line ---------------------------------------------------------------------

@@ -26,7 +26,8 @@ import time
 
 import numpy
 
-from .. import backend, models
+from .. import backend, dispatch, models
+from .bench_common import torch_param_groups, twin_parameters
 from ..atomic import write_text
 
 DEFAULT_MODELS = ["fast_mnist", "simple_convnet"]
@@ -95,35 +96,6 @@ class OurRun:
         return evaluate_arrays(self.model, self.x_test, self.t_test)[1]
 
 
-def torch_param_groups(torch_net_params: dict, model, hp) -> list:
-    """PyTorch parameter groups equal to our optimizer's: one group per lr group, the rest
-    in a last group at the base rate. ``torch_net_params``: our name -> torch parameter."""
-    from ..optim import resolve_param_groups
-
-    names = [name for name, _, _ in model.params_and_grads()]
-    groups, claimed = [], set()
-    for group in resolve_param_groups(names, hp.get("lr_groups") or []):
-        lr = group["lr"] if "lr" in group else float(hp["lr"]) * group["lr_scale"]
-        groups.append({"params": [torch_net_params[n] for n in group["params"]], "lr": lr})
-        claimed.update(group["params"])
-    rest = [torch_net_params[n] for n in names if n not in claimed]
-    if rest:
-        groups.append({"params": rest, "lr": float(hp["lr"])})
-    return groups
-
-
-def twin_parameters(model, net) -> dict:
-    """Our parameter names ("0.W", ...) -> the twin's torch parameters."""
-    from ..layers import Affine, Conv2D
-
-    ours = [i for i, layer in enumerate(model.layers) if isinstance(layer, (Conv2D, Affine))]
-    theirs = [m for m in net if hasattr(m, "weight")]
-    mapping = {}
-    for index, module in zip(ours, theirs, strict=True):
-        mapping[f"{index}.W"], mapping[f"{index}.b"] = module.weight, module.bias
-    return mapping
-
-
 class TorchRun:
     """The PyTorch twin of an :class:`OurRun`: same initial weights, optimizer, groups,
     per-step learning rates, batches and augmented images."""
@@ -132,7 +104,7 @@ class TorchRun:
 
     def __init__(self, torch, name, hp, x, t, x_test, t_test, device):
         from ..data import BatchIterator
-        from .bench import torch_optimizer, torch_twin
+        from .bench_common import torch_optimizer, torch_twin
         from .train import augment_seed, schedule_steps
         from ..augment import RandomAffine
 
@@ -232,7 +204,7 @@ def measure(runs: list, epochs: int, target: float, load_seconds: float, settle:
 def run_real(args, argv, torch) -> int:
     """The ``--real`` benchmark; returns the exit status."""
     from ..data import DatasetError
-    from .bench import BenchError, SETTLE_SECONDS, cpu_kernel_description, machine_description
+    from .bench_common import SETTLE_SECONDS, BenchError, accelerator_description, machine_description
 
     names = args.models or DEFAULT_MODELS
     dtype = (args.dtypes or ["float32"])[0]
@@ -276,7 +248,7 @@ def run_real(args, argv, torch) -> int:
         "versions": {"python": platform.python_version(), "numpy": numpy.__version__,
                      "torch": getattr(torch, "__version__", None)},
         "peer": "torch" if torch is not None else None,
-        "cpu_kernels": cpu_kernel_description() if args.device == "cpu" else None,
+        "accelerator": accelerator_description(args.device), "kernels": dispatch.mode(),
         "results": results, "summary": summarize_seeds(results),
     }
     table = markdown_table(report)
