@@ -20,7 +20,13 @@ The schema (``cnn_xp.checkpoint`` has already checked the container: no pickle, 
   hyperparameters name, all finite;
 - optimizer state (required): ``t`` (int >= 0), ``lr`` (finite, > 0), and ``<slot>/<parameter>``
   arrays of that parameter's shape, floating point and finite;
-- ``extra/filters_before`` when present: the first conv layer's weight shape.
+- ``extra/filters_before`` when present: the first conv layer's weight shape;
+- the training features: ``hyperparameters.lr_groups`` (parameter groups naming parameters
+  of the model), ``.augment`` (strengths in range) and ``.schedule`` (a known schedule); the
+  optimizer state's ``lr_factor`` and ``param_groups``; ``rng.augment`` with augmentation,
+  ``schedule`` (its step count and configuration) with a schedule. Each is checked by
+  restoring it as the trainer does (the optimizer state into the named model's optimizer,
+  the augmentation RNG into a ``RandomAffine``).
 
 Unknown keys are allowed where a newer feature may add them (hyperparameters, rng, the
 optimizer state's scalars), so a newer checkpoint's extra fields do not fail here: the code
@@ -231,12 +237,57 @@ def validate_run_checkpoint(ckpt: Checkpoint) -> None:
         if not slot or pname not in params:
             raise CheckpointSchemaError(f"optimizer state {_show(key)} names no parameter of {name}")
         _check_array(value, f"optimizer state {key}", params[pname])
+    _check_features(ckpt, model, hp)
     filters = ckpt.extra.get("filters_before")
     first = model.layers[0].params.get("W")
     if filters is not None:
         if first is None or first.ndim != 4:
             raise CheckpointSchemaError(f"extra filters_before given, but {name} starts with no conv layer")
         _check_array(filters, "extra filters_before", first.shape)
+
+
+RESTORE_ERRORS = (ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError)
+
+
+def _check_features(ckpt: Checkpoint, model, hp: dict) -> None:
+    """The schedule, augmentation and parameter-group fields, restored as the trainer does."""
+    from ..augment import RandomAffine, check_strengths
+    from ..optim import resolve_param_groups
+    from ..schedules import SCHEDULES
+
+    names = [name for name, _, _ in model.params_and_grads()]
+    meta, opt = ckpt.meta, ckpt.optimizer_state
+    if hp.get("lr_groups") is not None:
+        if not isinstance(hp["lr_groups"], list):
+            raise _fail("hyperparameters.lr_groups", "a list of parameter groups", hp["lr_groups"])
+        try:
+            resolve_param_groups(names, hp["lr_groups"])
+        except RESTORE_ERRORS as exc:
+            raise CheckpointSchemaError(f"hyperparameters.lr_groups: {exc}") from None
+    if "lr_factor" in opt:
+        _number(opt["lr_factor"], "optimizer state lr_factor", positive=True)
+    if "param_groups" in opt and not isinstance(opt["param_groups"], list):
+        raise _fail("optimizer state param_groups", "a list of parameter groups", opt["param_groups"])
+    try:
+        OPTIMIZERS[hp["optimizer"]](model, lr=float(hp["lr"])).load_state_dict(opt)
+    except RESTORE_ERRORS as exc:
+        raise CheckpointSchemaError(f"the optimizer state does not restore: {exc}") from None
+    strengths = hp.get("augment")
+    if strengths is not None:
+        try:
+            check_strengths(_object(strengths, "hyperparameters.augment"))
+            RandomAffine(**strengths, seed=0).load_state_dict(_object(meta.get("rng", {}).get("augment"), "rng.augment"))
+        except CheckpointSchemaError:
+            raise
+        except RESTORE_ERRORS as exc:
+            raise CheckpointSchemaError(f"the augmentation does not restore: {exc}") from None
+    sched = hp.get("schedule")
+    if sched is not None:
+        sched = _object(sched, "hyperparameters.schedule")
+        _choice(sched.get("name"), "hyperparameters.schedule.name", tuple(SCHEDULES))
+        state = _object(meta.get("schedule"), "schedule")
+        _int(state.get("steps"), "schedule.steps", 0)
+        _object(state.get("schedule"), "schedule.schedule")
 
 
 def load_run_checkpoint(path, user_error=ValueError) -> Checkpoint:

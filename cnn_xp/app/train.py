@@ -26,7 +26,6 @@ removes the folder it created; a stop (SIGINT, SIGTERM: :class:`Stopped`) ends i
 from __future__ import annotations
 
 import csv
-import dataclasses
 import io
 import json
 import math
@@ -518,10 +517,13 @@ class Trainer:
             optimizer.load_state_dict(ckpt.optimizer_state)
             batches.load_state_dict(ckpt.meta["rng"]["batches"])
             model.set_random_state(ckpt.meta["rng"]["model"])
-            if augmenter is not None:
-                augmenter.load_state_dict(ckpt.meta["rng"]["augment"])
-            if scheduler is not None:
-                scheduler.load_state_dict(ckpt.meta["schedule"])
+            try:
+                if augmenter is not None:
+                    augmenter.load_state_dict(ckpt.meta["rng"]["augment"])
+                if scheduler is not None:
+                    scheduler.load_state_dict(ckpt.meta["schedule"])
+            except (ValueError, TypeError, KeyError) as exc:
+                raise UserError(f"{run_dir / CHECKPOINT}: {exc}") from None
             history = list(ckpt.meta["history"])
             start_epoch = int(ckpt.meta["epoch"])
             elapsed = float(ckpt.meta["wall_seconds"])
