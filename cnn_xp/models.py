@@ -225,6 +225,16 @@ def get_spec(name: str) -> ModelSpec:
         raise KeyError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}") from None
 
 
+def build_optimizer(name: str, model):
+    """The zoo entry's optimizer for ``model``: its optimizer, learning rate, settings and
+    parameter groups (the recipe's schedule and augmentation are the trainer's)."""
+    from . import optim
+
+    spec = get_spec(name)
+    groups = {"param_groups": [dict(g) for g in spec.lr_groups]} if spec.lr_groups else {}
+    return optim.create(spec.optimizer, model, lr=spec.lr, **spec.optimizer_kwargs, **groups)
+
+
 def build(name: str, seed: int = 0, device: str = "cpu", dtype: str = "float32") -> Sequential:
     """A freshly initialised zoo model on ``device`` (weights drawn on the host from ``seed``)."""
     spec = get_spec(name)

@@ -342,10 +342,9 @@ def mnist_run(device: str, data_dir: Path, out_json: Path, model_name: str, epoc
       epoch from the seed; after every epoch the 10,000 test images are evaluated; the time
       to TARGET_ACCURACY counts training and every evaluation up to the first epoch that
       reaches it."""
-    import numpy as np
 
     sys.path.insert(0, str(ROOT))
-    from cnn_xp import backend, data, dispatch, layers, models, optim
+    from cnn_xp import backend, data, dispatch, layers, models
 
     tic = time.perf_counter()
     ds = data.load_dataset("mnist", data_dir=data_dir, download=False)
@@ -365,7 +364,7 @@ def mnist_run(device: str, data_dir: Path, out_json: Path, model_name: str, epoc
             for layer in model.layers:
                 if isinstance(layer, layers.Dropout):
                     layer.p = 0.0
-        return model, optim.create(spec.optimizer, model, lr=spec.lr, **spec.optimizer_kwargs)
+        return model, models.build_optimizer(model_name, model)
 
     # parity: the same batches on every device, no random draws
     n = min(PARITY_IMAGES if not quick else 200, x_train.shape[0])

@@ -18,14 +18,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
-from cnn_xp import backend, models, optim  # noqa: E402
+from cnn_xp import backend, models  # noqa: E402
 from cnn_xp.atomic import write_text  # noqa: E402
 
 
 def profile(name: str, device: str, batch: int, steps: int, dtype: str) -> dict:
-    spec = models.MODELS[name]
     model = models.build(name, seed=0, device=device, dtype=dtype)
-    opt = optim.create(spec.optimizer, model, lr=spec.lr, **spec.optimizer_kwargs)
+    opt = models.build_optimizer(name, model)
     rng = np.random.default_rng(0)
     x = backend.to_device(rng.random((batch, *models.INPUT_SHAPE), dtype=np.float32).astype(dtype), device)
     t = backend.to_device(rng.integers(0, models.NUM_CLASSES, batch), device)

@@ -31,7 +31,7 @@ import tracemalloc
 
 import numpy
 
-from .. import backend, dispatch, models, optim, parallel
+from .. import backend, dispatch, models, parallel
 from ..models import INPUT_SHAPE, NUM_CLASSES
 from ..atomic import write_text
 from .bench_common import (SETTLE_SECONDS, BenchError, accelerator_description, import_torch,
@@ -76,11 +76,9 @@ class OurRunner:
     """A zoo model with its own optimizer, ready to time."""
 
     def __init__(self, name: str, dtype: str, device: str, seed: int = 0):
-        spec = models.get_spec(name)
         self.device = device
         self.model = models.build(name, seed=seed, device=device, dtype=dtype)
-        groups = {"param_groups": [dict(g) for g in spec.lr_groups]} if spec.lr_groups else {}
-        self.optimizer = optim.create(spec.optimizer, self.model, lr=spec.lr, **spec.optimizer_kwargs, **groups)
+        self.optimizer = models.build_optimizer(name, self.model)
         # what the trainer runs: on the CPU, batches in slices on every core
         self.steps = parallel.BatchSlices(self.model) if device == "cpu" else self.model
 

@@ -235,20 +235,19 @@ def separable_batch(n=20, seed=3):
 
 @pytest.mark.parametrize("name", ["one_conv", "lenet5", "deep_convnet"])
 def test_zoo_model_learns_on_gpu(name, gpu, mode):
-    """Its own default optimizer (SGD / Adam / AdaGrad), dropout on: 10 steps on one batch
-    cut the inference loss by 30% or more (measured on the CPU: 43%, 56%, 58%)."""
-    spec = models.MODELS[name]
+    """Its own recipe's optimizer (SGD / Adam / AdaGrad, with its parameter groups), dropout
+    on: 30 steps on one batch cut the inference loss by 10% or more (measured on the CPU reference: 25%, 98%, 16%)."""
     model = models.build(name, seed=0, device=gpu)
-    opt = optim.create(spec.optimizer, model, lr=spec.lr, **spec.optimizer_kwargs)
+    opt = models.build_optimizer(name, model)
     x, t = separable_batch()
     x, t = backend.to_device(x, gpu), backend.to_device(t, gpu)
     before = float(model.loss(x, t, train=False))
-    for _ in range(10):
+    for _ in range(30):
         model.loss(x, t)
         model.backward()
         opt.step()
     after = float(model.loss(x, t, train=False))
-    assert np.isfinite(after) and after < 0.7 * before, (before, after)
+    assert np.isfinite(after) and after < 0.9 * before, (before, after)
     accuracy = model.accuracy(x, t)
     assert isinstance(accuracy, float) and 0.0 <= accuracy <= 1.0
 
@@ -277,7 +276,7 @@ def test_a_model_trained_with_the_kernels_continues_on_the_reference(gpu):
     x, t = batch(11, n=8)
 
     def three_steps(device, modes):
-        model = without_dropout(models.build("deep_convnet", seed=2, device=device))
+        model = without_dropout(models.build("deep_convnet", seed=2, device=device, dtype="float64"))
         opt = optim.AdaGrad(model, lr=0.01)
         for step_mode in modes:
             with kernel_mode(step_mode):
@@ -288,4 +287,4 @@ def test_a_model_trained_with_the_kernels_continues_on_the_reference(gpu):
 
     got = three_steps(gpu, ["auto", "auto", "reference"])
     want = on_cpu_reference(three_steps, "cpu", ["reference"] * 3)
-    assert_same_arrays(got, want, "float32", "norm")
+    assert_same_arrays(got, want, "float64", "elementwise")
