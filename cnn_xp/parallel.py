@@ -16,6 +16,12 @@ GEMMs; the compiled kernels and NumPy release the GIL, so slices run side by sid
   would be mostly one fully connected GEMM (``MAX_AFFINE_SHARE``), which BLAS already
   spreads over the cores, are not sliced.
 
+Subnormal floats: ``flush_denormals()`` (the trainer calls it for CPU runs) flushes them to
+zero on the calling thread and on every slice thread. A float32 value below 1.2e-38 (Adam's
+moment estimates of a dead unit decay there: 0.9^t times a small gradient) then becomes 0
+instead of taking the CPU's slow microcoded path; the change to any result is below one
+part in 10^38 of the values around it.
+
 Slices hold at least ``MIN_IMAGES_PER_THREAD`` images. Results equal a one-thread run up to
 float rounding (the same slicing gives the same bits). ``CNN_XP_THREADS=1`` switches it
 off. docs/cpu-results/ has the measurements behind the thresholds.
@@ -25,6 +31,7 @@ from __future__ import annotations
 import os
 from concurrent.futures import ThreadPoolExecutor
 
+from . import dispatch
 from .backend import to_device, xp_of
 from .layers import Affine
 
@@ -35,6 +42,7 @@ MAX_AFFINE_SHARE = 0.75  # no slicing where fully connected layers are more of t
 
 _executor: ThreadPoolExecutor | None = None
 _executor_threads = 0
+_flush_denormals = False  # the setting every slice thread starts with (see flush_denormals)
 _blas = None  # threadpoolctl.ThreadpoolController (False: not installed), made on first use
 
 
@@ -101,11 +109,42 @@ def _bounds(n: int, slices: int) -> list[tuple[int, int]]:
     return list(zip(edges, edges[1:]))
 
 
+def _cpu_flush():
+    """The CPU accelerator's per-thread flush-to-zero switch, or None without the extension."""
+    module, _ = dispatch.accelerator("cpu")
+    return getattr(module, "flush_denormals", None)
+
+
+def _set_thread_denormals(enabled: bool) -> None:
+    flush = _cpu_flush()
+    if flush is not None:
+        flush(enabled)
+
+
+def flush_denormals(enabled: bool = True) -> bool:
+    """Flush subnormal floats to zero (the CPU's FTZ and DAZ modes) on the calling thread and
+    on every slice thread from now on (``enabled=False``: back to IEEE subnormals). Returns
+    the calling thread's previous setting; False (and nothing changes) without the compiled
+    CPU extension, which is what sets the mode."""
+    global _executor, _flush_denormals
+    flush = _cpu_flush()
+    if flush is None:
+        return False
+    previous = flush(enabled)
+    if enabled != _flush_denormals:
+        _flush_denormals = enabled
+        if _executor is not None:  # its threads keep their own setting: start new ones
+            _executor.shutdown(wait=True)
+            _executor = None
+    return previous
+
+
 def _run_parallel(tasks):
     """Call each zero-argument task on the thread pool, BLAS single-threaded; results in order."""
     global _executor, _executor_threads
     if _executor is None or _executor_threads < len(tasks):
-        _executor = ThreadPoolExecutor(max_workers=len(tasks), thread_name_prefix="cnn_xp")
+        _executor = ThreadPoolExecutor(max_workers=len(tasks), thread_name_prefix="cnn_xp",
+                                       initializer=_set_thread_denormals, initargs=(_flush_denormals,))
         _executor_threads = len(tasks)
     with _blas_controller().limit(limits=1, user_api="blas"):
         return list(_executor.map(lambda task: task(), tasks))

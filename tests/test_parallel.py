@@ -216,3 +216,38 @@ def test_replicas_share_parameters_and_keep_their_own_state():
     stacks = sliced._slice_layers(2)
     for layer, twin in zip(*stacks):
         assert twin.params is layer.params and twin is not layer
+
+
+def test_flush_denormals_reaches_the_slice_threads():
+    """Subnormals flush to zero on the calling thread and on every slice thread, and the
+    previous setting comes back."""
+    from cnn_xp import dispatch
+    if dispatch.accelerator("cpu")[0] is None:
+        assert parallel.flush_denormals(True) is False  # no extension: nothing to set
+        return
+    tiny = np.full(4, 1e-39, dtype=np.float32)           # subnormal in float32
+
+    def halves(part):
+        return part * np.float32(0.5)                    # subnormal * 0.5: 0 when flushed
+
+    x = np.tile(tiny, (32, 1))
+    previous = parallel.flush_denormals(True)
+    try:
+        assert (tiny * np.float32(0.5) == 0).all()
+        assert (parallel.map_slices(halves, x, 2) == 0).all()
+    finally:
+        parallel.flush_denormals(previous)
+    assert (tiny * np.float32(0.5) != 0).all()
+    assert (parallel.map_slices(halves, x, 2) != 0).all()
+
+
+def test_cpu_training_runs_flush_denormals_and_restore_them(monkeypatch, tmp_path):
+    from cnn_xp.app import train as train_module
+    calls = []
+    real = parallel.flush_denormals
+    monkeypatch.setattr(parallel, "flush_denormals", lambda enabled=True: calls.append(enabled) or real(enabled))
+    from tiny_idx import write_dataset
+    data = write_dataset(tmp_path / "data", n_train=40, n_test=20)
+    assert cli.main(["train", "--model", "lenet5", "--dataset", "mnist", "--data-dir", str(data), "--epochs", "1",
+                     "--out", str(tmp_path / "run"), "--no-download", "--no-progress"]) == 0
+    assert calls[0] is True and len(calls) == 2   # on for the run, then the previous setting

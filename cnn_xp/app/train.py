@@ -465,6 +465,11 @@ class Trainer:
     # -- the run -----------------------------------------------------------------------
     def run(self) -> dict:
         self._run_dir, self._created_folders, self._stage = None, [], "before training started"
+        # CPU runs flush subnormal floats to zero on every computing thread (see
+        # parallel.flush_denormals): dead units' decaying optimizer moments would otherwise
+        # slow every later epoch. Restored when the run ends.
+        flushing = self.cfg.device == "cpu"
+        previous = parallel.flush_denormals(True) if flushing else False
         try:
             # Overflow shows up as a non-finite loss, which the epoch loop reports in one line.
             with numpy.errstate(over="ignore", invalid="ignore", divide="ignore"):
@@ -477,6 +482,9 @@ class Trainer:
             if isinstance(exc, KeyboardInterrupt) and run_dir is not None:
                 raise self._interrupted(exc, run_dir, saved) from None
             raise
+        finally:
+            if flushing:
+                parallel.flush_denormals(previous)
 
     def _interrupted(self, exc: KeyboardInterrupt, run_dir: Path, saved: bool) -> RunInterrupted:
         """The true account of a stopped run: what the folder holds and how to go on."""
