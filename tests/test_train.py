@@ -79,8 +79,9 @@ def test_resume_is_bit_identical_to_an_uninterrupted_run(data_dir, tmp_path, mon
     sliced_forward = parallel.SlicedLayers.forward
     monkeypatch.setattr(parallel.SlicedLayers, "forward",
                         lambda self, x, slices: slice_counts.append(slices) or sliced_forward(self, x, slices))
+    # --schedule-epochs: a model's schedule is planned over the whole run, not the first part's --epochs
     common = ("--batch-size", "50", "--seed", "7", "--optimizer", optimizer, "--limit-train", "120",
-              "--limit-test", "20")
+              "--limit-test", "20", "--schedule-epochs", "3")
     assert train(data_dir, tmp_path / "full", "--epochs", "3", *common, model=model) == 0
     assert train(data_dir, tmp_path / "split", "--epochs", "1", *common, model=model) == 0
     assert load_checkpoint(tmp_path / "split" / "checkpoint.npz").meta["epoch"] == 1

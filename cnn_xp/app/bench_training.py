@@ -314,6 +314,20 @@ def markdown_table(report) -> str:
             ratio = r.get("time_to_target_ratio")
             row += [_fmt_time(r["torch"]["time_to_target"]), "-" if ratio is None else f"{ratio:.2f}x"]
         lines.append("| " + " | ".join(row) + " |")
+    for entry in report.get("summary", []):
+        if len(entry["seeds"]) < 2:
+            continue
+        parts = []
+        for label in ("ours", "torch"):
+            if label in entry:
+                e = entry[label]
+                parts.append(f"{label} test accuracy {100 * e['mean_accuracy']:.2f}% "
+                             f"({100 * e['min_accuracy']:.2f}-{100 * e['max_accuracy']:.2f}%) in "
+                             f"{e['mean_total_seconds']:.1f} s")
+        ratio = f"; ratio {entry['total_ratio']:.2f}x" if "total_ratio" in entry else ""
+        lines.append(f"| {entry['model']} | mean of seeds {', '.join(map(str, entry['seeds']))}: "
+                     + "; ".join(parts) + f" (loading, set-up, training, evaluations){ratio} |"
+                     + " |" * (len(head) - 2))
     target = report["results"][0]["target"] if report["results"] else None
     kernels = f"; CPU kernels: {report['cpu_kernels']}" if report.get("cpu_kernels") else ""
     lines += ["", f"Real training on {report['dataset']} ({report['train_images']} train, {report['test_images']} "

@@ -233,10 +233,12 @@ def separable_batch(n=20, seed=3):
     return templates[t] + 0.3 * rng.random((n, 1, 28, 28), dtype=np.float32), t
 
 
+
 @pytest.mark.parametrize("name", ["one_conv", "lenet5", "deep_convnet"])
 def test_zoo_model_learns_on_gpu(name, gpu, mode):
     """Its own recipe's optimizer (SGD / Adam / AdaGrad, with its parameter groups), dropout
-    on: 30 steps on one batch cut the inference loss by 10% or more (measured on the CPU reference: 25%, 98%, 16%)."""
+    on: 30 steps on one batch cut the inference loss by 10% or more (measured on the CPU
+    reference: 25%, 98%, 16%)."""
     model = models.build(name, seed=0, device=gpu)
     opt = models.build_optimizer(name, model)
     x, t = separable_batch()

@@ -46,7 +46,7 @@ def test_train_on_gpu_then_evaluate_on_both_devices(gpu, data_dir, tmp_path, cap
 def test_resume_on_gpu(gpu, data_dir, tmp_path):
     """A resumed GPU run continues the same batch order and optimizer state: without dropout
     it ends where the uninterrupted run ends (up to float reduction order)."""
-    extra = ("--limit-train", "100", "--limit-test", "20")
+    extra = ("--limit-train", "100", "--limit-test", "20", "--schedule-epochs", "3")  # the whole run's schedule
     assert _train(gpu, data_dir, tmp_path / "full", "--epochs", "3", *extra) == 0
     assert _train(gpu, data_dir, tmp_path / "split", "--epochs", "1", *extra) == 0
     assert _train(gpu, data_dir, tmp_path / "split", "--epochs", "3", "--resume", *extra) == 0
