@@ -20,7 +20,6 @@ keeps the batch's dtype and device. At zero strength the output equals the input
 """
 from __future__ import annotations
 
-import math
 
 import numpy as np
 

@@ -12,7 +12,6 @@ kernel switched itself off (a compile failure): the accelerated path must really
 suite's own code on machines without a GPU, so its one real run on a GPU does not fail on a
 bug in the tests. Tests of CUDA-only behaviour skip in a dry run.
 """
-import os
 import sys
 from pathlib import Path
 
