@@ -18,21 +18,11 @@ from cnn_xp import atomic
 from cnn_xp.app import cli
 from cnn_xp.app.run_checkpoint import load_run_checkpoint
 from cnn_xp.checkpoint import load_checkpoint
-from tiny_idx import write_dataset
+from train_helpers import data_dir, isolated  # noqa: F401 (fixtures)
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    return write_dataset(tmp_path_factory.mktemp("tiny") / "data", n_train=200, n_test=100)
-
-
-@pytest.fixture(autouse=True)
-def isolated(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    monkeypatch.delenv("CNN_XP_DATA", raising=False)
 
 
 def train_argv(data_dir, out, *extra):

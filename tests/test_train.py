@@ -11,25 +11,9 @@ from cnn_xp import parallel
 from cnn_xp.app import cli
 from cnn_xp.checkpoint import load_checkpoint
 from cnn_xp.app.train import METRIC_COLUMNS
-from tiny_idx import write_dataset
+from train_helpers import data_dir, isolated, train  # noqa: F401 (fixtures)
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    return write_dataset(tmp_path_factory.mktemp("tiny") / "data", n_train=200, n_test=100)
-
-
-@pytest.fixture(autouse=True)
-def isolated(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    monkeypatch.delenv("CNN_XP_DATA", raising=False)
-
-
-def train(data_dir, out, *extra, model="simple_convnet"):
-    argv = ["train", "--model", model, "--dataset", "mnist", "--data-dir", data_dir, "--out", str(out),
-            "--no-download", "--no-progress", *extra]
-    return cli.main(argv)
 
 
 def test_run_dir_holds_every_file_and_they_are_sane(data_dir, tmp_path, capsys):
