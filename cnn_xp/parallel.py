@@ -226,13 +226,18 @@ class BatchSlices:
         self.model = model
         self._lead: SlicedLayers | None = None
         self._sliced_step = False  # whether the last training forward ran in slices
+        self._flops_seen: dict = {}  # (sample shape, layer ids) -> _flops' answer
 
     def _flops(self, x, layers):
-        """(forward FLOPs per sample of ``layers``, those of their Affine layers)."""
-        per_layer = dict(zip(map(id, self.model.layers), self.model.layer_flops(x.shape[1:])))
-        total = sum(per_layer[id(layer)] for layer in layers)
-        affine = sum(per_layer[id(layer)] for layer in layers if isinstance(layer, Affine))
-        return total, affine
+        """(forward FLOPs per sample of ``layers``, those of their Affine layers), counted
+        once per sample shape."""
+        key = (tuple(x.shape[1:]), tuple(map(id, layers)))
+        if key not in self._flops_seen:
+            per_layer = dict(zip(map(id, self.model.layers), self.model.layer_flops(x.shape[1:])))
+            total = sum(per_layer[id(layer)] for layer in layers)
+            affine = sum(per_layer[id(layer)] for layer in layers if isinstance(layer, Affine))
+            self._flops_seen[key] = (total, affine)
+        return self._flops_seen[key]
 
     def _leading_sliceable(self):
         layers = self.model.layers

@@ -20,7 +20,6 @@ same recipe, alternating epoch by epoch.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -33,8 +32,7 @@ import numpy
 
 from .. import backend, dispatch, models, parallel
 from ..models import INPUT_SHAPE, NUM_CLASSES
-from ..atomic import write_text
-from .bench_common import (SETTLE_SECONDS, BenchError, accelerator_description, import_torch,
+from .bench_common import (SETTLE_SECONDS, write_report, BenchError, accelerator_description, import_torch,
                            machine_description, torch_optimizer, torch_param_groups, torch_twin,
                            twin_parameters)
 
@@ -372,12 +370,7 @@ def run(args, argv) -> int:
         "accelerator": accelerator_description(args.device),
         "gemm_gflops": gemm, "gemm_size": size, "results": results,
     }
-    table = markdown_table(report)
-    print(table, end="")
-    if args.json:
-        write_text(args.json, json.dumps(report, indent=2) + "\n")
-    if args.markdown:
-        write_text(args.markdown, table)
+    write_report(report, markdown_table(report), args)
     return 0
 
 

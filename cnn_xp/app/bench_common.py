@@ -3,10 +3,12 @@ error type, the settle pause, the machine's description, and the PyTorch twins o
 and optimizers."""
 from __future__ import annotations
 
+import json
 import os
 import platform
 
 from .. import backend, dispatch
+from ..atomic import write_text
 from ..layers import Affine, Conv2D
 
 
@@ -125,3 +127,12 @@ def twin_parameters(model, net) -> dict:
     for index, module in zip(ours, theirs, strict=True):
         mapping[f"{index}.W"], mapping[f"{index}.b"] = module.weight, module.bias
     return mapping
+
+
+def write_report(report: dict, table: str, args) -> None:
+    """Print the markdown table; write it (``--markdown``) and the report (``--json``)."""
+    print(table, end="")
+    if args.json:
+        write_text(args.json, json.dumps(report, indent=2) + "\n")
+    if args.markdown:
+        write_text(args.markdown, table)

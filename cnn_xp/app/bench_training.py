@@ -17,7 +17,6 @@ kernels and PyTorch's. Ratios are torch seconds / our seconds: above 1, ours is 
 """
 from __future__ import annotations
 
-import json
 import os
 import platform
 import statistics
@@ -27,8 +26,7 @@ import time
 import numpy
 
 from .. import backend, dispatch, models
-from .bench_common import torch_param_groups, twin_parameters
-from ..atomic import write_text
+from .bench_common import torch_param_groups, twin_parameters, write_report
 
 DEFAULT_MODELS = ["fast_mnist", "simple_convnet"]
 MAX_DEFAULT_EPOCHS = 4
@@ -251,12 +249,7 @@ def run_real(args, argv, torch) -> int:
         "accelerator": accelerator_description(args.device), "kernels": dispatch.mode(),
         "results": results, "summary": summarize_seeds(results),
     }
-    table = markdown_table(report)
-    print(table, end="")
-    if args.json:
-        write_text(args.json, json.dumps(report, indent=2) + "\n")
-    if args.markdown:
-        write_text(args.markdown, table)
+    write_report(report, markdown_table(report), args)
     return 0
 
 
