@@ -67,6 +67,7 @@ def test_every_default_group_names_parameters_of_its_model(name):
 def test_recipes_of_the_seeds():
     one = models.MODELS["one_conv"]
     assert (one.optimizer, one.lr, one.batch_size, one.val_size) == ("sgd", 0.5, 100, 10_000)
+    assert one.augment == {"shift": 0.1} and one.epochs == 40  # the seed's recipe + shifts (docs/mnist.md)
     model = models.build("one_conv")
     opt = optim.SGD(model, lr=one.lr, param_groups=[dict(g) for g in one.lr_groups])
     assert opt.lr_of("0.W") == opt.lr_of("0.b") == 0.5 / 784 and opt.lr_of("3.W") == 0.5
