@@ -26,6 +26,7 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir))
 
 from cnn_xp import data, models, parallel  # noqa: E402
+from cnn_xp.app.train import evaluate_arrays  # noqa: E402
 
 VAL_SIZE = 10_000
 
@@ -45,16 +46,6 @@ def seed_000_draws(stream_seed: int = 1, n_images: int = 60_000):
              "3.W": w_2_3[seed_row_of_ours], "3.b": np.zeros(512),
              "5.W": w_3_4, "5.b": np.zeros(10)}
     return index, state
-
-
-def loss_and_accuracy(steps, x, t, batch_size=1000):
-    """(mean cross-entropy, accuracy) in inference mode."""
-    total, correct = 0.0, 0
-    for start in range(0, len(x), batch_size):
-        scores, loss = steps.scores_and_loss(x[start:start + batch_size], t[start:start + batch_size], train=False)
-        total += float(loss) * len(scores)
-        correct += int((np.asarray(scores).argmax(axis=1) == t[start:start + batch_size]).sum())
-    return total / len(x), correct / len(x)
 
 
 def replay(dataset, epochs: int = 100, stream_seed: int = 1, dtype: str = "float64", out=sys.stdout):
@@ -79,12 +70,12 @@ def replay(dataset, epochs: int = 100, stream_seed: int = 1, dtype: str = "float
             steps.backward()
             optimizer.step()
         if epoch % 20 == 0 or epoch == epochs - 1:
-            val_error, val_acc = loss_and_accuracy(steps, x_val, t_val)
+            val_error, val_acc, _ = evaluate_arrays(model, x_val, t_val)
             n = batches.num_samples
             print(f"e:{epoch:3d}; Train_Err: {error / n:0.2f}; Train_Acc: {correct / n:0.2f}; "
                   f"Val_Err: {val_error:0.2f}; Val_Acc: {val_acc:0.3f}  "
                   f"(train acc {correct / n:.4f}, val acc {val_acc:.4f})", file=out, flush=True)
-    test_loss, test_acc = loss_and_accuracy(steps, data.to_float(dataset.test_images, dtype), dataset.test_labels)
+    test_loss, test_acc, _ = evaluate_arrays(model, data.to_float(dataset.test_images, dtype), dataset.test_labels)
     print(f"Test Loss: {test_loss:0.3f}  Test Acc: {test_acc:0.3f}  (test acc {test_acc:.4f})", file=out, flush=True)
     return test_loss, test_acc
 

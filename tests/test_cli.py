@@ -1,5 +1,4 @@
 """The ``cnn-xp`` command line: evaluate, predict, and every user mistake in one line, exit 2."""
-import dataclasses
 import json
 import os
 import subprocess
@@ -14,8 +13,8 @@ from cnn_xp import backend
 
 from cnn_xp.app import cli
 from cnn_xp.checkpoint import Checkpoint, save_checkpoint
-from cnn_xp.data import sources
 from tiny_idx import draw_digit_one, write_dataset
+from train_helpers import isolated, offline  # noqa: F401 (fixtures)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,14 +34,7 @@ def trained(data_dir, tmp_path_factory):
     return out
 
 
-@pytest.fixture(autouse=True)
-def isolated(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    monkeypatch.delenv("CNN_XP_DATA", raising=False)
-    monkeypatch.setenv("CNN_XP_MIRRORS_MNIST", "http://127.0.0.1:9/")  # offline: nothing answers
-    spec = sources.DATASETS["mnist"]
-    monkeypatch.setitem(sources.DATASETS, "mnist", dataclasses.replace(spec, system_dirs=()))
+pytestmark = pytest.mark.usefixtures("offline")
 
 
 def one_line_error(capsys, code, expected_code=2):

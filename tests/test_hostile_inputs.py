@@ -1,6 +1,5 @@
 """Issue 16's table, one test per hostile input: one line on stderr and exit 2, never a
 traceback, a hang or a memory blow-up (the run-folder rows are in test_hostile_runs.py)."""
-import dataclasses
 import gzip
 import json
 import os
@@ -19,6 +18,7 @@ from cnn_xp.app.predict import MAX_PIXELS, ImageError, preprocess_image
 from cnn_xp.checkpoint import CheckpointError, load_checkpoint
 from cnn_xp.data import DatasetError, load_dataset, sources
 from tiny_idx import draw_digit_one, write_dataset
+from train_helpers import isolated, offline  # noqa: F401 (fixtures)
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN_IMAGES = "train-images-idx3-ubyte"
@@ -39,14 +39,7 @@ def trained(data_dir, tmp_path_factory):
     return out
 
 
-@pytest.fixture(autouse=True)
-def isolated(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    monkeypatch.delenv("CNN_XP_DATA", raising=False)
-    monkeypatch.setenv("CNN_XP_MIRRORS_MNIST", "http://127.0.0.1:9/")  # offline: nothing answers
-    for name, spec in list(sources.DATASETS.items()):
-        monkeypatch.setitem(sources.DATASETS, name, dataclasses.replace(spec, system_dirs=()))
+pytestmark = pytest.mark.usefixtures("offline")
 
 
 def one_line_error(capsys, code, expected_code=2) -> str:
