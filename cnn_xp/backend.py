@@ -11,11 +11,13 @@ import importlib
 
 import numpy
 
+from .errors import DeviceError
+
 DEVICES = ("cpu", "gpu")
 FLOAT_DTYPES = ("float32", "float64")  # the dtypes a model can compute in
 
 
-class GPUUnavailableError(RuntimeError):
+class GPUUnavailableError(DeviceError):
     """Asked for ``"gpu"`` where no usable CUDA GPU is; the message says why."""
 
 

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 import numpy
 
-from . import backend
+from . import backend, errors
 from .atomic import atomic_open
 from .input_files import describe_os_error, open_regular
 
@@ -44,7 +44,7 @@ _ARRAY_KINDS = "biuf"  # bool, signed, unsigned, float; "U" (unicode) for the 0-
 _NPY_VERSIONS = {(1, 0): numpy.lib.format.read_array_header_1_0, (2, 0): numpy.lib.format.read_array_header_2_0}
 
 
-class CheckpointError(ValueError):
+class CheckpointError(errors.CheckpointError):
     """A checkpoint file is missing, unreadable or not a cnn_xp checkpoint."""
 
 

@@ -24,6 +24,7 @@ import os
 from types import ModuleType
 
 from .backend import check_device
+from .errors import ConfigError
 
 ENV = "CNN_XP_KERNELS"
 MODES = ("auto", "reference")
@@ -52,7 +53,7 @@ _chosen: dict[tuple[str, str], ModuleType] = {}
 _accelerators: dict[str, tuple[ModuleType | None, str]] = {}
 
 
-class KernelModeError(ValueError):
+class KernelModeError(ConfigError):
     """An unknown kernel mode (CNN_XP_KERNELS or --kernels)."""
 
 
@@ -151,3 +152,20 @@ def reset() -> None:
     _mode = None
     _chosen.clear()
     _accelerators.clear()
+
+
+_warned: set = set()
+
+
+def accelerator_warning(device: str) -> str | None:
+    """One line, the first time it is asked per device, when the default (auto) mode finds
+    no compiled CPU kernels although they run on any CPU they were built for: the build
+    failed or was skipped at install, and the reference runs, several times slower."""
+    if device != "cpu" or mode() != "auto" or device in _warned:
+        return None
+    module, reason = accelerator(device)
+    if module is not None:
+        return None
+    _warned.add(device)
+    return (f"the compiled CPU kernels are not usable ({reason}); the reference ops run instead, several times "
+            f"slower: reinstall with a C compiler (pip install -e .) or pass --kernels reference to silence this")

@@ -145,6 +145,40 @@ class Sequential:
     def num_params(self) -> int:
         return sum(int(layer.params[key].size) for _, layer, key in self.params_and_grads())
 
+    # -- inspection and files ---------------------------------------------------------
+    def summary(self, input_shape=None) -> str:
+        """A table, as Keras's: each layer's index and type, output shape (for one sample of
+        ``input_shape`` (C, H, W), default the model's ``input_shape`` when it has one;
+        ``?`` when unknown) and parameter count, then the totals."""
+        shape = input_shape if input_shape is not None else getattr(self, "input_shape", None)
+        shape = None if shape is None else tuple(int(d) for d in shape)
+        rows = [("#", "layer", "output shape", "parameters")]
+        if shape is not None:
+            rows.append(("", "input", "x".join(map(str, shape)), ""))
+        for index, layer in enumerate(self.layers):
+            if shape is not None:
+                shape = tuple(int(d) for d in layer.output_shape(shape))
+            count = sum(int(v.size) for v in layer.params.values())
+            rows.append((str(index), repr(layer) if len(repr(layer)) <= 40 else type(layer).__name__,
+                         "?" if shape is None else "x".join(map(str, shape)), f"{count:,}"))
+        widths = [max(len(row[i]) for row in rows) for i in range(4)]
+        rule = "-" * (sum(widths) + 6)
+        lines = [f"{getattr(self, 'name', None) or 'Sequential'} ({self.device}, {self.dtype})", rule]
+        for i, row in enumerate(rows):
+            lines.append(f"{row[0]:>{widths[0]}}  {row[1]:<{widths[1]}}  {row[2]:<{widths[2]}}  {row[3]:>{widths[3]}}")
+            if i == 0:
+                lines.append(rule)
+        lines += [rule, f"total parameters: {self.num_params():,}",
+                  f"loss: {type(self.loss_layer).__name__}"]
+        return "\n".join(lines)
+
+    def save(self, path, **meta) -> None:
+        """Write the architecture, weights and ``meta`` (JSON-able; e.g. ``class_names``) to
+        ``path`` (a no-pickle ``.npz``); ``cnn_xp.load(path)`` rebuilds the model."""
+        from .saving import save
+
+        save(self, path, meta=meta)
+
     def __repr__(self) -> str:
         inner = "\n".join(f"  ({i}) {layer!r}" for i, layer in enumerate(self.layers))
         return f"Sequential(device={self.device}, dtype={self.dtype}\n{inner}\n  loss: {self.loss_layer!r}\n)"

@@ -235,7 +235,7 @@ def get_spec(name: str) -> ModelSpec:
 
 def build_optimizer(name: str, model):
     """The zoo entry's optimizer for ``model``: its optimizer, learning rate, settings and
-    parameter groups (the recipe's schedule and augmentation are the trainer's)."""
+    parameter groups (the recipe's schedule and augmentation are ``fit``'s)."""
     from . import optim
 
     spec = get_spec(name)
@@ -250,4 +250,5 @@ def build(name: str, seed: int = 0, device: str = "cpu", dtype: str = "float32")
     layers = spec.layers(rng, dtype, int(seed))
     model = Sequential(layers, loss=SoftmaxCrossEntropy(), device=device, dtype=dtype)  # first layer: no dx
     model.name = name
+    model.input_shape = INPUT_SHAPE
     return model

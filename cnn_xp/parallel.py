@@ -32,6 +32,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 
 from . import dispatch
+from .errors import ConfigError
 from .backend import to_device, xp_of
 from .layers import Affine
 
@@ -46,7 +47,7 @@ _flush_denormals = False  # the setting every slice thread starts with (see flus
 _blas = None  # threadpoolctl.ThreadpoolController (False: not installed), made on first use
 
 
-class ThreadSettingError(ValueError):
+class ThreadSettingError(ConfigError):
     """CNN_XP_THREADS is set to something other than a positive integer."""
 
 
@@ -296,3 +297,15 @@ class BatchSlices:
                 labels = labels.argmax(axis=1)
             correct += int((scores.argmax(axis=1) == labels).sum())
         return correct / n if n else 0.0
+
+
+def runner_for(model):
+    """What runs ``model``'s training steps and inference: on the CPU a :class:`BatchSlices`
+    (every core; one per model, kept on it), elsewhere the model itself. ``fit``,
+    ``evaluate`` and prediction all ask here, so the decision is made once."""
+    if model.device != "cpu":
+        return model
+    runner = model.__dict__.get("_batch_slices")
+    if runner is None:
+        runner = model.__dict__["_batch_slices"] = BatchSlices(model)
+    return runner

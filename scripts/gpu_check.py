@@ -307,28 +307,30 @@ def mnist_cmd(device, data_dir, out_json, quick, parity_only=False, model=MNIST_
     return cmd + (["--quick"] if quick else []) + (["--parity-only"] if parity_only else [])
 
 
-def _train_pass(model, opt, batches, device, x_test, t_test, record_steps=False):
-    """One pass over ``batches``; returns (mean train loss, per-step losses or [], seconds,
-    test accuracy, evaluation seconds)."""
-    from cnn_xp import backend
+def _fit(model, opt, x, t, recipe, epochs, device, validation=None, record_steps=False, shuffle=True):
+    """``cnn_xp.fit`` of ``recipe`` for ``epochs``; returns (history rows, per-step losses or
+    [], per epoch wall seconds of training and of evaluation)."""
+    from cnn_xp import backend, fit
+    from cnn_xp.callbacks import Callback
 
-    backend.synchronize(device)
-    tic = time.perf_counter()
-    total, steps, per_step = None, 0, []
-    for xb, tb in batches:
-        loss = model.loss(xb, tb)
-        model.backward()
-        opt.step()
-        total = loss if total is None else total + loss
-        steps += 1
-        if record_steps:
-            per_step.append(float(loss))
-    backend.synchronize(device)
-    train_s = time.perf_counter() - tic
-    tic = time.perf_counter()
-    accuracy = model.accuracy(x_test, t_test)
-    eval_s = time.perf_counter() - tic
-    return float(total) / max(steps, 1), per_step, train_s, accuracy, eval_s
+    per_step, clocks = [], []
+
+    class Record(Callback):
+        def on_epoch_begin(self, epoch, logs):
+            backend.synchronize(device)
+            self.tic = time.perf_counter()
+
+        def on_batch_end(self, batch, logs):
+            if record_steps:
+                per_step.append(float(logs["batch_loss"]))
+
+        def on_epoch_end(self, epoch, logs):
+            clocks.append((time.perf_counter() - self.tic - logs["seconds"], logs["seconds"]))
+
+    history = fit(model, opt, (x, t), epochs=epochs, batch_size=recipe.batch_size, validation_data=validation,
+                  schedule=recipe.schedule_spec(), augment=recipe.augment, seed=recipe.seed, shuffle=shuffle,
+                  callbacks=[Record()], verbose=False)
+    return history.rows, per_step, clocks
 
 
 def mnist_run(device: str, data_dir: Path, out_json: Path, model_name: str, epochs, quick: bool,
@@ -344,7 +346,7 @@ def mnist_run(device: str, data_dir: Path, out_json: Path, model_name: str, epoc
       reaches it."""
 
     sys.path.insert(0, str(ROOT))
-    from cnn_xp import backend, data, dispatch, layers, models
+    from cnn_xp import Recipe, backend, data, dispatch, evaluate, layers, models
 
     tic = time.perf_counter()
     ds = data.load_dataset("mnist", data_dir=data_dir, download=False)
@@ -352,9 +354,9 @@ def mnist_run(device: str, data_dir: Path, out_json: Path, model_name: str, epoc
     x_test = backend.to_device(data.to_float(ds.test_images), device)
     t_test = backend.to_device(ds.test_labels, device)
     load_s = time.perf_counter() - tic
-    spec = models.MODELS[model_name]
+    recipe = Recipe.create(model_name, seed=0)
     result = {"device": device, "model": model_name, "kernel_mode": dispatch.mode(),
-              "ops": dispatch.table(device), "recipe": spec.defaults(), "data": str(ds.folder),
+              "ops": dispatch.table(device), "recipe": recipe.to_dict(), "data": str(ds.folder),
               "train_images": int(x_train.shape[0]), "test_images": int(ds.test_labels.shape[0]),
               "load_seconds": round(load_s, 3)}
 
@@ -369,10 +371,12 @@ def mnist_run(device: str, data_dir: Path, out_json: Path, model_name: str, epoc
     # parity: the same batches on every device, no random draws
     n = min(PARITY_IMAGES if not quick else 200, x_train.shape[0])
     model, opt = fresh(dropout=False)
-    batches = data.BatchIterator(x_train[:n], t_train[:n], spec.batch_size, shuffle=False, device=device)
-    mean_loss, per_step, train_s, accuracy, _ = _train_pass(model, opt, batches, device, x_test,
-                                                            t_test, record_steps=True)
-    result["parity"] = {"images": n, "batch_size": spec.batch_size, "losses": per_step,
+    plain = recipe.replace(schedule="constant", schedule_epochs=None, augment=None)  # no random draws
+    rows, per_step, clocks = _fit(model, opt, x_train[:n], t_train[:n], plain, 1, device, record_steps=True,
+                                  shuffle=False)
+    mean_loss, train_s = rows[0]["train_loss"], clocks[0][1]
+    accuracy = evaluate(model, (x_test, t_test))["accuracy"]
+    result["parity"] = {"images": n, "batch_size": recipe.batch_size, "losses": per_step,
                         "mean_loss": mean_loss, "test_accuracy": accuracy,
                         "seconds": round(train_s, 3),
                         "weights": {k: v.reshape(-1)[::97].tolist() for k, v in model.state_dict().items()}}
@@ -381,12 +385,14 @@ def mnist_run(device: str, data_dir: Path, out_json: Path, model_name: str, epoc
     if parity_only:
         return 0
 
-    epochs = epochs or (1 if quick else spec.epochs)
+    epochs = epochs or (1 if quick else recipe.epochs)
     model, opt = fresh(dropout=True)
-    batches = data.BatchIterator(x_train, t_train, spec.batch_size, seed=0, device=device)
+    rows, _, clocks = _fit(model, opt, x_train, t_train, recipe.replace(epochs=epochs,
+                           schedule_epochs=epochs if recipe.schedule != "constant" else None), epochs, device,
+                           validation=(x_test, t_test))
     history, clock, reached = [], 0.0, None
-    for epoch in range(1, epochs + 1):
-        mean_loss, _, train_s, accuracy, eval_s = _train_pass(model, opt, batches, device, x_test, t_test)
+    for row, (eval_s, train_s) in zip(rows, clocks):
+        epoch, mean_loss, accuracy = row["epoch"], row["train_loss"], row["val_acc"]
         clock += train_s + eval_s
         history.append({"epoch": epoch, "train_loss": mean_loss, "test_accuracy": accuracy,
                         "train_seconds": round(train_s, 3), "eval_seconds": round(eval_s, 3),

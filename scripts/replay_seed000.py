@@ -25,8 +25,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir))
 
-from cnn_xp import data, models, parallel  # noqa: E402
-from cnn_xp.app.train import evaluate_arrays  # noqa: E402
+from cnn_xp import data, evaluate, fit, models  # noqa: E402
+from cnn_xp.callbacks import Callback  # noqa: E402
 
 VAL_SIZE = 10_000
 
@@ -58,24 +58,24 @@ def replay(dataset, epochs: int = 100, stream_seed: int = 1, dtype: str = "float
     model = models.build("one_conv", dtype=dtype)
     model.load_state_dict(state)
     optimizer = models.build_optimizer("one_conv", model)
-    steps = parallel.BatchSlices(model)
-    batches = data.BatchIterator(images[train_idx], labels[train_idx], models.get_spec("one_conv").batch_size,
-                                 shuffle=False)
-    for epoch in range(epochs):
-        error, correct = 0.0, 0
-        for x, t in batches:
-            scores, loss = steps.scores_and_loss(x, t)
-            error += float(loss) * len(t)
-            correct += int((np.asarray(scores).argmax(axis=1) == t).sum())
-            steps.backward()
-            optimizer.step()
-        if epoch % 20 == 0 or epoch == epochs - 1:
-            val_error, val_acc, _ = evaluate_arrays(model, x_val, t_val)
-            n = batches.num_samples
-            print(f"e:{epoch:3d}; Train_Err: {error / n:0.2f}; Train_Acc: {correct / n:0.2f}; "
+
+    class SeedLog(Callback):
+        """The seed's log line at epochs 0, 20, 40, ... and the last (the seed counts from 0)."""
+
+        def on_epoch_end(self, epoch, logs):
+            if (epoch - 1) % 20 and epoch != epochs:
+                return
+            val = evaluate(model, (x_val, t_val))
+            error, acc, val_error, val_acc = logs["train_loss"], logs["train_acc"], val["loss"], val["accuracy"]
+            print(f"e:{epoch - 1:3d}; Train_Err: {error:0.2f}; Train_Acc: {acc:0.2f}; "
                   f"Val_Err: {val_error:0.2f}; Val_Acc: {val_acc:0.3f}  "
-                  f"(train acc {correct / n:.4f}, val acc {val_acc:.4f})", file=out, flush=True)
-    test_loss, test_acc, _ = evaluate_arrays(model, data.to_float(dataset.test_images, dtype), dataset.test_labels)
+                  f"(train acc {acc:.4f}, val acc {val_acc:.4f})", file=out, flush=True)
+
+    # the seed's batches: its shuffled split, in the same order every epoch; no schedule, no augmentation
+    fit(model, optimizer, (images[train_idx], labels[train_idx]), epochs=epochs,
+        batch_size=models.get_spec("one_conv").batch_size, shuffle=False, callbacks=[SeedLog()], verbose=False)
+    test = evaluate(model, (data.to_float(dataset.test_images, dtype), dataset.test_labels))
+    test_loss, test_acc = test["loss"], test["accuracy"]
     print(f"Test Loss: {test_loss:0.3f}  Test Acc: {test_acc:0.3f}  (test acc {test_acc:.4f})", file=out, flush=True)
     return test_loss, test_acc
 

@@ -82,8 +82,8 @@ def test_predict_bad_image(trained, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("flags, needle", [
-    (["--model", "resnet"], "unknown model 'resnet'"),
-    (["--optimizer", "lbfgs"], "unknown optimizer 'lbfgs'"),
+    (["--model", "resnet"], "--model must be one of one_conv"),
+    (["--optimizer", "lbfgs"], "--optimizer must be one of sgd"),
     (["--epochs", "0"], "--epochs"),
     (["--epochs", "-3"], "--epochs"),
     (["--batch-size", "0"], "--batch-size"),
@@ -146,7 +146,7 @@ def test_gpu_without_a_usable_gpu(data_dir, capsys, monkeypatch):
     assert "no CUDA device found (simulated)" in line and "--device cpu" in line
     line = one_line_error(capsys, cli.main(["train", "--model", "simple_convnet", "--dataset", "mnist",
                                             "--data-dir", data_dir, "--device", "tpu"]))
-    assert "unknown device 'tpu'" in line
+    assert "--device must be one of cpu, gpu, got 'tpu'" in line
 
 
 def test_missing_or_bad_checkpoint(tmp_path, capsys):
@@ -159,7 +159,7 @@ def test_missing_or_bad_checkpoint(tmp_path, capsys):
         capsys, cli.main(["predict", "--checkpoint", str(junk), image]))
     bare = tmp_path / "bare.npz"  # a cnn_xp checkpoint without the trainer's metadata
     save_checkpoint(bare, Checkpoint(meta={"model": "simple_convnet"}, model_state={}))
-    assert "not a training checkpoint" in one_line_error(
+    assert "neither a run checkpoint nor a saved model" in one_line_error(
         capsys, cli.main(["evaluate", "--checkpoint", str(bare)]))
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from mnist_data import REPO, require_mnist
 
-from cnn_xp.app.train import TrainConfig, train
+from cnn_xp.app.train import TrainRequest, train
 from cnn_xp.data import load_dataset, sources
 from cnn_xp.data.download import file_digests
 
@@ -58,9 +58,10 @@ def test_loads_as_mnist(mnist_folder):
 def test_a_zoo_net_learns_real_digits(mnist_folder, tmp_path):
     """lenet5 with its zoo defaults, 2 epochs on the first 10,000 training digits: well above
     chance (10%) on the first 2,000 test digits. Measured 91.8-94.7% over seeds 0-2."""
-    summary = train(TrainConfig(model="lenet5", data_dir=str(mnist_folder), download=False, epochs=2,
-                                limit_train=10000, limit_test=2000, val_size=0, out=str(tmp_path / "run"),
-                                progress=False), out=open(tmp_path / "log.txt", "w"))
+    overrides = {"model": "lenet5", "data_dir": str(mnist_folder), "epochs": 2, "limit_train": 10000,
+                 "limit_test": 2000, "val_size": 0}
+    summary = train(TrainRequest(overrides=overrides, out=str(tmp_path / "run"), download=False, progress=False),
+                    out=open(tmp_path / "log.txt", "w"))
     assert summary["test_images"] == 2000
     assert summary["test_accuracy"] >= 0.88, summary["test_accuracy"]
     with open(tmp_path / "run" / "metrics.csv") as fh:

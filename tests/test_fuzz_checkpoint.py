@@ -10,6 +10,8 @@ import struct
 import zipfile
 
 import numpy as np
+
+from cnn_xp import Recipe
 import pytest
 from fuzz_settings import fuzz
 from hypothesis import given
@@ -18,7 +20,7 @@ from hypothesis import strategies as st
 from cnn_xp import models
 from cnn_xp.app import cli
 from cnn_xp.app.run_checkpoint import load_run_checkpoint
-from cnn_xp.app.train import UserError
+from cnn_xp.errors import CheckpointError as UserError
 from cnn_xp.checkpoint import CheckpointError, load_checkpoint
 from cnn_xp.data import BatchIterator
 from cnn_xp.optim import OPTIMIZERS
@@ -53,10 +55,10 @@ def base(tmp_path_factory):
 
 def assert_usable(ckpt):
     """What the trainer does with an accepted checkpoint, short of a whole epoch."""
-    meta, hp = ckpt.meta, ckpt.meta["hyperparameters"]
+    meta, hp = ckpt.meta, ckpt.meta["recipe"]
     model = models.build(meta["model"], seed=0, dtype=hp["dtype"])
     model.load_state_dict(ckpt.model_state)
-    optimizer = OPTIMIZERS[hp["optimizer"]](model, lr=float(hp["lr"]))
+    optimizer = Recipe.from_dict(hp).build_optimizer(model)
     optimizer.load_state_dict(ckpt.optimizer_state)
     x = np.zeros((4, 1, 28, 28), dtype=hp["dtype"])
     batches = BatchIterator(x, np.arange(4) % 10, 2, seed=hp["seed"])

@@ -202,18 +202,26 @@ def test_resume_with_weights_that_do_not_fit_the_model(trained, data_dir, tmp_pa
 
 # -- hand-edited checkpoint metadata ------------------------------------------------------
 EDITS = {
-    "hyperparameters a list": (lambda m: m.__setitem__("hyperparameters", [1, 2]),
-                               "hyperparameters must be an object with string keys, got [1, 2]"),
-    "dtype int8": (lambda m: m["hyperparameters"].__setitem__("dtype", "int8"),
-                   "hyperparameters.dtype must be one of float32, float64, got 'int8'"),
+    "recipe a list": (lambda m: m.__setitem__("recipe", [1, 2]),
+                      "recipe must be an object of recipe fields, got list"),
+    "dtype int8": (lambda m: m["recipe"].__setitem__("dtype", "int8"),
+                   "recipe.dtype must be one of float32, float64, got 'int8'"),
     "short class_names": (lambda m: m.__setitem__("class_names", ["0", "1"]),
                           "class_names must be a list of 10 printable names"),
     "epoch a string": (lambda m: m.__setitem__("epoch", "2"), "epoch must be an integer in 1..2, got '2'"),
-    "lr negative": (lambda m: m["hyperparameters"].__setitem__("lr", -1), "hyperparameters.lr must be a positive"),
+    "lr negative": (lambda m: m["recipe"].__setitem__("lr", -1), "recipe.lr must be a positive"),
+    "schedule epochs a string": (lambda m: m["recipe"].__setitem__("schedule_epochs", "abc"),
+                                 "recipe.schedule_epochs must be a positive integer, got 'abc'"),
+    "schedule field missing": (lambda m: m["recipe"].pop("warmup_epochs"), "recipe lacks warmup_epochs"),
+    "step without step_epochs": (lambda m: m["recipe"].__setitem__("schedule", "step"),
+                                 "recipe.schedule step needs recipe.step_epochs"),
+    "saved schedule state broken": (lambda m: m["schedule"]["schedule"].__setitem__("total_steps", "x"),
+                                    "schedule.schedule does not describe a schedule"),
+    "seed too large": (lambda m: m["recipe"].__setitem__("seed", 2**64), "recipe.seed must be an integer in"),
     "rng state a number": (lambda m: m["rng"].__setitem__("batches", 7), "rng.batches must be an object"),
     "history too short": (lambda m: m.__setitem__("history", m["history"][:1]),
                           "history must be a list of 2 rows"),
-    "unknown model": (lambda m: m.__setitem__("model", "resnet"), "model must be one of one_conv"),
+    "unknown model": (lambda m: m["recipe"].__setitem__("model", "resnet"), "recipe.model must be one of one_conv"),
 }
 
 

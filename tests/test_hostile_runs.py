@@ -39,19 +39,22 @@ def child_env(**extra):
 SELF_SIGNAL = r"""
 import os, signal, sys
 from cnn_xp.app import cli, train
+from cnn_xp.callbacks import Callback
 stage, sig = sys.argv[1], getattr(signal, sys.argv[2])
-real_epoch = train.Trainer._train_epoch
-def epoch(self, model, optimizer, batches, epoch, *rest, **options):
-    if stage == f"epoch{epoch}":
-        os.kill(os.getpid(), sig)
-    return real_epoch(self, model, optimizer, batches, epoch, *rest, **options)
-train.Trainer._train_epoch = epoch
-real_load = train.load_data
-def load_data(*args):
+class SignalAt(Callback):
+    def on_epoch_begin(self, epoch, logs):
+        if stage == f"epoch{epoch}":
+            os.kill(os.getpid(), sig)
+real_fit = train.fit
+def fit(*args, callbacks=(), **options):
+    return real_fit(*args, callbacks=[*callbacks, SignalAt()], **options)
+train.fit = fit
+real_prepare = train.prepare_data
+def prepare_data(*args, **options):
     if stage == "loading":
         os.kill(os.getpid(), sig)
-    return real_load(*args)
-train.load_data = load_data
+    return real_prepare(*args, **options)
+train.prepare_data = prepare_data
 sys.exit(cli.main(sys.argv[3:]))
 """
 
@@ -95,11 +98,10 @@ def test_a_stop_after_a_checkpoint_suggests_resume_and_resume_works(data_dir, tm
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr
     assert lines[0] == (f"cnn-xp: stopped by {sig} during epoch 3; {out / 'checkpoint.npz'} holds epoch 2: "
-                        f"continue with `cnn-xp train --model simple_convnet --dataset mnist --data-dir "
-                        f"{data_dir} --resume --out {out}`")
+                        f"continue with `cnn-xp train --resume {out}`")
     assert load_run_checkpoint(out / "checkpoint.npz").meta["epoch"] == 2
-    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.npz", "metrics.csv"]  # no temp file
-    assert cli.main(train_argv(data_dir, out, "--epochs", "4", "--resume")) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["best.npz", "checkpoint.npz", "metrics.csv"]  # no temp
+    assert cli.main(["train", "--resume", str(out), "--no-progress"]) == 0  # nothing more needed
     assert load_checkpoint(out / "checkpoint.npz").meta["epoch"] == 4
 
 
@@ -117,7 +119,7 @@ def test_an_external_sigterm_mid_run(data_dir, tmp_path):
     finally:
         proc.kill()
     assert proc.returncode == 143, err
-    assert len(err.strip().splitlines()) == 1 and "--resume --out" in err
+    assert len(err.strip().splitlines()) == 1 and f"--resume {out}`" in err
     found = re.match(r"cnn-xp: stopped by SIGTERM (during|after) epoch (\d+); .* holds epoch (\d+): continue", err)
     assert found, err
     when, running, held = found.group(1), int(found.group(2)), int(found.group(3))
@@ -163,8 +165,8 @@ sys.exit(cli.main(sys.argv[2:]))
 
 def test_temp_files_of_a_killed_write_are_removed_by_the_next_run(data_dir, tmp_path):
     out = tmp_path / "r"
-    # renames: 1 checkpoint, 2 metrics (epoch 1), 3 checkpoint (epoch 2), ...
-    proc = subprocess.run([sys.executable, "-c", KILL_IN_RENAME, "3", *train_argv(data_dir, out, "--epochs", "3")],
+    # renames: 1 checkpoint, 2 best, 3 metrics (epoch 1), 4 checkpoint (epoch 2), ...
+    proc = subprocess.run([sys.executable, "-c", KILL_IN_RENAME, "4", *train_argv(data_dir, out, "--epochs", "3")],
                           capture_output=True, text=True, timeout=120, env=child_env())
     assert proc.returncode == -signal.SIGKILL
     left = [Path(p).name for p in atomic.stale_temporaries(out)]
@@ -173,8 +175,8 @@ def test_temp_files_of_a_killed_write_are_removed_by_the_next_run(data_dir, tmp_
     (out / ".curves.png-abcd1234.tmp").write_bytes(b"half a png")  # as a kill during plotting leaves
     assert cli.main(train_argv(data_dir, out, "--epochs", "3", "--resume")) == 0
     assert atomic.stale_temporaries(out) == []
-    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.npz", "confusion.png", "curves.png", "filters.png",
-                                                     "metrics.csv", "summary.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["best.npz", "checkpoint.npz", "confusion.png",
+                                                     "curves.png", "filters.png", "metrics.csv", "summary.json"]
 
 
 def test_sigkill_at_random_moments_never_costs_more_than_an_epoch(data_dir, tmp_path, monkeypatch):

@@ -10,7 +10,7 @@ from cnn_xp import parallel
 
 from cnn_xp.app import cli
 from cnn_xp.checkpoint import load_checkpoint
-from cnn_xp.app.train import METRIC_COLUMNS
+from cnn_xp.callbacks import METRICS as METRIC_COLUMNS
 from train_helpers import data_dir, isolated, train  # noqa: F401 (fixtures)
 
 
@@ -22,8 +22,8 @@ def test_run_dir_holds_every_file_and_they_are_sane(data_dir, tmp_path, capsys):
     stdout = capsys.readouterr().out.strip().splitlines()
     assert stdout[-1].startswith("test accuracy: ")  # printed last
     assert sum(line.startswith("epoch ") for line in stdout) == 3  # one summary line per epoch
-    assert {p.name for p in out.iterdir()} == {"metrics.csv", "summary.json", "checkpoint.npz", "curves.png",
-                                               "filters.png", "confusion.png"}
+    assert {p.name for p in out.iterdir()} == {"metrics.csv", "summary.json", "checkpoint.npz", "best.npz",
+                                               "curves.png", "filters.png", "confusion.png"}
     with open(out / "metrics.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert tuple(rows[0].keys()) == METRIC_COLUMNS
@@ -33,12 +33,12 @@ def test_run_dir_holds_every_file_and_they_are_sane(data_dir, tmp_path, capsys):
         assert float(r["train_loss"]) > 0 and float(r["seconds"]) > 0 and float(r["images_per_second"]) > 0
     assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])  # it learns
     summary = json.loads((out / "summary.json").read_text())
-    for key in ("model", "dataset", "device", "hyperparameters", "epochs", "test_accuracy", "test_loss",
+    for key in ("model", "dataset", "device", "recipe", "epochs", "test_accuracy", "test_loss",
                 "wall_seconds", "versions"):
         assert key in summary
     assert summary["model"] == "simple_convnet" and summary["dataset"] == "mnist" and summary["device"] == "cpu"
-    assert summary["epochs"] == 3 and summary["hyperparameters"]["epochs"] == 3
-    assert summary["hyperparameters"]["lr"] == 1e-3 and summary["hyperparameters"]["optimizer"] == "adam"
+    assert summary["epochs"] == 3 and summary["recipe"]["epochs"] == 3
+    assert summary["recipe"]["lr"] == 1e-3 and summary["recipe"]["optimizer"] == "adam"
     assert 0.0 <= summary["test_accuracy"] <= 1.0 and summary["test_images"] == 100
     assert summary["test_accuracy"] > 0.5  # the bars are easy: far above chance
     assert summary["versions"]["numpy"] == np.__version__
@@ -105,7 +105,8 @@ def test_nan_loss_stops_with_a_clear_message(data_dir, tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 1
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
-    assert "epoch 1" in err and "smaller --lr" in err and ("nan" in err or "inf" in err)
+    assert "epoch 1" in err and "try a smaller one" in err and ("nan" in err or "inf" in err)
+    assert "no checkpoint was saved" in err
     assert not (tmp_path / "nan" / "checkpoint.npz").exists()  # no diverged weights saved
 
 
@@ -116,7 +117,7 @@ def test_default_run_dir_and_limits(data_dir, tmp_path, capsys):
     runs = list((tmp_path / "runs").iterdir())
     assert len(runs) == 1 and runs[0].name.startswith("lenet5-mnist-")
     summary = json.loads((runs[0] / "summary.json").read_text())
-    assert summary["test_images"] == 30 and summary["hyperparameters"]["dtype"] == "float64"
+    assert summary["test_images"] == 30 and summary["recipe"]["dtype"] == "float64"
     assert "60 train" in capsys.readouterr().out
     ckpt = load_checkpoint(runs[0] / "checkpoint.npz")
     assert ckpt.model_state["0.W"].dtype == np.float64
@@ -128,19 +129,19 @@ def test_model_optimizer_settings_reach_its_own_optimizer_only(data_dir, tmp_pat
 
     from cnn_xp import models
 
-    from cnn_xp.app import train as train_module
+    from cnn_xp import optim
 
     spec = models.MODELS["simple_convnet"]
     monkeypatch.setitem(models.MODELS, "simple_convnet", dataclasses.replace(spec, optimizer_kwargs={"beta1": 0.5}))
     made = []
     for name in ("adam", "sgd"):
-        cls = train_module.OPTIMIZERS[name]
+        cls = optim.OPTIMIZERS[name]
 
         def record(model, cls=cls, **kwargs):
             optimizer = cls(model, **kwargs)
             made.append((type(optimizer).__name__, kwargs))
             return optimizer
-        monkeypatch.setitem(train_module.OPTIMIZERS, name, record)
+        monkeypatch.setitem(optim.OPTIMIZERS, name, record)
     assert train(data_dir, tmp_path / "adam", "--epochs", "1", "--limit-train", "100") == 0
     assert train(data_dir, tmp_path / "sgd", "--epochs", "1", "--limit-train", "100", "--optimizer", "sgd") == 0
     assert made == [("Adam", {"lr": 1e-3, "beta1": 0.5}), ("SGD", {"lr": 1e-3})]

@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 
 from cnn_xp import models
-from cnn_xp.app import train as train_module
 from cnn_xp.checkpoint import load_checkpoint
 from train_helpers import data_dir, isolated, train  # noqa: F401 (fixtures)
 
@@ -47,9 +46,9 @@ def test_resume_with_schedule_augmentation_and_groups_is_bit_identical(data_dir,
     for key, value in full.optimizer_state.items():
         assert np.array_equal(value, split.optimizer_state[key]), key
     assert full.meta["rng"] == split.meta["rng"] and full.meta.get("schedule") == split.meta.get("schedule")
-    hp = full.meta["hyperparameters"]
-    if hp["schedule"] is not None:
-        assert hp["schedule"]["epochs"] == 3
+    hp = full.meta["recipe"]
+    if hp["schedule"] != "constant" or hp["warmup_epochs"]:
+        assert hp["schedule_epochs"] == 3
         assert full.meta["schedule"]["steps"] == 3 * 3  # 120 images / batch 50 -> 3 steps per epoch
     if hp["augment"] is not None:
         assert "augment" in full.meta["rng"]
@@ -82,7 +81,7 @@ def test_zoo_defaults_carry_their_recipes(data_dir, tmp_path):
     assert train(data_dir, tmp_path / "oc", "--epochs", "1", "--limit-train", "100", "--limit-test", "20",
                  "--val-size", "20", model="one_conv") == 0
     summary = json.loads((tmp_path / "oc" / "summary.json").read_text())
-    assert summary["hyperparameters"]["lr_groups"] == [{"params": ["0.W", "0.b"], "lr_scale": 1 / 784}]
+    assert summary["recipe"]["lr_groups"] == [{"params": ["0.W", "0.b"], "lr_scale": 1 / 784}]
     state = load_checkpoint(tmp_path / "oc" / "checkpoint.npz").optimizer_state
     assert state["param_groups"] == [{"patterns": ["0.W", "0.b"], "lr_scale": 1 / 784}]
 
@@ -91,7 +90,7 @@ def test_augment_none_turns_off_the_zoo_default(data_dir, tmp_path):
     assert train(data_dir, tmp_path / "l", "--epochs", "1", "--limit-train", "60", "--limit-test", "20",
                  "--augment", "none", model="lenet5") == 0
     ckpt = load_checkpoint(tmp_path / "l" / "checkpoint.npz")
-    assert ckpt.meta["hyperparameters"]["augment"] is None and "augment" not in ckpt.meta["rng"]
+    assert ckpt.meta["recipe"]["augment"] is None and "augment" not in ckpt.meta["rng"]
 
 
 def one_line_error(capsys, code):
@@ -102,10 +101,10 @@ def one_line_error(capsys, code):
 
 
 @pytest.mark.parametrize("flags, needle", [
-    (["--schedule", "linear"], "unknown schedule 'linear'"),
+    (["--schedule", "linear"], "--schedule must be one of constant, step, cosine, onecycle, got 'linear'"),
     (["--schedule", "step"], "--schedule step needs --step-epochs"),
     (["--gamma", "0.5"], "--gamma applies to --schedule step only"),
-    (["--gamma", "2", "--schedule", "step", "--step-epochs", "1"], "must be in (0, 1]"),
+    (["--gamma", "2", "--schedule", "step", "--step-epochs", "1"], "--gamma must be a positive number and <= 1, got 2"),
     (["--warmup-epochs", "5"], "--warmup-epochs must be in [0, 2]"),
     (["--warmup-epochs", "-1"], "--warmup-epochs"),
     (["--schedule-epochs", "0"], "--schedule-epochs"),
@@ -115,7 +114,7 @@ def one_line_error(capsys, code):
     (["--augment", "rotate"], "expected NAME=VALUE"),
     (["--lr-group", "9.W=0.1"], "names no parameter of this model"),
     (["--lr-scale", "0.W"], "expected PARAMS=VALUE"),
-    (["--lr-group", "0.W=0"], "must be a positive number"),
+    (["--lr-group", "0.W=0"], "group 0 (0.W) needs a positive rate"),
     (["--lr-group", "0.*=0.1", "--lr-scale", "0.b=2"], "0.b is in parameter groups 0 and 1"),
 ])
 def test_bad_recipe_flags_are_one_line_exit_2(data_dir, tmp_path, capsys, flags, needle):
@@ -128,8 +127,8 @@ def test_resume_refuses_other_recipe_flags(data_dir, tmp_path, capsys):
     common = ("--limit-train", "60", "--limit-test", "20", "--schedule", "cosine", "--schedule-epochs", "2")
     assert train(data_dir, tmp_path / "r", "--epochs", "1", *common) == 0
     capsys.readouterr()
-    for flags, needle in ((("--schedule", "onecycle"), "--schedule onecycle (schedule {'name': 'onecycle'"),
-                          (("--warmup-epochs", "1"), "--warmup-epochs 1.0 (schedule"),
+    for flags, needle in ((("--schedule", "onecycle"), "--schedule onecycle differs from the run's cosine"),
+                          (("--warmup-epochs", "1"), "--warmup-epochs 1.0 differs from the run's 0.0"),
                           (("--augment", "rotate=5"), "--augment"),
                           (("--lr-scale", "0.*=2"), "--lr-group/--lr-scale")):
         argv = ["--epochs", "2", "--resume", "--limit-train", "60", "--limit-test", "20", *flags]
@@ -137,12 +136,11 @@ def test_resume_refuses_other_recipe_flags(data_dir, tmp_path, capsys):
     assert train(data_dir, tmp_path / "r", "--epochs", "2", "--resume", *common) == 0  # the same flags: fine
 
 
-def test_resolve_schedule_keeps_the_models_options(monkeypatch):
-    cfg = train_module.TrainConfig(model="fast_mnist", epochs=2)
-    assert train_module.resolve_hyperparameters(cfg)["schedule"] == {"name": "onecycle", "epochs": 2,
+def test_recipe_schedule_keeps_the_models_options():
+    from cnn_xp import Recipe
+
+    assert Recipe.create("fast_mnist", epochs=2).schedule_spec() == {"name": "onecycle", "epochs": 2,
                                                                      "warmup_epochs": 0.0}
-    cfg = train_module.TrainConfig(model="fast_mnist", schedule="cosine", warmup_epochs=0.25)
-    assert train_module.resolve_hyperparameters(cfg)["schedule"] == {"name": "cosine", "epochs": 1,
-                                                                     "warmup_epochs": 0.25}
-    cfg = train_module.TrainConfig(model="fast_mnist", schedule="constant")
-    assert train_module.resolve_hyperparameters(cfg)["schedule"] is None
+    assert Recipe.create("fast_mnist", schedule="cosine", warmup_epochs=0.25).schedule_spec() == {
+        "name": "cosine", "epochs": 1, "warmup_epochs": 0.25}
+    assert Recipe.create("fast_mnist", schedule="constant").schedule_spec() is None

@@ -9,10 +9,11 @@ import platform
 
 from .. import backend, dispatch
 from ..atomic import write_text
+from ..errors import CnnXpError
 from ..layers import Affine, Conv2D
 
 
-class BenchError(Exception):
+class BenchError(CnnXpError):
     """A user-facing problem: printed as one line, exit status 2."""
 
 

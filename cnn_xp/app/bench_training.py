@@ -59,11 +59,12 @@ def load_real_data(dataset: str, data_dir, limit_train, limit_test, dtype: str):
 
 
 def recipe(name: str, epochs: int, seed: int, dtype: str) -> dict:
-    """The model's resolved training hyperparameters for ``epochs`` epochs (no validation)."""
-    from .train import TrainConfig, resolve_hyperparameters
+    """The model's recipe for ``epochs`` epochs (no validation) as a dict: its fields, with
+    ``schedule`` as ``fit``'s schedule argument and ``recipe`` the ``Recipe`` itself."""
+    from ..recipe import Recipe
 
-    hp = resolve_hyperparameters(TrainConfig(model=name, epochs=epochs, seed=seed, dtype=dtype, val_size=0))
-    return hp
+    resolved = Recipe.create(name, epochs=epochs, seed=seed, dtype=dtype, val_size=0)
+    return {**resolved.to_dict(), "schedule": resolved.schedule_spec(), "recipe": resolved}
 
 
 class OurRun:
@@ -72,26 +73,37 @@ class OurRun:
     label = "ours"
 
     def __init__(self, name, hp, x, t, x_test, t_test, device):
-        from .train import TrainConfig, Trainer, build_training
-
         tic = time.perf_counter()
-        self.hp, self.device = hp, device
-        self.model, self.optimizer, self.batches, self.scheduler, self.augmenter = build_training(
-            name, hp, x, t, device)
+        self.recipe, self.device = hp["recipe"].replace(batch_size=hp["batch_size"]), device
+        self.model = self.recipe.build_model(device)
+        self.optimizer = self.recipe.build_optimizer(self.model)
+        self.x, self.t = backend.to_device(x, device), backend.to_device(t, device)
         self.x_test = backend.to_device(x_test, device)
         self.t_test = backend.to_device(t_test, device)
-        self.trainer = Trainer(TrainConfig(model=name, progress=False), out=open(os.devnull, "w"))
+        self.state = None  # fit's training state after the last epoch trained
         self.setup_seconds = time.perf_counter() - tic
 
     def train_epoch(self, epoch):
-        self.trainer._train_epoch(self.model, self.optimizer, self.batches, epoch, self.hp, "(bench)",
-                                  self.scheduler, self.augmenter)
+        """Epoch ``epoch`` through ``cnn_xp.fit``, continuing from the previous epoch's state."""
+        from ..callbacks import Callback
+        from ..training import fit
+
+        run = self
+
+        class KeepState(Callback):
+            def on_train_end(self, logs):
+                run.state = self.training.state()
+
+        r = self.recipe
+        fit(self.model, self.optimizer, (self.x, self.t), epochs=epoch, batch_size=r.batch_size,
+            schedule=r.schedule_spec(),
+            augment=r.augment, seed=r.seed, initial_state=self.state, callbacks=[KeepState()], verbose=False)
         backend.synchronize(self.device)
 
     def evaluate(self) -> float:
-        from .train import evaluate_arrays
+        from ..training import evaluate
 
-        return evaluate_arrays(self.model, self.x_test, self.t_test)[1]
+        return evaluate(self.model, (self.x_test, self.t_test))["accuracy"]
 
 
 class TorchRun:
@@ -103,7 +115,7 @@ class TorchRun:
     def __init__(self, torch, name, hp, x, t, x_test, t_test, device):
         from ..data import BatchIterator
         from .bench_common import torch_optimizer, torch_twin
-        from .train import augment_seed, schedule_steps
+        from ..training import augment_seed, build_schedule
         from ..augment import RandomAffine
 
         tic = time.perf_counter()
@@ -113,14 +125,13 @@ class TorchRun:
         self.dtype = getattr(torch, hp["dtype"])
         model = models.build(name, seed=hp["seed"], dtype=hp["dtype"])  # our initial weights
         self.net = torch_twin(torch, model).to(self.dev, self.dtype)
-        spec = models.MODELS[name]
-        kwargs = spec.optimizer_kwargs if hp["optimizer"] == spec.optimizer.lower() else {}
+        kwargs = dict(hp["optimizer_args"])
         groups = torch_param_groups(twin_parameters(model, self.net), model, hp)
         self.optimizer = torch_optimizer(torch, hp["optimizer"], groups, float(hp["lr"]), kwargs)
         self.batches = BatchIterator(x, t.astype(numpy.int64), hp["batch_size"], seed=hp["seed"], device="cpu")
         self.scheduler = None
         if hp.get("schedule") is not None:
-            schedule = schedule_steps(hp["schedule"], len(self.batches))
+            schedule = build_schedule(hp["schedule"], len(self.batches), hp["epochs"])
             self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule.factor)
         strengths = hp.get("augment")
         self.augmenter = None if strengths is None else RandomAffine(**strengths, seed=augment_seed(hp["seed"]))
@@ -163,7 +174,7 @@ class TorchRun:
 def warm_up(name: str, hp: dict, x, t, torch, device: str) -> None:
     """One untimed training step of each side on throwaway copies of the recipe (our compiled
     kernels load, PyTorch initialises its own), so that one-time start-up is not timed."""
-    few = dict(hp, batch_size=min(8, len(t)))
+    few = dict(hp, batch_size=min(8, len(t)))  # OurRun applies batch_size to the recipe
     runs = [OurRun(name, few, x[:8], t[:8], x[:8], t[:8], device)]
     if torch is not None:
         runs.append(TorchRun(torch, name, few, x[:8], t[:8], x[:8], t[:8], device))

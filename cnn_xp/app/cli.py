@@ -15,9 +15,6 @@ import sys
 import threading
 import warnings
 
-from .. import backend
-from ..backend import FLOAT_DTYPES
-from ..data.sources import DATASETS
 
 PROG = "cnn-xp"
 
@@ -42,237 +39,129 @@ class OneLineParser(argparse.ArgumentParser):
         raise _Exit(status)
 
 
-def _int_at_least(minimum: int):
-    """An argparse ``type``: an int >= ``minimum`` (1: a positive integer, 0: 0 or more)."""
-    wanted = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {wanted}, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be {wanted}, got {value}")
-        return value
-
-    return parse
-
-
-_positive_int, _non_negative_int = _int_at_least(1), _int_at_least(0)
-
-
-def _positive_float(text: str) -> float:
+def _positive_int(text: str) -> int:
     try:
-        value = float(text)
+        value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not (value > 0 and value != float("inf")):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
     return value
 
 
-def _non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
-    if not (value >= 0 and value != float("inf")):
-        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text}")
-    return value
+def _dataset_names() -> tuple:
+    from ..data.sources import DATASETS
+
+    return tuple(DATASETS)
 
 
-def _lr_group(key: str):
-    """An argparse ``type``: ``PATTERNS=VALUE`` -> a parameter group ``{"params": [...], key: VALUE}``
-    (PATTERNS: comma-separated parameter names or glob patterns, e.g. ``0.W,0.b`` or ``0.*``)."""
-
-    def parse(text: str) -> dict:
-        patterns, sep, value = text.rpartition("=")
-        names = [p.strip() for p in patterns.split(",") if p.strip()]
-        if not sep or not names:
-            raise argparse.ArgumentTypeError(f"expected PARAMS=VALUE, e.g. '0.W,0.b=0.01' or '0.*=0.01', got {text!r}")
-        return {"params": names, key: _positive_float(value)}
-
-    return parse
-
-
-def _schedule_name(text: str) -> str:
-    from ..schedules import SCHEDULES
-
-    if text.lower() not in SCHEDULES:
-        raise argparse.ArgumentTypeError(f"unknown schedule {text!r}; choose one of {', '.join(SCHEDULES)}")
-    return text.lower()
-
-
-def _gamma(text: str) -> float:
-    value = _positive_float(text)
-    if value > 1:
-        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
-    return value
-
-
-def _augment_spec(text: str) -> str:
-    from ..augment import parse_spec
-
-    try:
-        parse_spec(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return text
-
-
-def _add_data_flags(p, dataset_required: bool = True):
-    p.add_argument("--dataset", choices=tuple(DATASETS), required=dataset_required,
-                   default=None, help="data set (the four IDX files)")
-    p.add_argument("--data-dir", metavar="DIR", help="folder holding the IDX files (searched first)")
-    p.add_argument("--no-download", dest="download", action="store_false",
-                   help="never download; fail when the data is not on disk")
+def _add_run_flags(p) -> None:
     p.add_argument("--device", default="cpu", help="cpu or gpu (default: cpu)")
     _add_kernels_flag(p)
 
 
 def _add_kernels_flag(p) -> None:
-    from ..dispatch import MODES
-    p.add_argument("--kernels", choices=MODES, default=None,
+    p.add_argument("--kernels", choices=("auto", "reference"), default=None,
                    help="auto: the device's accelerated kernels where present; reference: the "
                         "reference ops everywhere (default: $CNN_XP_KERNELS, else auto)")
 
 
 def add_train_arguments(p) -> None:
-    """The flags of ``cnn-xp train`` (also used by scripts/train_mnist.py)."""
-    from ..models import MODELS
+    """The flags of ``cnn-xp train``: the recipe's (generated from ``cnn_xp.Recipe``) and the run's."""
+    from .flags import add_recipe_arguments
 
-    p.add_argument("--model", required=True, metavar="NAME", help=f"one of: {', '.join(MODELS)}")
-    _add_data_flags(p)
-    p.add_argument("--epochs", type=_positive_int, help="epochs (default: the model's)")
-    p.add_argument("--batch-size", type=_positive_int, help="mini-batch size (default: the model's)")
-    p.add_argument("--lr", type=_positive_float, help="learning rate (default: the model's)")
-    p.add_argument("--optimizer", metavar="NAME",
-                   help="sgd, momentum, nesterov, adagrad, rmsprop or adam (default: the model's)")
-    p.add_argument("--lr-group", dest="lr_groups", action="append", type=_lr_group("lr"), metavar="PARAMS=LR",
-                   help="a parameter group with its own learning rate, e.g. '0.W,0.b=0.001' or '0.*=0.001' "
-                        "(names as in the checkpoint: layer index.W/b); repeatable; replaces the model's groups")
-    p.add_argument("--lr-scale", dest="lr_groups", action="append", type=_lr_group("lr_scale"),
-                   metavar="PARAMS=FACTOR", help="a parameter group whose learning rate is FACTOR times --lr, "
-                                                 "e.g. '0.*=0.00128'; repeatable; replaces the model's groups")
-    p.add_argument("--schedule", type=_schedule_name, metavar="NAME",
-                   help="learning-rate schedule: constant, step, cosine or onecycle (default: the model's)")
-    p.add_argument("--warmup-epochs", type=_non_negative_float, metavar="E",
-                   help="linear warm-up over E epochs (may be fractional); for onecycle, its rising phase")
-    p.add_argument("--schedule-epochs", type=_positive_int, metavar="N",
-                   help="epochs the schedule is planned over (default: --epochs)")
-    p.add_argument("--step-epochs", type=_positive_float, metavar="E",
-                   help="--schedule step: multiply the learning rate by --gamma every E epochs")
-    p.add_argument("--gamma", type=_gamma, help="--schedule step: the decay factor (default 0.1)")
-    p.add_argument("--augment", type=_augment_spec, metavar="SPEC",
-                   help="random affine distortions of the training images, e.g. "
-                        "'shift=0.1,scale=0.1,rotate=10,shear=10' (shift: fraction of the size; rotate, shear: "
-                        "degrees), or 'none' (default: the model's)")
-    p.add_argument("--seed", type=_non_negative_int, help="seed of weights, batch order and dropout (default 0)")
-    p.add_argument("--out", metavar="RUN_DIR", help="run folder (default runs/<model>-<dataset>-<time>)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
-    p.add_argument("--val-size", type=_non_negative_int,
-                   help="training images held out for validation (default: the model's)")
-    p.add_argument("--limit-train", type=_positive_int, metavar="N", help="use only the first N training images")
-    p.add_argument("--limit-test", type=_positive_int, metavar="N", help="use only the first N test images")
-    p.add_argument("--dtype", choices=FLOAT_DTYPES, help="float32 (default) or float64")
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="no tqdm bars")
+    add_recipe_arguments(p, skip=())
+    run = p.add_argument_group("run")
+    run.add_argument("--resume", nargs="?", const="latest", metavar="RUN",
+                     help="continue the run in folder RUN (default: the newest under runs/) from its checkpoint; "
+                          "with --epochs N, train on to N epochs")
+    run.add_argument("--out", metavar="RUN_DIR", help="run folder (default runs/<model>-<dataset>-<time>)")
+    _add_run_flags(run)
+    run.add_argument("--no-download", dest="download", action="store_false",
+                     help="never download; fail when the data is not on disk")
+    run.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    run.add_argument("--json", action="store_true", help="print the summary as JSON on stdout (the log goes to stderr)")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .. import __version__
+
     parser = OneLineParser(prog=PROG, description="Convolutional networks from scratch on NumPy / CuPy.")
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
     sub.required = True
 
-    add_train_arguments(sub.add_parser("train", help="train a zoo model"))
+    add_train_arguments(sub.add_parser("train", help="train a zoo model (or --resume a run)"))
 
-    ev = sub.add_parser("evaluate", help="overall and per-class test accuracy of a checkpoint")
-    ev.add_argument("--checkpoint", required=True, metavar="PATH")
-    _add_data_flags(ev, dataset_required=False)
-    ev.add_argument("--limit-test", type=_positive_int, metavar="N")
+    ev = sub.add_parser("evaluate", help="overall and per-class test accuracy of a checkpoint or saved model")
+    ev.add_argument("--checkpoint", required=True, metavar="PATH", help="a run's checkpoint.npz or a model.save file")
+    ev.add_argument("--dataset", choices=_dataset_names(), help="data set (default: the one it was trained on)")
+    ev.add_argument("--data-dir", metavar="DIR", help="folder holding the data set's files (it must exist)")
+    ev.add_argument("--no-download", dest="download", action="store_false", help="never download")
+    ev.add_argument("--limit-test", type=_positive_int, metavar="N", help="use only the first N test images")
+    ev.add_argument("--json", action="store_true", help="print the results as JSON")
+    _add_run_flags(ev)
 
     pr = sub.add_parser("predict", help="classify image files (PNG/JPEG, any size)")
-    pr.add_argument("--checkpoint", required=True, metavar="PATH")
-    pr.add_argument("--device", default="cpu")
-    _add_kernels_flag(pr)
+    pr.add_argument("--checkpoint", required=True, metavar="PATH", help="a run's checkpoint.npz or a model.save file")
+    _add_run_flags(pr)
     pr.add_argument("images", nargs="+", metavar="IMAGE")
 
     dl = sub.add_parser("download", help="download and verify a data set")
-    dl.add_argument("name", choices=tuple(DATASETS))
-    dl.add_argument("--data-dir", metavar="DIR")
+    dl.add_argument("name", choices=_dataset_names())
+    dl.add_argument("--data-dir", metavar="DIR", help="download into DIR (created if needed)")
 
     _add_kernels_flag(sub.add_parser("doctor", help="check the installation and the GPU"))
     bench = sub.add_parser("bench", help="throughput benchmarks", add_help=False)
     bench.add_argument("rest", nargs=argparse.REMAINDER)
-    sub.add_parser("models", help="list the zoo with each model's defaults")
+    models = sub.add_parser("models", help="list the zoo with each model's recipe")
+    models.add_argument("--json", action="store_true", help="print the recipes as JSON")
     return parser
 
 
 # -- commands -----------------------------------------------------------------------------
 def cmd_train(args) -> int:
-    from .train import TrainConfig, train
+    import json
 
-    from ..augment import parse_spec
+    from .flags import recipe_overrides
+    from .train import TrainRequest, train
 
-    explicit = {k for k in ("epochs", "batch_size", "lr", "optimizer", "val_size", "limit_train", "limit_test",
-                            "seed", "dtype", "lr_groups", "augment", "schedule", "warmup_epochs",
-                            "schedule_epochs", "step_epochs", "gamma") if getattr(args, k) is not None}
-    cfg = TrainConfig(model=args.model, dataset=args.dataset, device=args.device, epochs=args.epochs,
-                      batch_size=args.batch_size, lr=args.lr,
-                      optimizer=None if args.optimizer is None else args.optimizer.lower(),
-                      seed=0 if args.seed is None else args.seed, data_dir=args.data_dir, out=args.out, resume=args.resume,
-                      val_size=args.val_size, limit_train=args.limit_train, limit_test=args.limit_test,
-                      dtype=args.dtype or "float32", download=args.download, progress=args.progress,
-                      lr_groups=args.lr_groups, schedule=args.schedule, warmup_epochs=args.warmup_epochs,
-                      schedule_epochs=args.schedule_epochs, step_epochs=args.step_epochs, gamma=args.gamma,
-                      augment=None if args.augment is None else parse_spec(args.augment), explicit=explicit)
-    train(cfg)
+    _warn_slow_kernels(args.device)
+    request = TrainRequest(overrides=recipe_overrides(args), resume=args.resume, out=args.out, device=args.device,
+                           download=args.download, progress=args.progress and not args.json)
+    summary = train(request, out=sys.stderr if args.json else None)
+    if args.json:
+        print(json.dumps(summary, indent=2))
     return 0
 
 
-def load_model(checkpoint_path, device: str):
-    """(model, checkpoint) from a run's checkpoint.npz, on ``device``."""
-    from .. import models
-    from .train import UserError, check_device, load_run_checkpoint
+def _warn_slow_kernels(device: str) -> None:
+    from .. import dispatch
 
-    check_device(device)
-    ckpt = load_run_checkpoint(checkpoint_path)  # validated: model, dtype, weights' shapes, class names
-    name = ckpt.meta["model"]
-    model = models.build(name, seed=0, device=device, dtype=ckpt.meta["hyperparameters"]["dtype"])
-    try:
-        model.load_state_dict(ckpt.model_state)
-    except ValueError as exc:
-        raise UserError(f"{checkpoint_path}: {exc}") from None
-    return model, ckpt
+    line = dispatch.accelerator_warning(device)
+    if line:
+        print(f"{PROG}: warning: {line}", file=sys.stderr)
 
 
 def cmd_evaluate(args) -> int:
-    from ..data import load_dataset, to_float
-    from .train import confusion_matrix, evaluate_arrays, per_class_accuracy
+    from .evaluate import cmd_evaluate as run
 
-    model, ckpt = load_model(args.checkpoint, args.device)
-    dataset = args.dataset or ckpt.meta["dataset"]
-    ds = load_dataset(dataset, args.data_dir, download=args.download)
-    x, t = ds.test_images, ds.test_labels
-    if args.limit_test:
-        x, t = x[:args.limit_test], t[:args.limit_test]
-    x = backend.to_device(to_float(x, model.dtype), model.device)
-    loss, acc, predicted = evaluate_arrays(model, x, backend.to_device(t, model.device))
-    matrix = confusion_matrix(t, predicted, len(ds.class_names))
-    print(f"{ckpt.meta['model']} (epoch {ckpt.meta['epoch']}) on {dataset} test set, {len(t)} images")
-    width = max(len(n) for n in ds.class_names)
-    for name, count, class_acc in zip(ds.class_names, matrix.sum(axis=1), per_class_accuracy(matrix)):
-        shown = "   n/a" if class_acc is None else f"{class_acc:.4f}"
-        print(f"  class {name:<{width}}  {shown}  ({int(count)} images)")
-    print(f"test loss: {loss:.4f}")
-    print(f"test accuracy: {acc:.4f} ({int((predicted == t).sum())}/{len(t)})")
-    return 0
+    return run(args)
+
+
+def load_model(checkpoint_path, device: str):
+    """(model, class names) from a run checkpoint or a model.save file, on ``device``."""
+    from .evaluate import load_model as load
+
+    loaded = load(checkpoint_path, device)
+    names = loaded.class_names or [str(k) for k in range(int(loaded.model.layers[-1].params["b"].shape[0]))]
+    return loaded.model, names
 
 
 def cmd_predict(args) -> int:
     from .predict import classify_files
 
-    model, ckpt = load_model(args.checkpoint, args.device)
-    names = ckpt.meta["class_names"]
+    model, names = load_model(args.checkpoint, args.device)
     status = 0
     for path, row, error in classify_files(model, args.images):
         if error is not None:
@@ -303,35 +192,23 @@ def cmd_bench(args) -> int:
 
 
 def cmd_models(args) -> int:
-    from ..models import MODELS
+    import json
 
-    for spec in MODELS.values():
-        groups = "".join(f", lr {'x' if 'lr_scale' in g else ''}{g.get('lr_scale', g.get('lr')):g} for "
-                         f"{','.join(g['params'])}" for g in spec.lr_groups)
-        sched = "" if not spec.schedule else f", {spec.schedule['name']} schedule"
-        augment = "" if not spec.augment else ", augment " + ",".join(f"{k}={v:g}" for k, v in spec.augment.items())
-        print(f"{spec.name}: {spec.optimizer} lr {spec.lr:g}{groups}{sched}, batch {spec.batch_size}, "
-              f"{spec.epochs} epochs, {spec.init}" + (f", validation {spec.val_size}" if spec.val_size else "")
-              + augment)
-        print(f"    {spec.notes}")
+    from ..models import MODELS
+    from ..recipe import Recipe
+
+    recipes = {name: Recipe.create(name) for name in MODELS}
+    if args.json:
+        print(json.dumps({name: recipe.to_dict() for name, recipe in recipes.items()}, indent=2))
+        return 0
+    for name, recipe in recipes.items():
+        print(f"{name}: {recipe.describe()}")
+        print(f"    {MODELS[name].notes}")
     return 0
 
 
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "download": cmd_download,
             "doctor": cmd_doctor, "bench": cmd_bench, "models": cmd_models}
-
-
-def _user_errors() -> tuple:
-    from ..backend import GPUUnavailableError
-    from ..checkpoint import CheckpointError
-    from ..data import DatasetError
-    from ..dispatch import KernelModeError
-    from ..parallel import ThreadSettingError
-    from .predict import ImageError
-    from .train import UserError
-
-    return (UserError, DatasetError, GPUUnavailableError, CheckpointError, ImageError,
-            ThreadSettingError, KernelModeError)
 
 
 def _fail(message: str, status: int = 2) -> int:
@@ -384,11 +261,11 @@ def _stopped(exc: KeyboardInterrupt) -> int:
 
 
 def _main(argv, parser, command) -> int:
-    from .train import TrainingDiverged
-
     argv = sys.argv[1:] if argv is None else list(argv)
     if parser is None and argv[:1] == ["bench"]:  # bench parses its own flags (including --help)
         return _run(lambda: cmd_bench(argparse.Namespace(rest=argv[1:])))
+    from .. import backend
+
     backend.retain_host_memory()  # reuse freed step temporaries (see there; bench does its own)
     parser = parser or build_parser()
     try:
@@ -399,10 +276,7 @@ def _main(argv, parser, command) -> int:
     if getattr(args, "kernels", None):
         from .. import dispatch
         dispatch.set_mode(args.kernels)
-    try:
-        return _run(lambda: handler(args))
-    except TrainingDiverged as exc:
-        return _fail(f"training stopped: {exc}", 1)
+    return _run(lambda: handler(args))
 
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
@@ -411,9 +285,9 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
 
 
 def _run(call) -> int:
+    from ..errors import CnnXpError, TrainingDiverged
     from .train import RunInterrupted
 
-    errors = _user_errors()
     with warnings.catch_warnings():
         warnings.showwarning = _one_line_warning
         # NumPy's floating-point warnings: a loss gone non-finite stops training with its own line
@@ -423,7 +297,9 @@ def _run(call) -> int:
             return call()
         except _Exit as exc:
             return _fail(exc.message, exc.status) if exc.message else exc.status
-        except errors as exc:
+        except TrainingDiverged as exc:
+            return _fail(f"training stopped: {exc}", 1)
+        except CnnXpError as exc:
             return _fail(str(exc))
         except RunInterrupted as exc:
             print(f"{PROG}: {' '.join(str(exc).split())}", file=sys.stderr)
@@ -432,9 +308,5 @@ def _run(call) -> int:
             return _stopped(exc)
 
 
-def entry() -> None:
-    sys.exit(main())
-
-
 if __name__ == "__main__":
-    entry()
+    sys.exit(main())

@@ -30,16 +30,17 @@ def _column(history: list[dict], key: str) -> list[float]:
     return values
 
 
-def plot_curves(history: list[dict], path, title: str = "") -> None:
+def plot_curves(history: list[dict], path, title: str = "", validation_label: str = "validation") -> None:
     """Loss (left) and accuracy (right) per epoch; ``history`` rows carry
-    ``epoch, train_loss, train_acc, val_loss, val_acc`` (val may be None)."""
+    ``epoch, train_loss, train_acc, val_loss, val_acc`` (val may be None), drawn as
+    ``validation_label``."""
     epochs = [int(row["epoch"]) for row in history]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
     for ax, key, label in ((ax_loss, "loss", "loss"), (ax_acc, "acc", "accuracy")):
         ax.plot(epochs, _column(history, f"train_{key}"), marker="o", label="train")
         val = _column(history, f"val_{key}")
         if any(not math.isnan(v) for v in val):
-            ax.plot(epochs, val, marker="s", linestyle="--", label="validation")
+            ax.plot(epochs, val, marker="s", linestyle="--", label=validation_label)
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(label)

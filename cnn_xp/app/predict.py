@@ -23,7 +23,7 @@ import warnings
 import numpy
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .. import backend
+from .. import backend, errors
 from ..input_files import describe_os_error, open_regular
 from ..ops import softmax
 
@@ -37,7 +37,7 @@ FORMATS = ("PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP", "PPM")  # JPEG includes 
 _ALPHA_MODES = ("RGBA", "LA", "PA")
 
 
-class ImageError(ValueError):
+class ImageError(errors.ImageError):
     """An image file cannot be read or holds no visible ink."""
 
 

@@ -7,10 +7,10 @@ names the file and the field, never in a traceback deep inside training or predi
 The schema (``cnn_xp.checkpoint`` has already checked the container: no pickle, sizes):
 
 - ``model``: a zoo name; ``dataset``: a known data set; ``device``: cpu or gpu;
-- ``epoch``: an int >= 1, at most ``hyperparameters.epochs``;
-- ``hyperparameters``: an object whose known keys have the trainer's types and ranges
-  (optimizer, lr, batch_size, epochs, val_size, split_seed, seed, dtype, limit_train,
-  limit_test); other keys are kept for the features that own them;
+- ``recipe``: every field of ``cnn_xp.Recipe``, checked by the recipe's own code (the
+  same checks and messages as the command line's), naming the same model and data set;
+- ``epoch``: an int >= 1, at most ``recipe.epochs``;
+- ``architecture`` (when present): the named model's layers (``cnn_xp.saving``);
 - ``class_names``: the model's number of classes, each a short printable string;
 - ``history``: one row per finished epoch, epochs 1..epoch in order, finite numbers;
 - ``wall_seconds``: a finite number >= 0;
@@ -21,29 +21,29 @@ The schema (``cnn_xp.checkpoint`` has already checked the container: no pickle, 
 - optimizer state (required): ``t`` (int >= 0), ``lr`` (finite, > 0), and ``<slot>/<parameter>``
   arrays of that parameter's shape, floating point and finite;
 - ``extra/filters_before`` when present: the first conv layer's weight shape;
-- the training features: ``hyperparameters.lr_groups`` (parameter groups naming parameters
-  of the model), ``.augment`` (strengths in range) and ``.schedule`` (a known schedule); the
-  optimizer state's ``lr_factor`` and ``param_groups``; ``rng.augment`` with augmentation,
-  ``schedule`` (its step count and configuration) with a schedule. Each is checked by
-  restoring it as the trainer does (the optimizer state into the named model's optimizer,
-  the augmentation RNG into a ``RandomAffine``).
+- the training features: the recipe's parameter groups (naming parameters of the model);
+  the optimizer state's ``lr_factor`` and ``param_groups``; ``rng.augment`` with
+  augmentation, ``schedule`` (its step count and a configuration ``cnn_xp.schedules``
+  rebuilds) with a schedule. Each is checked by restoring it as the trainer does (the
+  optimizer state into the recipe's optimizer, the augmentation RNG into a ``RandomAffine``).
 
-Unknown keys are allowed where a newer feature may add them (hyperparameters, rng, the
-optimizer state's scalars), so a newer checkpoint's extra fields do not fail here: the code
-that reads a key is the code that must list it in the schema.
+Unknown keys are allowed where a newer feature may add them (rng, the optimizer state's
+scalars), so a newer checkpoint's extra fields do not fail here: the code that reads a key
+is the code that must list it in the schema.
 """
 from __future__ import annotations
 
+import json
 import math
 
 import numpy
 
 from .. import backend, models
 from ..checkpoint import Checkpoint, CheckpointError, load_checkpoint
-from ..data.sources import DATASETS
-from ..optim import OPTIMIZERS
+from ..errors import ConfigError
+from ..recipe import Recipe
 
-HISTORY_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "seconds", "images_per_second")
+HISTORY_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds", "images_per_second")
 MAX_CLASS_NAME = 64
 
 
@@ -104,23 +104,11 @@ def _decimal_int(value, where: str, bits: int) -> int:
     return int(value)
 
 
-def check_hyperparameters(hp, where: str = "hyperparameters") -> dict:
-    hp = _object(hp, where)
-    missing = [k for k in ("optimizer", "lr", "batch_size", "epochs", "val_size", "seed", "dtype") if k not in hp]
-    if missing:
-        raise CheckpointSchemaError(f"{where} lacks {', '.join(missing)}")
-    _choice(hp["optimizer"], f"{where}.optimizer", tuple(OPTIMIZERS))
-    _number(hp["lr"], f"{where}.lr", positive=True)
-    _int(hp["batch_size"], f"{where}.batch_size", 1)
-    _int(hp["epochs"], f"{where}.epochs", 1)
-    _int(hp["val_size"], f"{where}.val_size", 0)
-    _int(hp.get("split_seed", 0), f"{where}.split_seed", 0)
-    _int(hp["seed"], f"{where}.seed", 0)
-    _choice(hp["dtype"], f"{where}.dtype", tuple(backend.FLOAT_DTYPES))
-    for key in ("limit_train", "limit_test"):
-        if hp.get(key) is not None:
-            _int(hp[key], f"{where}.{key}", 1)
-    return hp
+def _same(a, b) -> bool:
+    """Plain-data equality that any hostile value (an array, a nested list) can take."""
+    def text(value):
+        return json.dumps(value, sort_keys=True, default=lambda o: f"<{type(o).__name__} {id(o)}>")
+    return text(a) == text(b)
 
 
 def _check_pcg64(state, where: str) -> None:
@@ -183,22 +171,30 @@ def _check_history(history, epoch: int) -> None:
         for key, top in (("val_loss", None), ("val_acc", 1.0)):
             if row[key] is not None:
                 _number(row[key], f"{where}.{key}", maximum=top)
+        _number(row["lr"], f"{where}.lr")
         _number(row["seconds"], f"{where}.seconds")
-        _number(row["images_per_second"], f"{where}.images_per_second")
+        if row["images_per_second"] is not None:
+            _number(row["images_per_second"], f"{where}.images_per_second")
 
 
 def validate_run_checkpoint(ckpt: Checkpoint) -> None:
     """CheckpointSchemaError naming the first field of ``ckpt`` that breaks the schema above."""
     meta = ckpt.meta
-    missing = [k for k in ("model", "dataset", "epoch", "hyperparameters") if k not in meta]
+    missing = [k for k in ("model", "dataset", "epoch", "recipe") if k not in meta]
     if missing:
         raise CheckpointSchemaError(f"not a training checkpoint (no {', '.join(missing)} in its metadata)")
-    name = _choice(meta["model"], "model", tuple(models.MODELS))
-    _choice(meta["dataset"], "dataset", tuple(DATASETS))
+    try:
+        recipe = Recipe.from_dict(meta["recipe"], where="recipe")
+    except ConfigError as exc:
+        raise CheckpointSchemaError(str(exc)) from None
+    name = recipe.model
+    for key in ("model", "dataset"):
+        if not _same(meta[key], getattr(recipe, key)):
+            raise _fail(key, f"the recipe's {getattr(recipe, key)!r}", meta[key])
     if "device" in meta:
         _choice(meta["device"], "device", tuple(backend.DEVICES))
-    hp = check_hyperparameters(meta["hyperparameters"])
-    epoch = _int(meta["epoch"], "epoch", 1, hp["epochs"])
+    hp = {"dtype": recipe.dtype}
+    epoch = _int(meta["epoch"], "epoch", 1, recipe.epochs)
     names = meta.get("class_names")
     if not isinstance(names, list) or len(names) != models.NUM_CLASSES or not all(
             isinstance(n, str) and 0 < len(n) <= MAX_CLASS_NAME and n.isprintable() for n in names):
@@ -209,7 +205,12 @@ def validate_run_checkpoint(ckpt: Checkpoint) -> None:
     rng = _object(meta.get("rng"), "rng")
     _check_batches_state(rng.get("batches"), "rng.batches")
 
-    model = models.build(name, seed=0, device="cpu", dtype=hp["dtype"])
+    model = models.build(name, seed=recipe.seed, device="cpu", dtype=hp["dtype"])
+    if "architecture" in meta:
+        from ..saving import architecture
+
+        if not _same(meta["architecture"], architecture(model)):
+            raise CheckpointSchemaError(f"architecture is not {name}'s")
     random_layers = {str(i) for i, layer in enumerate(model.layers) if hasattr(layer, "rng_state")}
     layer_states = _object(rng.get("model"), "rng.model")
     if set(layer_states) != random_layers:
@@ -237,7 +238,7 @@ def validate_run_checkpoint(ckpt: Checkpoint) -> None:
         if not slot or pname not in params:
             raise CheckpointSchemaError(f"optimizer state {_show(key)} names no parameter of {name}")
         _check_array(value, f"optimizer state {key}", params[pname])
-    _check_features(ckpt, model, hp)
+    _check_features(ckpt, model, recipe)
     filters = ckpt.extra.get("filters_before")
     first = model.layers[0].params.get("W")
     if filters is not None:
@@ -249,48 +250,44 @@ def validate_run_checkpoint(ckpt: Checkpoint) -> None:
 RESTORE_ERRORS = (ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError)
 
 
-def _check_features(ckpt: Checkpoint, model, hp: dict) -> None:
-    """The schedule, augmentation and parameter-group fields, restored as the trainer does."""
-    from ..augment import RandomAffine, check_strengths
-    from ..optim import resolve_param_groups
-    from ..schedules import SCHEDULES
+def _check_features(ckpt: Checkpoint, model, recipe: Recipe) -> None:
+    """The parameter groups, optimizer, augmentation and schedule state, restored as the trainer does."""
+    from ..augment import RandomAffine
+    from ..schedules import from_config
 
-    names = [name for name, _, _ in model.params_and_grads()]
     meta, opt = ckpt.meta, ckpt.optimizer_state
-    if hp.get("lr_groups") is not None:
-        if not isinstance(hp["lr_groups"], list):
-            raise _fail("hyperparameters.lr_groups", "a list of parameter groups", hp["lr_groups"])
-        try:
-            resolve_param_groups(names, hp["lr_groups"])
-        except RESTORE_ERRORS as exc:
-            raise CheckpointSchemaError(f"hyperparameters.lr_groups: {exc}") from None
     if "lr_factor" in opt:
         _number(opt["lr_factor"], "optimizer state lr_factor", positive=True)
     if "param_groups" in opt and not isinstance(opt["param_groups"], list):
         raise _fail("optimizer state param_groups", "a list of parameter groups", opt["param_groups"])
     try:
-        OPTIMIZERS[hp["optimizer"]](model, lr=float(hp["lr"])).load_state_dict(opt)
+        optimizer = recipe.build_optimizer(model)
+    except ConfigError as exc:
+        raise CheckpointSchemaError(f"recipe: {exc}") from None
+    try:
+        optimizer.load_state_dict(opt)
     except RESTORE_ERRORS as exc:
         raise CheckpointSchemaError(f"the optimizer state does not restore: {exc}") from None
-    strengths = hp.get("augment")
-    if strengths is not None:
+    if recipe.augment is not None:
         try:
-            check_strengths(_object(strengths, "hyperparameters.augment"))
-            RandomAffine(**strengths, seed=0).load_state_dict(_object(meta.get("rng", {}).get("augment"), "rng.augment"))
+            RandomAffine(**recipe.augment, seed=0).load_state_dict(_object(meta.get("rng", {}).get("augment"),
+                                                                           "rng.augment"))
         except CheckpointSchemaError:
             raise
         except RESTORE_ERRORS as exc:
             raise CheckpointSchemaError(f"the augmentation does not restore: {exc}") from None
-    sched = hp.get("schedule")
-    if sched is not None:
-        sched = _object(sched, "hyperparameters.schedule")
-        _choice(sched.get("name"), "hyperparameters.schedule.name", tuple(SCHEDULES))
+    if recipe.schedule_spec() is not None:
         state = _object(meta.get("schedule"), "schedule")
         _int(state.get("steps"), "schedule.steps", 0)
-        _object(state.get("schedule"), "schedule.schedule")
+        try:
+            from_config(_object(state.get("schedule"), "schedule.schedule"))
+        except CheckpointSchemaError:
+            raise
+        except RESTORE_ERRORS as exc:
+            raise CheckpointSchemaError(f"schedule.schedule does not describe a schedule: {exc}") from None
 
 
-def load_run_checkpoint(path, user_error=ValueError) -> Checkpoint:
+def load_run_checkpoint(path, user_error=CheckpointError) -> Checkpoint:
     """A trainer checkpoint read and validated; ``user_error`` (one line naming the file)
     when it is missing, unreadable, or breaks the schema."""
     try:
