@@ -11,20 +11,24 @@ PyTorch) or ``{"params": [...], "lr_scale": factor}`` (a multiple of the optimiz
 so that changing ``lr`` moves every group alike). Parameters in no group use ``lr``. A
 group that matches no parameter, or a parameter claimed by two groups, is a ValueError.
 A schedule (``cnn_xp.schedules``) multiplies every learning rate by ``lr_factor``.
+
+Every hyperparameter is checked up front, in the constructor (and in ``load_state_dict``):
+a ValueError naming it unless it is a finite number in its range -- ``lr``, a group's
+``lr`` / ``lr_scale`` and ``eps`` > 0; ``momentum``, ``beta1``, ``beta2`` and ``decay`` in
+[0, 1) -- so no step can turn the weights NaN through a hyperparameter.
 """
 from __future__ import annotations
 
 import fnmatch
 import math
 
-from . import dispatch
+from . import dispatch, validation
 from .backend import device_of, to_device, to_numpy, xp_of
 
 
 def _check_lr(value, what: str = "learning rate") -> float:
-    if isinstance(value, bool) or not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-        raise ValueError(f"{what} must be a positive number, got {value!r}")
-    return float(value)
+    """A finite number > 0 (NumPy scalars included), else a one-line ValueError."""
+    return validation.positive(value, what)
 
 
 def resolve_param_groups(names, groups) -> list[dict]:
@@ -71,7 +75,7 @@ class Optimizer:
 
     def __init__(self, model, lr: float, param_groups=None):
         self.model = model
-        self.lr = _check_lr(lr)
+        self.lr = _check_lr(lr, f"{type(self).__name__}: lr (the learning rate)")
         self.lr_factor = 1.0  # set each step by a schedule (cnn_xp.schedules)
         self.t = 0
         self.state: dict[str, dict] = {}
@@ -131,9 +135,9 @@ class Optimizer:
         """Restore a ``state_dict()``; its parameter groups replace this optimizer's (none
         saved: no groups). ValueError when a saved group names no parameter of the model."""
         self.set_param_groups(state.get("param_groups"))
-        self.t = int(state["t"])
-        self.lr = float(state["lr"])
-        self.lr_factor = float(state.get("lr_factor", 1.0))
+        self.t = validation.integer(state["t"], "t", "optimizer state", minimum=0)
+        self.lr = _check_lr(state["lr"], "optimizer state: lr")
+        self.lr_factor = validation.real(state.get("lr_factor", 1.0), "lr_factor", "optimizer state", low=0.0)
         device = self.model.device
         self.state = {}
         for key, value in state.items():
@@ -165,8 +169,8 @@ class Momentum(Optimizer):
     """v = momentum * v - lr * g;  p += v"""
 
     def __init__(self, model, lr=0.01, momentum=0.9, param_groups=None):
+        self.momentum = validation.fraction(momentum, "momentum", type(self).__name__)
         super().__init__(model, lr, param_groups)
-        self.momentum = float(momentum)
 
     def update(self, name, param, grad):
         _rule("momentum", param)(param, grad, self._slot(name, "v", param), self.lr_of(name), self.momentum)
@@ -187,8 +191,8 @@ class AdaGrad(Optimizer):
     """h += g * g;  p -= lr * g / (sqrt(h) + eps)"""
 
     def __init__(self, model, lr=0.01, eps=1e-7, param_groups=None):
+        self.eps = validation.positive(eps, "eps", "AdaGrad")
         super().__init__(model, lr, param_groups)
-        self.eps = float(eps)
 
     def update(self, name, param, grad):
         _rule("adagrad", param)(param, grad, self._slot(name, "h", param), self.lr_of(name), self.eps)
@@ -201,8 +205,9 @@ class RMSProp(Optimizer):
     """h = decay * h + (1 - decay) * g * g;  p -= lr * g / (sqrt(h) + eps)"""
 
     def __init__(self, model, lr=0.01, decay=0.99, eps=1e-7, param_groups=None):
+        self.decay = validation.fraction(decay, "decay", "RMSProp")
+        self.eps = validation.positive(eps, "eps", "RMSProp")
         super().__init__(model, lr, param_groups)
-        self.decay, self.eps = float(decay), float(eps)
 
     def update(self, name, param, grad):
         _rule("rmsprop", param)(param, grad, self._slot(name, "h", param), self.lr_of(name), self.decay,
@@ -218,8 +223,10 @@ class Adam(Optimizer):
     p -= lr * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)"""
 
     def __init__(self, model, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, param_groups=None):
+        self.beta1 = validation.fraction(beta1, "beta1", "Adam")
+        self.beta2 = validation.fraction(beta2, "beta2", "Adam")
+        self.eps = validation.positive(eps, "eps", "Adam")
         super().__init__(model, lr, param_groups)
-        self.beta1, self.beta2, self.eps = float(beta1), float(beta2), float(eps)
 
     def update(self, name, param, grad):
         lr_t = self.lr_of(name) / (1.0 - self.beta1 ** self.t)

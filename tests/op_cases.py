@@ -7,7 +7,11 @@ drawn once from a fixed seed, plus hand-picked ones (zoo geometries, ties, NaN).
 out in the case's memory order, and runs ``impl``'s functions of ``op`` (forward in training
 and in inference, backward; updates for three steps). It returns (outputs, caches): every
 result by name, and the forward caches (private to ``impl``; a test may check which
-implementation made them).
+implementation made them). ``run(..., mutate=True)`` overwrites the forward's data inputs
+(x, dropout's draws, the loss's scores and labels) in place between the forwards and the
+backward -- floats with NaN, labels with other valid labels -- so a backward that reads its
+input through the cache instead of its own copy gives another result than without
+``mutate`` (the reference's semantics: a cache holds what the backward needs).
 
 Used by tests/test_kernels_cuda.py (the CUDA kernels on the host against the reference) and
 tests/gpu/test_gpu_ops.py (GPU reference and GPU accelerated against the CPU reference).
@@ -63,6 +67,9 @@ def _conv_cases():
         cases.append({"x_shape": x_shape, "oc": oc, "k": k, "stride": s, "pad": p,
                       "dtype": "float32", "order": ORDERS[i % 4], "seed": 100 + i})
     cases.append(dict(cases[-1], order="nchw", dtype="float64", int_stride=True))
+    # no padding on NHWC memory (a conv or pool output): kernels may read x in place
+    cases.append({"x_shape": (2, 6, 14, 14), "oc": 16, "k": (5, 5), "stride": (1, 1), "pad": (0, 0),
+                  "dtype": "float64", "order": "nhwc", "seed": 110})
     return cases
 
 
@@ -146,9 +153,22 @@ def _to_pair(value):
     return value if isinstance(value, tuple) else (value, value)
 
 
+def scribble(*arrays, classes=None):
+    """Overwrite ``arrays`` in place (see ``run``'s ``mutate``): floats with NaN, integer
+    labels (``classes`` given) with the next class, one-hot rows rolled by one class."""
+    for a in arrays:
+        if a.dtype.kind == "f":
+            if classes is not None and a.ndim == 2:  # one-hot rows
+                a[...] = a[:, ::-1].copy()
+            else:
+                a[...] = np.nan
+        else:
+            a[...] = (a + 1) % classes
+
+
 # -- running one case ------------------------------------------------------------------------
 
-def run_conv2d(impl, put, case):
+def run_conv2d(impl, put, case, mutate=False):
     dtype, seed = case["dtype"], case["seed"]
     kh, kw = case["k"]
     stride, pad = case["stride"], case["pad"]
@@ -159,6 +179,8 @@ def run_conv2d(impl, put, case):
     b = put(_normal((case["oc"],), seed + 2, dtype))
     out, cache = impl.conv2d_forward(x, W, b, stride, pad)
     infer, infer_cache = impl.conv2d_forward(x, W, b, stride, pad, train=False)
+    if mutate:
+        scribble(x)
     dout = laid_out(_normal(tuple(out.shape), seed + 3, dtype), case["order"], put)
     dx, dW, db = impl.conv2d_backward(dout, cache, need_dx=True)
     no_dx, dW2, db2 = impl.conv2d_backward(dout, cache, need_dx=False)
@@ -167,7 +189,7 @@ def run_conv2d(impl, put, case):
 
 
 def _pool(kind):
-    def run(impl, put, case):
+    def run(impl, put, case, mutate=False):
         dtype, seed = case["dtype"], case["seed"]
         kh, kw = case["k"]
         host = _normal(case["x_shape"], seed, dtype)
@@ -180,35 +202,43 @@ def _pool(kind):
         backward = getattr(impl, f"{kind}pool2d_backward")
         out, cache = forward(x, kh, kw, case["stride"], case["pad"])
         infer, infer_cache = forward(x, kh, kw, case["stride"], case["pad"], train=False)
+        if mutate:
+            scribble(x)
         dout = laid_out(_normal(tuple(out.shape), seed + 1, dtype), case["order"], put)
         dx = backward(dout, cache)
         return {"out": out, "out_infer": infer, "dx": dx, "infer_cache": infer_cache}, [cache]
     return run
 
 
-def run_relu(impl, put, case):
+def run_relu(impl, put, case, mutate=False):
     host = _normal(case["shape"], case["seed"], case["dtype"])
     host.reshape(-1)[:4] = [np.nan, 0.0, -0.0, np.inf]
     x = laid_out(host, case["order"], put)
     out, cache = impl.relu_forward(x)
     infer, infer_cache = impl.relu_forward(x, train=False)
+    if mutate:
+        scribble(x)
     dout = laid_out(_normal(case["shape"], case["seed"] + 1, case["dtype"]), case["order"], put)
     return {"out": out, "out_infer": infer, "dx": impl.relu_backward(dout, cache),
             "infer_cache": infer_cache}, [cache]
 
 
-def run_dropout(impl, put, case):
+def run_dropout(impl, put, case, mutate=False):
     dtype, seed, p = case["dtype"], case["seed"], case["p"]
     x = laid_out(_normal(case["shape"], seed, dtype), case["order"], put)
     draws = put(np.random.default_rng(seed + 1).random(case["shape"]).astype(dtype))
     out, cache = impl.dropout_forward(x, draws, p)
     infer, infer_cache = impl.dropout_forward(x, draws, p, train=False)
+    if mutate:
+        out = out.copy()  # p = 0: out is x itself
+        infer = infer.copy()
+        scribble(x, draws)
     dout = put(_normal(case["shape"], seed + 2, dtype))
     return {"out": out, "out_infer": infer, "dx": impl.dropout_backward(dout, cache),
             "infer_cache": infer_cache}, [cache]
 
 
-def run_softmax_cross_entropy(impl, put, case):
+def run_softmax_cross_entropy(impl, put, case, mutate=False):
     n, k, dtype, seed = case["n"], case["k"], case["dtype"], case["seed"]
     scores = put(_normal((n, k), seed, dtype, case["scale"]))
     labels = np.random.default_rng(seed + 1).integers(0, k, n)
@@ -216,14 +246,18 @@ def run_softmax_cross_entropy(impl, put, case):
         labels = np.eye(k, dtype=dtype)[labels]
     else:
         labels = labels.astype(case["labels"])
-    loss, cache = impl.softmax_cross_entropy_forward(scores, put(labels))
+    labels = put(labels)
+    loss, cache = impl.softmax_cross_entropy_forward(scores, labels)
+    if mutate:
+        scribble(scores)
+        scribble(labels, classes=k)
     grad = impl.softmax_cross_entropy_backward(cache, case["dout"])
     grad_default = impl.softmax_cross_entropy_backward(cache)  # the cache is reusable
     return {"loss": loss, "dscores": grad, "dscores_default": grad_default}, [cache]
 
 
 def _update(op):
-    def run(impl, put, case):
+    def run(impl, put, case, mutate=False):  # no cache: nothing to mutate
         slots, hyper = UPDATE_RULES[op]
         dtype, seed = case["dtype"], case["seed"]
         rng = np.random.default_rng(seed)
@@ -249,9 +283,12 @@ RUNNERS = {
 }
 
 
-def run(op, impl, put, case):
+def run(op, impl, put, case, mutate=False):
     """(outputs, caches) of ``impl``'s functions of ``op`` on ``case`` (see the docstring)."""
-    return RUNNERS[op](impl, put, case)
+    return RUNNERS[op](impl, put, case, mutate)
+
+
+CACHED_OPS = ("conv2d", "maxpool2d", "avgpool2d", "relu", "dropout", "softmax_cross_entropy")  # forward + backward
 
 
 def compare(got: dict, want: dict, dtype: str, to_host, where: str = ""):

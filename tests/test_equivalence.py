@@ -4,9 +4,12 @@ For each device whose accelerator is usable here (``cnn_xp.kernels.cpu`` where t
 extension is built; ``cnn_xp.kernels.cuda`` on a GPU) and each op it implements, the same
 inputs go through the accelerator's functions and the reference's (``cnn_xp.ops``):
 random shapes, strides, pads, both dtypes and every memory order of the inputs. Results
-agree to float rounding; max pooling's argmax routing (ties, NaN) agrees exactly.
+agree to float rounding; max pooling's argmax routing (ties, NaN) agrees exactly. And the
+caches keep the reference's semantics: overwriting a forward's input before its backward
+changes nothing (op_cases' ``mutate``, on every case of every cached op).
 """
 import numpy as np
+import op_cases
 import pytest
 
 from cnn_xp import backend, dispatch, ops
@@ -204,3 +207,29 @@ def test_optimizer_updates(device, dtype, op):
         results.append([host(p)] + [host(a) for a in s])
     for got, want in zip(*results):
         close(got, want, dtype)
+
+
+# -- caches: a backward never reads the caller's input ----------------------------------------
+
+MUTATE_CASES = [(op, case) for op in op_cases.CACHED_OPS for case in op_cases.CASES[op]]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("op, case", MUTATE_CASES, ids=[op_cases.case_id(o, c) for o, c in MUTATE_CASES])
+def test_changing_the_input_after_the_forward_changes_no_backward(device, op, case):
+    """The reference's caches hold their own copy of what the backward needs (im2col's
+    columns, argmax, the softmax and the labels), so overwriting the forward's inputs in
+    place (x, draws, scores, labels: op_cases' ``mutate``) before the backward changes
+    nothing; the accelerator must keep those semantics, even where its kernels read the
+    input in place (an unpadded conv on NHWC memory). Compared with the reference run on
+    untouched inputs, for the accelerator and for the reference itself."""
+    if device == "gpu" and not backend.gpu_available():
+        pytest.skip("no usable GPU: " + backend.gpu_status()[1])
+    accel, _ = dispatch.accelerator(device)
+    modules = [ops] + ([accel] if accel is not None and op in accel.OPS else [])
+    put = np.asarray if device == "cpu" else (lambda a: backend.to_device(a, device))
+    want, _ = op_cases.run(op, ops, put, case)
+    for module in modules:
+        got, _ = op_cases.run(op, module, put, case, mutate=True)
+        op_cases.compare(got, want, case["dtype"], backend.to_numpy,
+                         where=f"{op} ({dispatch.implementation_name(module)}, input changed after the forward)")

@@ -12,7 +12,10 @@
   output and cache layouts -- which the source tests (test_kernels_cuda_source.py) do not;
 - the calls the kernels cannot serve (float16, mixed dtypes, more than 2^31 elements,
   one-hot labels, an array dout, a kernel that fails to compile, before or after the
-  forward) run the reference, with a cache that says so.
+  forward) run the reference, with a cache that says so;
+- the reference's semantics beyond the values: a backward reads no input changed after its
+  forward (on the kernels and on their reference paths), and bad labels are the
+  reference's ValueError before any launch.
 
 On a real GPU the same cases run through tests/gpu/test_gpu_ops.py.
 """
@@ -139,6 +142,78 @@ def test_every_op_matches_the_reference(host, op, case):
     if not reference_by_design:
         assert host.launches(), f"{op}: no kernel launched"
     assert launch.failure() is None
+
+
+MUTATE_CASES = [(op, case) for op in op_cases.CACHED_OPS if op in cuda.OPS for case in op_cases.CASES[op]]
+
+
+@pytest.mark.parametrize("op, case", MUTATE_CASES, ids=[op_cases.case_id(o, c) for o, c in MUTATE_CASES])
+def test_changing_the_input_after_the_forward_changes_no_backward(host, op, case):
+    """The reference's cache semantics (see test_equivalence.py): the forward's inputs
+    overwritten in place before the backward (op_cases' ``mutate``) change nothing."""
+    got, _ = op_cases.run(op, cuda, np.asarray, case, mutate=True)
+    want, _ = op_cases.run(op, ops, np.asarray, case)
+    op_cases.compare(got, want, case["dtype"], _np, where=f"{op} (input changed after the forward)")
+
+
+def test_the_backwards_reference_paths_read_no_input_changed_after_the_forward(host):
+    """Where a backward hands over to the reference (a dout of another dtype or of an array
+    type, a kernel that failed since the forward), it works from the forward's own
+    col / argmax / softmax and labels, never from the caller's input."""
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((2, 3, 7, 6)).astype(np.float32)
+    W = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(4).astype(np.float32)
+    out, cache = cuda.conv2d_forward(x, W, b, 1, 1)
+    _, ref_cache = ops.conv2d_forward(x, W, b, 1, 1)
+    dout64 = rng.standard_normal(out.shape)  # float64: the reference's backward
+    want = ops.conv2d_backward(dout64, ref_cache)
+    x[...] = np.nan
+    for got, w in zip(cuda.conv2d_backward(dout64, cache), want):
+        np.testing.assert_array_equal(got, w)
+    x = rng.standard_normal((2, 3, 7, 6)).astype(np.float32)
+    for kind in ("max", "avg"):
+        forward, backward = getattr(cuda, f"{kind}pool2d_forward"), getattr(cuda, f"{kind}pool2d_backward")
+        out, cache = forward(x, 3, 3, 2, 1)
+        ref_fwd, ref_bwd = getattr(ops, f"{kind}pool2d_forward"), getattr(ops, f"{kind}pool2d_backward")
+        dout = rng.standard_normal(out.shape).astype(np.float32)
+        want = ref_bwd(dout, ref_fwd(x, 3, 3, 2, 1)[1])
+        saved = x.copy()
+        x[...] = np.nan
+        host.fail = frozenset({"maxpool_backward", "fold_windows"})  # the kernels fail from now on
+        for kernel in host.kernels.values():
+            kernel.fail = host.fail
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            np.testing.assert_allclose(backward(dout, cache), want, rtol=1e-6, err_msg=kind)
+        host.fail = frozenset()
+        for kernel in host.kernels.values():
+            kernel.fail = host.fail
+        launch.reset()
+        x = saved
+    scores, labels = rng.standard_normal((5, 4)), np.array([0, 3, 1, 1, 2])
+    _, cache = cuda.softmax_cross_entropy_forward(scores, labels)
+    assert cache[0] == "cuda"
+    want = ops.softmax_cross_entropy_backward(ops.softmax_cross_entropy_forward(scores, labels)[1], np.array(0.5))
+    scores[...], labels[...] = np.nan, 0
+    np.testing.assert_allclose(cuda.softmax_cross_entropy_backward(cache, np.array(0.5)), want, rtol=1e-12)
+
+
+BAD_LABELS = [(np.array([0, 1, 2, -1, 3]), "label -1 at index 3 is outside 0..9"),
+              (np.array([0, 1, 12, 9, 3], np.int32), "label 12 at index 2 is outside 0..9"),
+              (np.array([0, 1, 2, 3, 255], np.uint8), "label 255 at index 4 is outside 0..9"),
+              (np.array([0.0, 1, 2, 3, 4], np.float32), "must be of an integer dtype, got float32")]
+
+
+@pytest.mark.parametrize("labels, message", BAD_LABELS, ids=["minus-one", "int32-large", "uint8", "float"])
+def test_bad_labels_are_the_references_value_error_before_any_launch(host, labels, message):
+    scores = np.random.default_rng(9).standard_normal((5, 10)).astype(np.float32)
+    for impl in (cuda, ops):
+        with pytest.raises(ValueError, match=message):
+            impl.softmax_cross_entropy_forward(scores, labels)
+    with pytest.raises(ValueError, match=r"the batch is empty \(0 samples\)"):
+        cuda.softmax_cross_entropy_forward(scores[:0], labels[:0].astype(np.int64))
+    assert not host.launches()  # refused before the kernels ran
 
 
 def test_conv_outputs_are_views_of_nhwc_memory_and_backward_reads_them_for_free(host):

@@ -4,8 +4,8 @@
 - every body compiles with nvcc for float and double, inside CuPy's own CArray / CIndexer
   headers, warnings as errors (skipped without nvcc);
 - every body, compiled as host C++ (g++) and called with raw launch arguments over the same
-  memory (strided views, broadcast zero strides, ties, NaN, all-padding windows, wrapped
-  labels), computes what the naive loops and the reference compute (skipped without g++).
+  memory (strided views, broadcast zero strides, ties, NaN, all-padding windows, out-of-range
+  labels flagged), computes what the naive loops and the reference compute (skipped without g++).
   This runs each kernel's real index arithmetic on the CPU, including launch geometries the
   module picks only for large arrays (several im2col rows per thread).
 
@@ -255,17 +255,29 @@ def test_softmax_cross_entropy_kernels_match_the_naive_loops(lib, n, classes, dt
     np.testing.assert_allclose(grad, want_g, rtol=tol, atol=tol)
 
 
-def test_softmax_cross_entropy_kernels_wrap_out_of_range_labels(lib):
-    """No label reads or writes outside its row: labels are taken modulo the class count."""
-    scores = np.random.default_rng(6).standard_normal((4, 5))
-    labels = np.array([7, -1, 4, -12], dtype=np.int64)
-    wrapped = labels % 5
-    probs, row_loss = np.empty_like(scores), np.empty(4)
+@pytest.mark.parametrize("label_dtype", ["int64", "int32", "uint8", "uint64"])
+def test_softmax_cross_entropy_kernels_flag_out_of_range_labels_with_nan(lib, label_dtype):
+    """A label outside 0..K-1 is never read through: its row's loss and gradient are NaN,
+    where a wrapped or clamped label would give a plausible finite number (the Python side
+    refuses such labels before a launch; this is the kernels' own guard)."""
+    rng = np.random.default_rng(6)
+    too_big = {"int64": -1, "int32": -1, "uint8": 255, "uint64": 2**64 - 1}[label_dtype]  # uint64: -1 as long long
+    labels = np.array([7, too_big, 4, 5, 0], dtype=label_dtype)
+    labels[3] = -12 if np.dtype(label_dtype).kind == "i" else 5
+    bad = np.array([True, True, False, True, False])
+    scores = rng.standard_normal((5, 5))
+    probs, row_loss = np.empty_like(scores), np.empty(5)
     call(lib, "softmax_xent_rows", scores, labels, 5, probs, row_loss)
-    np.testing.assert_allclose(row_loss, -naive.log_softmax_rows(scores)[np.arange(4), wrapped], rtol=1e-12)
+    assert np.isnan(row_loss[bad]).all()
+    good = ~bad
+    want = -naive.log_softmax_rows(scores)[np.arange(5)[good], labels[good].astype(np.int64)]
+    np.testing.assert_allclose(row_loss[good], want, rtol=1e-12)
+    np.testing.assert_allclose(probs, naive.softmax_rows(scores), rtol=1e-12)  # every row's softmax
     grad = np.empty_like(scores)
     call(lib, "softmax_xent_grad", probs, labels, 5, 1.0, grad)
-    np.testing.assert_allclose(grad, naive.softmax_rows(scores) - np.eye(5)[wrapped], atol=1e-12)
+    assert np.isnan(grad[bad]).all()
+    np.testing.assert_allclose(grad[good], (naive.softmax_rows(scores) - np.eye(5)[labels.astype(np.int64) % 5])[good],
+                               atol=1e-12)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -1,6 +1,8 @@
-"""Element-wise activations: ReLU, Sigmoid, Tanh (any shape, dtype preserved)."""
+"""Element-wise activations: ReLU, Sigmoid, Tanh (any shape, dtype preserved; float32 or
+float64 input only, a ValueError naming the dtype otherwise)."""
 from .. import dispatch
 from ..backend import device_of, xp_of
+from ..validation import check_float_input
 from .base import Layer, needs_cache
 
 
@@ -12,6 +14,7 @@ class ReLU(Layer):
         self._impl = self._cache = None
 
     def forward(self, x, train=True):
+        check_float_input(x, "ReLU")
         impl = dispatch.implementation("relu", device_of(x))
         out, cache = impl.relu_forward(x, train)
         if train:
@@ -31,6 +34,7 @@ class Sigmoid(Layer):
         self._out = None
 
     def forward(self, x, train=True):
+        check_float_input(x, "Sigmoid")
         out = xp_of(x).tanh(x * 0.5)
         out += 1
         out *= 0.5
@@ -51,6 +55,7 @@ class Tanh(Layer):
         self._out = None
 
     def forward(self, x, train=True):
+        check_float_input(x, "Tanh")
         out = xp_of(x).tanh(x)
         if train:
             self._out = out

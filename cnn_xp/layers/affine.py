@@ -2,21 +2,26 @@
 from math import prod
 
 from .. import init
+from ..validation import check_float_input, integer
 from .base import Layer, needs_cache
 
 
 class Affine(Layer):
     """x (N, ...) flattened to (N, in_features) -> x @ W + b, (N, out_features).
-    W (in_features, out_features), b (out_features,)."""
+    W (in_features, out_features), b (out_features,). Both sizes are ints >= 1 (ValueError
+    naming the argument otherwise); ``forward`` takes float32 or float64 input only."""
 
     def __init__(self, in_features, out_features, *, weight_init=None, rng=None, dtype="float32"):
         super().__init__()
+        in_features = integer(in_features, "in_features", "Affine")
+        out_features = integer(out_features, "out_features", "Affine")
         self.params["W"] = init.draw(weight_init, (in_features, out_features), rng, dtype)
         self.params["b"] = init.draw("zeros", (out_features,), rng, dtype)
         self._x2d = self._x_shape = None
 
     def forward(self, x, train=True):
-        x2d = x.reshape(x.shape[0], -1)
+        check_float_input(x, "Affine")
+        x2d = x.reshape(x.shape[0], prod(x.shape[1:]))  # -1 fails for N = 0
         out = x2d @ self.params["W"]
         out += self.params["b"]
         if train:
@@ -43,16 +48,17 @@ class Affine(Layer):
 
 
 class Flatten(Layer):
-    """(N, ...) -> (N, prod(...)) in C order."""
+    """(N, ...) -> (N, prod(...)) in C order; float32 or float64 input only."""
 
     def __init__(self):
         super().__init__()
         self._x_shape = None
 
     def forward(self, x, train=True):
+        check_float_input(x, "Flatten")
         if train:
             self._x_shape = x.shape
-        return x.reshape(x.shape[0], -1)
+        return x.reshape(x.shape[0], prod(x.shape[1:]))  # -1 fails for N = 0
 
     def backward(self, dout):
         needs_cache(self, self._x_shape)

@@ -1,6 +1,7 @@
 """Batch normalisation over the batch (and spatial) axes, per channel/feature."""
 from .. import init
 from ..backend import xp_of
+from ..validation import check_float_input, fraction, integer, positive
 from .base import Layer, needs_cache
 
 
@@ -10,13 +11,21 @@ class BatchNorm(Layer):
     Training normalises with the batch mean and (biased) variance and updates
     ``buffers["running_mean"/"running_var"]`` as ``m * running + (1 - m) * batch``;
     inference uses the running statistics.
+
+    ``num_features`` is an int >= 1, ``momentum`` in [0, 1], ``eps`` > 0 (ValueError naming
+    the argument otherwise). ``forward`` takes float32 or float64 input only. A training
+    forward of an empty batch (no values per channel: N = 0, or H*W = 0) is a ValueError and
+    changes nothing: its statistics are undefined, and a NaN running mean would make every
+    later inference NaN. Inference on an empty batch returns an empty result.
     """
 
     batch_sliceable = False  # batch statistics
 
     def __init__(self, num_features, momentum=0.9, eps=1e-5, dtype="float32"):
         super().__init__()
-        self.momentum, self.eps = float(momentum), float(eps)
+        num_features = integer(num_features, "num_features", "BatchNorm")
+        self.momentum = fraction(momentum, "momentum", "BatchNorm", closed=True)
+        self.eps = positive(eps, "eps", "BatchNorm")
         self.params["gamma"] = init.draw("ones", (num_features,), None, dtype)
         self.params["beta"] = init.draw("zeros", (num_features,), None, dtype)
         self.buffers["running_mean"] = init.draw("zeros", (num_features,), None, dtype)
@@ -32,9 +41,14 @@ class BatchNorm(Layer):
         raise ValueError(f"BatchNorm expects (N, C) or (N, C, H, W), got shape {tuple(x.shape)}")
 
     def forward(self, x, train=True):
+        check_float_input(x, "BatchNorm")
         xp = xp_of(x)
         axes, bshape = self._axes_and_shape(x)
         if train:
+            if x.size == 0:
+                raise ValueError(f"BatchNorm: a training batch of shape {tuple(x.shape)} holds no values, so it "
+                                 f"has no mean or variance; pass at least one sample (the running statistics "
+                                 f"are unchanged)")
             mean = x.mean(axis=axes, keepdims=True)
             centred = x - mean
             var = (centred * centred).mean(axis=axes, keepdims=True)

@@ -1,7 +1,8 @@
 """Conv2D: a learnable 2-D convolution layer over NCHW maps."""
 from .. import dispatch, init
 from ..backend import device_of
-from ..ops import output_shape, pair
+from ..ops import output_shape
+from ..validation import check_float_input, int_pair, integer
 from .base import Layer, needs_cache
 
 
@@ -10,18 +11,26 @@ class Conv2D(Layer):
 
     ``weight_init``: an initialiser from ``cnn_xp.init`` (default He); ``rng``: an int
     seed or NumPy Generator. Biases start at zero. The op runs through ``cnn_xp.dispatch``.
+
+    Channels and kernel sizes are ints >= 1, ``stride`` ints >= 1, ``pad`` ints >= 0 (an int
+    or an (h, w) pair each); anything else is a ValueError naming the argument. ``forward``
+    takes float32 or float64 input only (ValueError naming the dtype otherwise).
     """
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, pad=0, *,
                  weight_init=None, rng=None, dtype="float32"):
         super().__init__()
-        kh, kw = pair(kernel_size)
-        self.stride, self.pad = pair(stride), pair(pad)
+        in_channels = integer(in_channels, "in_channels", "Conv2D")
+        out_channels = integer(out_channels, "out_channels", "Conv2D")
+        kh, kw = int_pair(kernel_size, "kernel_size", "Conv2D")
+        self.stride = int_pair(stride, "stride", "Conv2D")
+        self.pad = int_pair(pad, "pad", "Conv2D", minimum=0)
         self.params["W"] = init.draw(weight_init, (out_channels, in_channels, kh, kw), rng, dtype)
         self.params["b"] = init.draw("zeros", (out_channels,), rng, dtype)
         self._impl = self._cache = None
 
     def forward(self, x, train=True):
+        check_float_input(x, "Conv2D")
         impl = dispatch.implementation("conv2d", device_of(x))
         out, cache = impl.conv2d_forward(x, self.params["W"], self.params["b"], self.stride, self.pad, train)
         if train:

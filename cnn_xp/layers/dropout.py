@@ -2,24 +2,26 @@
 1/(1-p), so inference is the identity and needs no rescaling."""
 from .. import dispatch
 from ..backend import RandomSource, device_of
+from ..validation import check_float_input, fraction, integer
 from .base import Layer
 
 
 class Dropout(Layer):
     """Any shape in, same shape out. ``seed`` fixes the mask stream; its state is saved
-    in checkpoints (``rng_state`` / ``set_rng_state``) so a resumed run draws the same masks."""
+    in checkpoints (``rng_state`` / ``set_rng_state``) so a resumed run draws the same masks.
+    ``p`` is a number in [0, 1) and ``seed`` an int >= 0 (ValueError naming the argument
+    otherwise); ``forward`` takes float32 or float64 input only."""
 
     batch_sliceable = False  # one mask stream, drawn in batch order
 
     def __init__(self, p=0.5, seed=0):
         super().__init__()
-        if not 0.0 <= p < 1.0:
-            raise ValueError(f"dropout probability must be in [0, 1), got {p}")
-        self.p = float(p)
-        self.rng = RandomSource(seed, "cpu")
+        self.p = fraction(p, "p (the dropout probability)", "Dropout")
+        self.rng = RandomSource(integer(seed, "seed", "Dropout", minimum=0), "cpu")
         self._impl = self._cache = None
 
     def forward(self, x, train=True):
+        check_float_input(x, "Dropout")
         if not train or self.p == 0.0:
             if train:
                 self._impl, self._cache = None, None

@@ -1,18 +1,28 @@
 """SoftmaxCrossEntropy: the loss layer closing every classifier."""
 from .. import dispatch
 from ..backend import device_of
+from ..validation import check_float_input
 from .base import Layer, needs_cache
 
 
 class SoftmaxCrossEntropy(Layer):
-    """``forward(scores (N, K), labels)`` -> mean loss (0-d); labels are class indices
-    (N,) or one-hot (N, K). ``backward(dout=1.0)`` -> d scores (N, K)."""
+    """``forward(scores (N, K), labels)`` -> mean loss (0-d); scores float32 or float64,
+    labels class indices (N,) of an integer dtype, each in 0..K-1, or one-hot rows (N, K).
+    ``backward(dout=1.0)`` -> d scores (N, K).
+
+    The same rule on every device and kernel (``cnn_xp.ops.softmax.check_targets``): a
+    ValueError for an empty batch (N = 0: the mean over no samples is undefined), float
+    class indices, or a label outside 0..K-1 (named with its index, e.g. "label -1 at
+    index 3 is outside 0..9"); the layer then keeps no cache, so a backward raises NoForwardCache."""
 
     def __init__(self):
         super().__init__()
         self._impl = self._cache = None
 
     def forward(self, scores, labels, train=True):
+        if train:
+            self._impl = self._cache = None  # a forward that raises leaves no stale cache
+        check_float_input(scores, "SoftmaxCrossEntropy")
         impl = dispatch.implementation("softmax_cross_entropy", device_of(scores))
         loss, cache = impl.softmax_cross_entropy_forward(scores, labels)
         if train:

@@ -1,21 +1,28 @@
 """MaxPool2D and AvgPool2D over NCHW maps (no parameters)."""
 from .. import dispatch
 from ..backend import device_of
-from ..ops import output_shape, pair
+from ..ops import output_shape
+from ..validation import check_float_input, int_pair
 from .base import Layer, needs_cache
 
 
 class _Pool2D(Layer):
+    """``kernel_size`` and ``stride`` (default: the window) are ints >= 1, ``pad`` ints >= 0
+    (an int or an (h, w) pair each); anything else is a ValueError naming the argument.
+    ``forward`` takes float32 or float64 input only (ValueError naming the dtype otherwise)."""
+
     op = ""  # the dispatch op: "maxpool2d" or "avgpool2d"
 
     def __init__(self, kernel_size, stride=None, pad=0):
         super().__init__()
-        self.kernel = pair(kernel_size)
-        self.stride = self.kernel if stride is None else pair(stride)
-        self.pad = pair(pad)
+        owner = type(self).__name__
+        self.kernel = int_pair(kernel_size, "kernel_size", owner)
+        self.stride = self.kernel if stride is None else int_pair(stride, "stride", owner)
+        self.pad = int_pair(pad, "pad", owner, minimum=0)
         self._impl = self._cache = None
 
     def forward(self, x, train=True):
+        check_float_input(x, type(self).__name__)
         impl = dispatch.implementation(self.op, device_of(x))
         out, cache = getattr(impl, f"{self.op}_forward")(x, *self.kernel, self.stride, self.pad, train)
         if train:

@@ -31,7 +31,8 @@ DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 class KernelCache(NamedTuple):
     """What ``conv2d_backward`` needs after the kernels ran the forward."""
     x_shape: tuple
-    x_nhwc: np.ndarray      # the zero-padded input, (N, H + 2*ph, W + 2*pw, C), C-contiguous
+    x_nhwc: np.ndarray      # the zero-padded input, (N, H + 2*ph, W + 2*pw, C), C-contiguous;
+                            # the cache's own memory, never a view of the caller's x
     W: np.ndarray
     stride: tuple
     pad: tuple
@@ -129,7 +130,8 @@ def input_grad_scattered(isa, d_nhwc, W, x_shape, stride, pad):
 
 def conv2d_forward(x, W, b, stride=1, pad=0, train=True):
     """x (N, C, H, W), W (OC, C, KH, KW), b (OC,) -> (out (N, OC, OH, OW), cache); out is an
-    NCHW view of NHWC memory. ``train=False``: cache None, nothing kept."""
+    NCHW view of NHWC memory. The cache never aliases x (a copy is made only where the
+    kernel read x in place). ``train=False``: cache None, nothing kept."""
     isa = _variant.isa()
     stride_hw, pad_hw = ops.pair(stride), ops.pair(pad)
     if isa is None or not _served(x, W, b, pad_hw):
@@ -138,8 +140,14 @@ def conv2d_forward(x, W, b, stride=1, pad=0, train=True):
     oh, ow = ops.output_shape(x.shape, *W.shape[2:], stride_hw, pad_hw)
     x_nhwc = nhwc(x, pad_hw)
     out = run_forward(isa, x_nhwc, W, b, stride_hw, (oh, ow))
-    cache = KernelCache(tuple(x.shape), x_nhwc, W, stride_hw, pad_hw, isa) if train else None
-    return out.transpose(0, 3, 1, 2), cache
+    if not train:
+        return out.transpose(0, 3, 1, 2), None
+    if np.may_share_memory(x_nhwc, x):
+        # Unpadded NHWC memory (what the kernels return) is read in place by the forward;
+        # the cache keeps its own copy, as the reference's col is, so changing x after the
+        # forward does not change the backward. Other inputs were copied by nhwc() already.
+        x_nhwc = x_nhwc.copy()
+    return out.transpose(0, 3, 1, 2), KernelCache(tuple(x.shape), x_nhwc, W, stride_hw, pad_hw, isa)
 
 
 def conv2d_backward(dout, cache, need_dx=True):

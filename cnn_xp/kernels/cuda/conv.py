@@ -102,16 +102,18 @@ def conv2d_forward(x, W, b, stride=1, pad=0, train=True):
     out = out.reshape(n, oh, ow, oc).transpose(0, 3, 1, 2)
     if not train:
         return out, None
-    return out, ("cuda", x, W, b, col, w_mat, stride, pad)
+    # x's shape, not x: the backward reads only col, the forward's own copy of x's windows
+    # (as the reference's cache), so changing x after the forward changes nothing.
+    return out, ("cuda", tuple(x.shape), W, b, col, w_mat, stride, pad)
 
 
 def conv2d_backward(dout, cache, need_dx=True):
     """dout (N, OC, OH, OW) -> (dx (N, C, H, W) or None, dW (OC, C, KH, KW), db (OC,))."""
     if isinstance(cache, ReferenceCache):
         return ops.conv2d_backward(dout, cache.cache, need_dx)
-    _, x, W, b, col, w_mat, stride, pad = cache
+    _, x_shape, W, b, col, w_mat, stride, pad = cache
     oc, c, kh, kw = W.shape
-    out_shape = (x.shape[0], oc, *ops.output_shape(x.shape, kh, kw, stride, pad))
+    out_shape = (x_shape[0], oc, *ops.output_shape(x_shape, kh, kw, stride, pad))
     if not launch.serves(dout, W) or tuple(dout.shape) != out_shape:
         return _recomputed(dout, cache, need_dx)
     dout_mat = dout.transpose(0, 2, 3, 1).reshape(-1, oc)  # (N*OH*OW, OC)
@@ -119,7 +121,7 @@ def conv2d_backward(dout, cache, need_dx=True):
     dW = (dout_mat.T @ col).reshape(W.shape)
     if not need_dx:
         return None, dW, db
-    dx = col2im_t(w_mat.T @ dout_mat.T, x.shape, kh, kw, stride, pad)
+    dx = col2im_t(w_mat.T @ dout_mat.T, x_shape, kh, kw, stride, pad)
     if dx is None:
         return _recomputed(dout, cache, need_dx)
     return dx, dW, db
@@ -127,8 +129,8 @@ def conv2d_backward(dout, cache, need_dx=True):
 
 def _recomputed(dout, cache, need_dx):
     """The reference's backward for a call the kernels cannot finish (another dtype of
-    dout, or a kernel that failed to compile since the forward): its forward is re-run on
-    the cached inputs."""
-    _, x, W, b, _, _, stride, pad = cache
-    _, ref_cache = ops.conv2d_forward(x, W, b, stride, pad, train=True)
-    return ops.conv2d_backward(dout, ref_cache, need_dx)
+    dout, or a kernel that failed to compile since the forward), on the forward's col: the
+    kernel's col has the reference's layout, so (x_shape, col, W, stride, pad) is the
+    reference's own cache."""
+    _, x_shape, W, _, col, _, stride, pad = cache
+    return ops.conv2d_backward(dout, (x_shape, col, W, stride, pad), need_dx)

@@ -7,15 +7,20 @@
 - Softmax cross-entropy with integer labels (N,): ``softmax_xent_rows`` computes each row's
   softmax (shifted by the row maximum) and its loss in one thread; the loss is their mean.
   The backward ``softmax_xent_grad`` makes (probs - one_hot(labels)) * dout / N in one
-  pass, leaving the cache as it was. Labels are taken modulo the class count inside the
-  kernels (as CuPy's indexing wraps), so no label reads outside its row. One-hot labels and
-  a ``dout`` that is an array run the reference.
+  pass, leaving the cache as it was. Labels follow the reference's rule
+  (``ops.softmax.check_targets``: integer, in 0..K-1, a non-empty batch), checked before the
+  launch by one min/max reduction, with the reference's ValueError. The kernels themselves
+  read nothing through a label outside 0..K-1 and give its row NaN, should one reach them.
+  One-hot labels run the reference; a ``dout`` that is an array runs the reference's
+  backward on the cached softmax and labels (the cache holds its own copy of the labels, as
+  the reference's does).
 """
 from __future__ import annotations
 
 import numbers
 
 from ... import ops
+from ...ops.softmax import check_targets
 from . import launch
 from .cache import ReferenceCache, reference_call
 
@@ -77,29 +82,30 @@ def softmax_cross_entropy_forward(scores, labels):
     if not (scores.ndim == 2 and integer_labels and labels.shape[0] == scores.shape[0]
             and scores.shape[0] > 0 and scores.shape[1] > 0 and launch.serves(scores)):
         return reference_call("softmax_cross_entropy_forward", scores, labels)
+    check_targets(scores, labels)  # the reference's rule and errors, before any launch
     cp = launch.cupy()
     n, classes = scores.shape
     contiguous = cp.ascontiguousarray(scores)
-    labels = cp.ascontiguousarray(labels)
+    labels = cp.array(labels, order="C", copy=True)  # the cache's own copy, as the reference's
     probs = cp.empty_like(contiguous)
     row_loss = cp.empty(n, dtype=scores.dtype)
     done = launch.launch("softmax_xent_rows", contiguous, labels, classes, probs, row_loss)
     if done is None:
         return reference_call("softmax_cross_entropy_forward", scores, labels)
-    return row_loss.sum() / n, ("cuda", scores, labels, probs)
+    return row_loss.sum() / n, ("cuda", labels, probs)
 
 
 def softmax_cross_entropy_backward(cache, dout=1.0):
     """d loss / d scores (N, K) = (softmax(scores) - one_hot(labels)) * dout / N."""
     if isinstance(cache, ReferenceCache):
         return ops.softmax_cross_entropy_backward(cache.cache, dout)
-    _, scores, labels, probs = cache
+    _, labels, probs = cache
     if isinstance(dout, numbers.Real):
         n, classes = probs.shape
         grad = launch.launch("softmax_xent_grad", probs, labels, classes, float(dout) / n,
                              launch.cupy().empty_like(probs))
         if grad is not None:
             return grad
-    # An array dout (or a kernel that failed to compile): the reference, its forward re-run.
-    _, ref_cache = ops.softmax_cross_entropy_forward(scores, labels)
-    return ops.softmax_cross_entropy_backward(ref_cache, dout)
+    # An array dout (or a kernel that failed to compile): the reference's backward on the
+    # kernel's softmax (the reference's cache is (softmax, labels) too). It copies probs.
+    return ops.softmax_cross_entropy_backward((probs, labels), dout)

@@ -41,17 +41,19 @@ def maxpool2d_forward(x, kh, kw, stride=None, pad=0, train=True):
             return reference_call("maxpool2d_forward", x, kh, kw, stride, pad, train=train)
     if not train:
         return out, None
-    return out, ("cuda", x, argmax, kh, kw, stride, pad)
+    # x's shape, not x: the backward reads only argmax (the forward's own), so changing x
+    # after the forward changes nothing, as in the reference.
+    return out, ("cuda", tuple(x.shape), argmax, kh, kw, stride, pad)
 
 
 def maxpool2d_backward(dout, cache):
     """dout (N, C, OH, OW) -> dx (N, C, H, W)."""
     if isinstance(cache, ReferenceCache):
         return ops.maxpool2d_backward(dout, cache.cache)
-    _, x, argmax, kh, kw, stride, pad = cache
-    if not launch.serves(dout, x) or tuple(dout.shape) != tuple(argmax.shape):
+    _, x_shape, argmax, kh, kw, stride, pad = cache
+    if not launch.serves(dout) or tuple(dout.shape) != tuple(argmax.shape):
         return _max_recomputed(dout, cache)
-    n, c, h, w = x.shape
+    n, c, h, w = x_shape
     oh, ow = dout.shape[2:]
     cp = launch.cupy()
     dx = cp.empty((n, c, h, w), dtype=dout.dtype)
@@ -66,11 +68,12 @@ def maxpool2d_backward(dout, cache):
 
 
 def _max_recomputed(dout, cache):
-    """The reference's backward (its forward re-run on the cached input), for a call the
-    kernel cannot finish."""
-    _, x, _, kh, kw, stride, pad = cache
-    _, ref_cache = ops.maxpool2d_forward(x, kh, kw, stride, pad, train=True)
-    return ops.maxpool2d_backward(dout, ref_cache)
+    """The reference's backward on the forward's argmax, for a call the kernel cannot
+    finish: the kernel's (N, C, OH, OW) window offsets, in the reference's (n, oh, ow, c)
+    order, are the reference's cache."""
+    _, x_shape, argmax, kh, kw, stride, pad = cache
+    windows = argmax.transpose(0, 2, 3, 1).reshape(-1)
+    return ops.maxpool2d_backward(dout, (x_shape, windows, kh, kw, stride, pad))
 
 
 def avgpool2d_forward(x, kh, kw, stride=None, pad=0, train=True):
@@ -89,21 +92,20 @@ def avgpool2d_forward(x, kh, kw, stride=None, pad=0, train=True):
             return reference_call("avgpool2d_forward", x, kh, kw, stride, pad, train=train)
     if not train:
         return out, None
-    return out, ("cuda", x, kh, kw, stride, pad)
+    return out, ("cuda", tuple(x.shape), kh, kw, stride, pad)  # the shape: the backward reads no x
 
 
 def avgpool2d_backward(dout, cache):
     """dout (N, C, OH, OW) -> dx (N, C, H, W)."""
     if isinstance(cache, ReferenceCache):
         return ops.avgpool2d_backward(dout, cache.cache)
-    _, x, kh, kw, stride, pad = cache
-    out_shape = (*x.shape[:2], *ops.output_shape(x.shape, kh, kw, stride, pad))
-    if launch.serves(dout, x) and tuple(dout.shape) == out_shape:
+    _, x_shape, kh, kw, stride, pad = cache
+    out_shape = (*x_shape[:2], *ops.output_shape(x_shape, kh, kw, stride, pad))
+    if launch.serves(dout) and tuple(dout.shape) == out_shape:
         share = dout * (1.0 / (kh * kw))
         windows = launch.cupy().broadcast_to(share[..., None, None], (*dout.shape, kh, kw))
-        dx = fold_windows(windows, x.shape, stride, pad)
+        dx = fold_windows(windows, x_shape, stride, pad)
         if dx is not None:
             return dx
-    # The reference's backward, its forward re-run on the cached input.
-    _, ref_cache = ops.avgpool2d_forward(x, kh, kw, stride, pad, train=True)
-    return ops.avgpool2d_backward(dout, ref_cache)
+    # The reference's backward (its cache is (x_shape, kh, kw, stride, pad) too).
+    return ops.avgpool2d_backward(dout, (x_shape, kh, kw, stride, pad))

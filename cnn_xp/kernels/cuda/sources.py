@@ -51,9 +51,14 @@ _FOR_COVERING_WINDOWS = """
 
 # A class label taken modulo the class count (as CuPy's integer indexing wraps), so that no
 # label, however wrong, reads or writes outside a row.
+# A row's class label, checked: ``valid`` is false for a label outside 0..classes-1 (an
+# unsigned label too large for long long wraps negative: invalid too). The Python side refuses
+# such labels before any launch (ops.softmax.check_targets); should one reach a kernel all
+# the same, the kernel reads nothing through it and flags its row with NaN (loss and
+# gradient) instead of a plausible number.
 _LABEL = """
-    long long label = (long long)labels[row] % classes;
-    if (label < 0) label += classes;
+    const long long label = (long long)labels[row];
+    const bool valid = label >= 0 && label < (long long)classes;
 """
 
 _STRIDES_X = "int64 xs0, int64 xs1, int64 xs2, int64 xs3"
@@ -161,7 +166,7 @@ KERNEL_SPECS = {
     ),
     # One thread per row of C-contiguous scores (N, K): probs (N, K) (a raw output, written
     # through its pointer) = the softmax of the row, shifted by its maximum; row_loss (N,) =
-    # -log probs[label] = log(sum) + max - s[label].
+    # -log probs[label] = log(sum) + max - s[label] (NaN for a label outside 0..K-1, never read).
     "softmax_xent_rows": (
         "raw T scores, raw I labels, int32 classes",
         "raw T probs, T row_loss",
@@ -174,16 +179,27 @@ KERNEL_SPECS = {
     T total = 0;
     for (int j = 0; j < classes; ++j) { p[j] = exp(s[j] - top); total += p[j]; }
     for (int j = 0; j < classes; ++j) p[j] /= total;
-    row_loss = log(total) + top - s[label];
+    if (valid) {
+        row_loss = log(total) + top - s[label];
+    } else {
+        T zero = 0;
+        row_loss = zero / zero;  // NaN flags a bad label (a variable: no constant 0/0)
+    }
 """,
     ),
-    # Over probs (N, K): grad = (probs - one_hot(label)) * scale, with scale = dout / N.
+    # Over probs (N, K): grad = (probs - one_hot(label)) * scale, with scale = dout / N (a row
+    # whose label is outside 0..K-1: NaN).
     "softmax_xent_grad": (
         "T probs, raw I labels, int32 classes, T scale",
         "T grad",
         """
     const int row = (int)i / classes, j = (int)i % classes;""" + _LABEL + """
-    grad = (probs - (label == j ? (T)1 : (T)0)) * scale;
+    if (valid) {
+        grad = (probs - (label == j ? (T)1 : (T)0)) * scale;
+    } else {
+        T zero = 0;
+        grad = zero / zero;  // NaN flags a bad label
+    }
 """,
     ),
     # ReLU backward in one pass: dout * (out > 0), the reference's formula (NaN included).
