@@ -1,6 +1,7 @@
 """``load_dataset``: find (or download) a data set's four IDX files and load them."""
 from __future__ import annotations
 
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -9,7 +10,8 @@ import numpy as np
 from . import sources
 from .download import download as fetch_dataset
 from .errors import DatasetError
-from .idx import read_images, read_labels
+from ..input_files import display_path
+from .idx import IdxFile, checked_labels, open_images, open_labels
 
 
 @dataclass
@@ -34,25 +36,36 @@ class Dataset:
         return self.files["train_images"].parent
 
 
-def _load_pair(images_path: Path, labels_path: Path) -> tuple[np.ndarray, np.ndarray]:
-    images = read_images(images_path)
-    if images.shape[0] == 0:
-        raise DatasetError(f"{images_path}: holds no images (an empty IDX file: nothing to train or test on)")
-    labels = read_labels(labels_path)
-    if images.shape[0] != labels.shape[0]:
-        raise DatasetError(
-            f"{images_path}: {images.shape[0]} images but {labels_path.name} has "
-            f"{labels.shape[0]} labels"
-        )
-    return images[:, None, :, :], labels
+def _check_pair(images: IdxFile, labels: IdxFile) -> None:
+    """Images and labels agree in count (from their headers: nothing read yet)."""
+    if images.count == 0:
+        raise DatasetError(f"{images.shown}: holds no images (an empty IDX file: nothing to train or test on)")
+    if images.count != labels.count:
+        raise DatasetError(f"{images.shown}: {images.count} images but {display_path(Path(labels.path).name)} "
+                           f"has {labels.count} labels")
 
 
 def load_files(name: str, files: dict[str, Path]) -> Dataset:
-    """Load a data set from explicit paths (keys: ``sources.PARTS``)."""
+    """Load a data set from explicit paths (keys: ``sources.PARTS``).
+
+    The four headers are read and checked first (each file's claimed size against what it
+    holds, each pair's counts against each other); only then is any data read, each file
+    within the size its header implies (see ``idx``).
+    """
     spec = sources.get_spec(name)
-    x_train, t_train = _load_pair(files["train_images"], files["train_labels"])
-    x_test, t_test = _load_pair(files["test_images"], files["test_labels"])
-    return Dataset(name, x_train, t_train, x_test, t_test, spec.class_names, dict(files))
+    with ExitStack() as stack:
+        opened = {}
+        for part in sources.PARTS:
+            opener = open_images if part.endswith("images") else open_labels
+            opened[part] = stack.enter_context(opener(files[part]))
+        for split in ("train", "test"):
+            _check_pair(opened[f"{split}_images"], opened[f"{split}_labels"])
+        arrays = {}
+        for part in sources.PARTS:
+            data = opened[part].read()
+            arrays[part] = data[:, None, :, :] if part.endswith("images") else checked_labels(files[part], data)
+    return Dataset(name, arrays["train_images"], arrays["train_labels"], arrays["test_images"],
+                   arrays["test_labels"], spec.class_names, dict(files))
 
 
 def _not_found_message(name: str, data_dir) -> str:
