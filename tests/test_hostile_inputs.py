@@ -18,7 +18,7 @@ from cnn_xp.app.predict import MAX_PIXELS, ImageError, preprocess_image
 from cnn_xp.checkpoint import CheckpointError, load_checkpoint
 from cnn_xp.data import DatasetError, load_dataset, sources
 from data_helpers import CLI_CODE, gzip_bomb, run_measured
-from tiny_idx import draw_digit_one, write_dataset
+from tiny_idx import draw_digit_one, tiny_digits, write_dataset
 from train_helpers import isolated, offline  # noqa: F401 (fixtures)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -342,3 +342,48 @@ def test_predict_answers_every_good_image_and_names_every_bad_one(trained, tmp_p
     assert f"{blank}: no ink found" in errors[1]
     assert "missing.png: no such file" in errors[2]
     assert "Traceback" not in captured.err
+
+
+# -- predict on thousands of files: memory flat in their number (once 1.5 GB for 10,000) ----
+def test_predict_memory_is_flat_in_the_number_of_files(trained, tmp_path):
+    paths = tiny_digits(tmp_path / "png", 2500)
+    peaks = {}
+    for count in (300, 2500):
+        proc, peaks[count] = run_measured(CLI_CODE, tmp_path, "predict", "--checkpoint", trained / "checkpoint.npz",
+                                          *paths[:count], timeout=120)
+        assert proc.returncode == 0 and len(proc.stdout.splitlines()) == count, proc.stderr
+    assert peaks[2500] - peaks[300] < 64, peaks  # the whole set at once cost 200 KiB a file
+
+
+# -- control characters in file names: escaped wherever a name is printed -----------------
+def test_predict_escapes_control_characters_in_file_names(trained, tmp_path, capsys):
+    forged = draw_digit_one(tmp_path / "one.png\nzero.png: 0  p=1.0000", fmt="PNG")  # forges an answer line
+    clearing = draw_digit_one(tmp_path / "two\x1b[2J.png")  # a terminal escape sequence
+    bad = tmp_path / "bad\r\n.png"
+    bad.write_text("not an image")
+    code = cli.main(["predict", "--checkpoint", str(trained / "checkpoint.npz"), forged, clearing, str(bad)])
+    captured = capsys.readouterr()
+    assert code == 2
+    answers = captured.out.splitlines()
+    assert len(answers) == 2, captured.out  # two images, two lines
+    assert answers[0].startswith(repr(forged) + ": ") and answers[1].startswith(repr(clearing) + ": ")
+    assert "\x1b" not in captured.out + captured.err
+    errors = captured.err.splitlines()
+    assert len(errors) == 1 and errors[0].startswith(f"cnn-xp: error: {repr(str(bad))}: not a readable image")
+    plain = draw_digit_one(tmp_path / "plain name.png")  # ordinary names are shown as they are
+    assert cli.main(["predict", "--checkpoint", str(trained / "checkpoint.npz"), plain]) == 0
+    assert capsys.readouterr().out.startswith(f"{plain}: ")
+
+
+def test_data_errors_escape_control_characters_in_paths(data_dir, tmp_path):
+    folder = copy_dataset(data_dir, tmp_path / "data\x1b]0;owned\x07")
+    (folder / "t10k-labels-idx1-ubyte.gz").write_bytes(b"junk")
+    with pytest.raises(DatasetError) as info:
+        load_dataset("mnist", data_dir=folder, download=False)
+    assert str(info.value) == f"{repr(str(folder / 't10k-labels-idx1-ubyte.gz'))}: bad magic number 0x6A756E6B, " \
+                              f"expected 0x00000801 for IDX labels"
+    (folder / "t10k-labels-idx1-ubyte.gz").unlink()
+    with pytest.raises(DatasetError) as info:
+        load_dataset("mnist", data_dir=folder, download=False)
+    assert "\x1b" not in str(info.value) and f"--data-dir {repr(str(folder))} says" in str(info.value)
+

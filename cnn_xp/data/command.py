@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import sys
 
+from ..input_files import display_path
 from . import sources
 from .download import download
 from .errors import DatasetError
@@ -29,6 +30,6 @@ def download_command(name: str, data_dir=None, *, mirrors=None, progress: bool =
     except DatasetError as exc:
         print(f"cnn-xp: error: {' '.join(str(exc).split())}", file=err)
         return 2
-    print(f"{name}: {verb} in {ds.folder} ({len(ds.train_labels)} training + "
+    print(f"{name}: {verb} in {display_path(ds.folder)} ({len(ds.train_labels)} training + "
           f"{len(ds.test_labels)} test images)", file=out)
     return 0

@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ..atomic import atomic_open, remove_stale_temporaries
+from ..input_files import display_path
 from . import sources
 from .errors import DatasetError
 
@@ -136,7 +137,7 @@ def fetch_file(filename: str, dest_dir, mirrors, checksums: dict[str, str], *,
     try:
         dest.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise DatasetError(f"{dest}: cannot create the download folder ({exc.strerror or exc})") from None
+        raise DatasetError(f"{display_path(dest)}: cannot create the download folder ({exc.strerror or exc})") from None
     remove_stale_temporaries(dest, [filename])
     failures = []
     for base in mirrors:
@@ -145,11 +146,11 @@ def fetch_file(filename: str, dest_dir, mirrors, checksums: dict[str, str], *,
             _fetch_one(url, target, checksums, progress, timeout)
             return target
         except _MirrorFailure as exc:
-            failures.append(f"{url}: {exc}")
+            failures.append(f"{display_path(url)}: {exc}")
     tried = "; ".join(failures) if failures else "no mirror given"
     raise DatasetError(
         f"could not download {filename} ({tried}). Fetch it by hand from one of these URLs "
-        f"and save it as {target}, or put all four files in a folder and pass --data-dir DIR"
+        f"and save it as {display_path(target)}, or put all four files in a folder and pass --data-dir DIR"
     )
 
 

@@ -75,8 +75,8 @@ def _not_found_message(name: str, data_dir) -> str:
         for folder in sources.search_dirs(name, data_dir):
             have = sources.find_in_dir(folder)
             missing = [sources.BASE_NAMES[p] + "[.gz]" for p in sources.PARTS if p not in have]
-            looked.append(f"{folder} ({len(have)} of 4 files; missing {', '.join(missing)})" if have
-                          else f"{folder} (absent or empty)")
+            looked.append(f"{display_path(folder)} ({len(have)} of 4 files; missing {', '.join(missing)})" if have
+                          else f"{display_path(folder)} (absent or empty)")
         return (f"{name} not found where {chosen} says (download disabled; no other folder is "
                 f"used instead): {'; '.join(looked)}. Put the four IDX files there, or run "
                 f"`cnn-xp download {name}` with the same folder")
@@ -85,9 +85,9 @@ def _not_found_message(name: str, data_dir) -> str:
         have = sources.find_in_dir(folder)
         missing = [sources.BASE_NAMES[p] + "[.gz]" for p in sources.PARTS if p not in have]
         if have:
-            looked.append(f"{folder} (missing {', '.join(missing)})")
+            looked.append(f"{display_path(folder)} (missing {', '.join(missing)})")
         else:
-            looked.append(str(folder))
+            looked.append(display_path(folder))
     return (
         f"{name} not found (download disabled); looked in: {'; '.join(looked)}. "
         f"Run `cnn-xp download {name}` or pass --data-dir DIR holding the four IDX files"

@@ -19,6 +19,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..input_files import display_path
 from .errors import DatasetError
 
 DATA_ENV = "CNN_XP_DATA"
@@ -149,9 +150,9 @@ def chosen_folder(data_dir=None) -> str | None:
     """How the user named the data folder (``--data-dir DIR`` or ``$CNN_XP_DATA=DIR``), or None
     when the default search (cache, system folders) applies."""
     if data_dir is not None:
-        return f"--data-dir {data_dir}"
+        return f"--data-dir {display_path(data_dir)}"
     env = os.environ.get(DATA_ENV)
-    return f"${DATA_ENV}={env}" if env else None
+    return f"${DATA_ENV}={display_path(env)}" if env else None
 
 
 def search_dirs(name: str, data_dir=None) -> list[Path]:
@@ -214,5 +215,5 @@ def describe_search(name: str, data_dir=None) -> str:
     for i, folder in enumerate(search_dirs(name, data_dir), 1):
         have = len(find_in_dir(folder))
         state = "complete" if have == len(PARTS) else (f"{have}/4 files" if have else "absent")
-        lines.append(f"  {i}. {folder}  [{state}]")
+        lines.append(f"  {i}. {display_path(folder)}  [{state}]")
     return "\n".join(lines)
