@@ -21,6 +21,7 @@ def download_command(name: str, data_dir=None, *, mirrors=None, progress: bool =
     err = sys.stderr if err is None else err
     try:
         sources.get_spec(name)
+        sources.mirrors_for(name, mirrors)  # a bad $CNN_XP_MIRRORS_<NAME> is refused up front
         files = sources.find_files(name) if data_dir is None else None
         verb = "already present"
         if files is None:

@@ -102,14 +102,9 @@ def _fetch_one(url: str, target: Path, checksums: dict[str, str], progress: bool
     import requests
 
     with _quiet_pooch() as pooch:
-        if url.startswith(("http://", "https://")):
-            downloader = pooch.HTTPDownloader(progressbar=progress, chunk_size=CHUNK, timeout=timeout,
-                                              headers={"User-Agent": "cnn_xp"})
-        else:
-            try:
-                downloader = pooch.choose_downloader(url, progressbar=progress)
-            except ValueError as exc:
-                raise _MirrorFailure(str(exc)) from None
+        # Only http(s) mirrors get here: sources.mirrors_for refuses any other URL.
+        downloader = pooch.HTTPDownloader(progressbar=progress, chunk_size=CHUNK, timeout=timeout,
+                                          headers={"User-Agent": "cnn_xp"})
         try:
             with atomic_open(target, "wb") as out:
                 writer = _HashingWriter(out, tuple(checksums))

@@ -104,6 +104,7 @@ def load_dataset(name: str, data_dir=None, download: bool = True, mirrors=None,
     one a download goes to.
     """
     sources.get_spec(name)
+    sources.mirrors_for(name, mirrors)  # a bad $CNN_XP_MIRRORS_<NAME> is refused whether or not it is needed
     files = sources.find_files(name, data_dir)
     if files is None:
         if not download:
