@@ -109,14 +109,21 @@ def gzip_bomb(payload: bytes, zeros: int) -> bytes:
     return gzip.compress(payload, mtime=0) + member * mib + (gzip.compress(bytes(rest), mtime=0) if rest else b"")
 
 
+# The child's own peak: VmHWM of its memory map (ru_maxrss would carry the parent's peak
+# across fork and exec, i.e. whatever the test process reached before).
 _MEASURED = """\
-import resource, sys
+import re, resource, sys
 rss_file, code = sys.argv[1], sys.argv[2]
 try:
     exec(code)
 finally:
+    try:
+        with open("/proc/self/status") as f:
+            peak = int(re.search(r"^VmHWM:\\s+(\\d+) kB", f.read(), re.M).group(1))
+    except (OSError, AttributeError):
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     with open(rss_file, "w") as f:
-        f.write(str(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))
+        f.write(str(peak))
 """
 
 
