@@ -4,6 +4,10 @@ A FIFO, a device, a socket or a directory named as an input is refused from its 
 before anything opens it, so reading can never block on a pipe nor stream a device forever.
 The open itself is non-blocking and re-checked with ``fstat``, so a path swapped for a FIFO
 between the check and the open cannot block either.
+
+``display_path`` is how any user-supplied path is shown (answers, error messages): ordinary
+names as they are, anything holding a control character or another non-printable one
+escaped, so a file name can never add a line to the output or send a terminal a sequence.
 """
 from __future__ import annotations
 
@@ -61,3 +65,18 @@ def open_regular(path):
 def describe_os_error(exc: OSError) -> str:
     """A short reason for an OSError: its strerror when it has one, else its text."""
     return exc.strerror or str(exc)
+
+
+def display_path(path) -> str:
+    """``path`` as text that is safe to print on one line.
+
+    An ordinary name (printable characters only, no backslash, not starting with a quote)
+    is returned as is. Any other is returned as Python's ``repr`` of it, quotes included:
+    newlines, tabs, escape sequences, bidi overrides, non-breaking spaces and undecodable
+    bytes (``\\udcff`` from the file system's surrogate escapes) appear escaped, and the quotes
+    say that they are (a backslash is escaped too, so the text reads back unambiguously).
+    """
+    name = os.fsdecode(os.fspath(path))
+    if name.isprintable() and "\\" not in name and not name.startswith(("'", '"')):
+        return name
+    return repr(name)

@@ -51,13 +51,22 @@ class ThreadSettingError(ConfigError):
     """CNN_XP_THREADS is set to something other than a positive integer."""
 
 
+def thread_setting() -> int | None:
+    """``$CNN_XP_THREADS`` parsed (the one place it is read): a positive integer, or None
+    when unset or empty; ThreadSettingError for anything else."""
+    value = os.environ.get(ENV_THREADS, "").strip()
+    if not value:
+        return None
+    if not value.isdigit() or int(value) < 1:
+        raise ThreadSettingError(f"{ENV_THREADS} must be a positive integer, got {value!r}")
+    return int(value)
+
+
 def cpu_threads() -> int:
     """Cores this process may use, or ``CNN_XP_THREADS`` when set (a positive integer)."""
-    value = os.environ.get(ENV_THREADS, "").strip()
-    if value:
-        if not value.isdigit() or int(value) < 1:
-            raise ThreadSettingError(f"{ENV_THREADS} must be a positive integer, got {value!r}")
-        return int(value)
+    setting = thread_setting()
+    if setting is not None:
+        return setting
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
@@ -224,6 +233,7 @@ class BatchSlices:
     small to split (or ``CNN_XP_THREADS=1``) run whole."""
 
     def __init__(self, model):
+        thread_setting()  # a bad CNN_XP_THREADS is refused here, by every command that slices
         self.model = model
         self._lead: SlicedLayers | None = None
         self._sliced_step = False  # whether the last training forward ran in slices

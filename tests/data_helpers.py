@@ -98,3 +98,49 @@ def http_server(root):
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)
+
+
+def gzip_bomb(payload: bytes, zeros: int) -> bytes:
+    """A gzip file of ``payload`` followed by ``zeros`` zero bytes: about 1 KiB of file per
+    MiB of data (a 1 MiB file inflates to 1 GiB), made in milliseconds by repeating one
+    compressed MiB of zeros as further gzip members (readers see one stream)."""
+    mib, rest = divmod(zeros, 1 << 20)
+    member = gzip.compress(bytes(1 << 20), mtime=0)
+    return gzip.compress(payload, mtime=0) + member * mib + (gzip.compress(bytes(rest), mtime=0) if rest else b"")
+
+
+# The child's own peak: VmHWM of its memory map (ru_maxrss would carry the parent's peak
+# across fork and exec, i.e. whatever the test process reached before).
+_MEASURED = """\
+import re, resource, sys
+rss_file, code = sys.argv[1], sys.argv[2]
+try:
+    exec(code)
+finally:
+    try:
+        with open("/proc/self/status") as f:
+            peak = int(re.search(r"^VmHWM:\\s+(\\d+) kB", f.read(), re.M).group(1))
+    except (OSError, AttributeError):
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with open(rss_file, "w") as f:
+        f.write(str(peak))
+"""
+
+
+def run_measured(code: str, tmp_path, *args, timeout: float = 120, env=None):
+    """Run Python ``code`` in a child (this worktree first on its path; ``sys.argv[3:]`` are
+    ``args``); (CompletedProcess, the child's peak resident memory in MiB)."""
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ if env is None else env)
+    env["PYTHONPATH"] = os.pathsep.join([str(root), str(root / "tests"), env.get("PYTHONPATH", "")])
+    rss_file = Path(tmp_path) / "peak-rss-kib"
+    proc = subprocess.run([sys.executable, "-c", _MEASURED, str(rss_file), code, *map(str, args)],
+                          capture_output=True, text=True, timeout=timeout, env=env)
+    return proc, int(rss_file.read_text()) / 1024
+
+
+CLI_CODE = "from cnn_xp.app.cli import main\nraise SystemExit(main(sys.argv[3:]))"  # run_measured(CLI_CODE, tmp, *argv)

@@ -87,6 +87,16 @@ def test_mirrors_override(isolated, monkeypatch):
     assert sources.mirrors_for("fashion-mnist", ["http://c"]) == ["http://c/"]
 
 
+@pytest.mark.parametrize("url", ["ftp://a/x/", "file:///srv/x/", "mirror.example", "http://", "https://a:port/",
+                                 "http://a/\nx"])
+def test_only_http_mirrors(isolated, monkeypatch, url):
+    monkeypatch.setenv("CNN_XP_MIRRORS_MNIST", f"https://ok.example/ {url}")
+    with pytest.raises(DatasetError, match=r"^CNN_XP_MIRRORS_MNIST must hold http:// or https:// URLs"):
+        sources.mirrors_for("mnist")
+    with pytest.raises(DatasetError, match="is not an http:// or https:// URL"):
+        sources.mirrors_for("mnist", [url])
+
+
 def test_candidate_names():
     assert sources.candidate_names("test_images") == [
         "t10k-images-idx3-ubyte", "t10k-images-idx3-ubyte.gz",

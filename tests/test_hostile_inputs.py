@@ -17,7 +17,8 @@ from cnn_xp.app import cli
 from cnn_xp.app.predict import MAX_PIXELS, ImageError, preprocess_image
 from cnn_xp.checkpoint import CheckpointError, load_checkpoint
 from cnn_xp.data import DatasetError, load_dataset, sources
-from tiny_idx import draw_digit_one, write_dataset
+from data_helpers import CLI_CODE, gzip_bomb, run_measured
+from tiny_idx import draw_digit_one, tiny_digits, write_dataset
 from train_helpers import isolated, offline  # noqa: F401 (fixtures)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,13 +79,69 @@ def test_idx_header_claiming_four_billion_images(data_dir, tmp_path, capsys, gz)
 
 
 def test_gzip_idx_whose_data_ends_before_its_header_says(tmp_path):
-    """A gz header within the size limit but a short stream: refused after reading only what is there."""
+    """A gz header within the size limits but a short stream: refused after reading only what is there."""
+    folder = write_dataset(tmp_path / "d", n_train=20, n_test=10, gz=True)
+    noise = np.random.default_rng(0).integers(0, 256, 28 * 28 * 5, dtype=np.uint8).tobytes()  # incompressible
+    header = struct.pack(">IIII", 0x803, 1_000, 28, 28) + noise
+    (Path(folder) / (TRAIN_IMAGES + ".gz")).write_bytes(gzip.compress(header))
+    labels = struct.pack(">II", 0x801, 1_000) + bytes(1_000)
+    (Path(folder) / "train-labels-idx1-ubyte.gz").write_bytes(gzip.compress(labels))
+    with pytest.raises(DatasetError, match=r"claims 1,000 images .* but the data ends after 3,936 bytes "
+                                           r"\(decompressed\)"):
+        load_dataset("mnist", data_dir=folder, download=False)
+
+
+def test_gzip_idx_claiming_more_than_deflate_can_hold(tmp_path):
+    """A header claiming more than 1032x the compressed size is refused from the header alone."""
     folder = write_dataset(tmp_path / "d", n_train=20, n_test=10, gz=True)
     header = struct.pack(">IIII", 0x803, 1_000_000, 28, 28) + bytes(28 * 28 * 5)
     (Path(folder) / (TRAIN_IMAGES + ".gz")).write_bytes(gzip.compress(header))
-    with pytest.raises(DatasetError, match=r"claims 1,000,000 images .* but the data ends after 3,936 bytes "
-                                           r"\(decompressed\)"):
+    with pytest.raises(DatasetError, match=r"claims 1,000,000 images .* but a gzip file of 54 bytes decompresses "
+                                           r"to at most 55,728 \(truncated or forged header\)"):
         load_dataset("mnist", data_dir=folder, download=False)
+
+
+# -- gzip bombs: 1 MiB files that inflate to 1 GiB (once 3.1 GB of memory, 6.2 GB via evaluate) --
+BOMB = 1_300_000  # images of 28x28: 1,019,200,000 bytes of zeros, a 1 MiB gzip file
+MEMORY_BOUND_MIB = 400  # a command's own needs are about 110 MiB; one inflated bomb is 972 MiB
+
+
+def images_bomb(path, count=BOMB, zeros=BOMB * 784):
+    Path(path).write_bytes(gzip_bomb(struct.pack(">IIII", 0x803, count, 28, 28), zeros))
+
+
+def test_gzip_bombs_are_refused_with_bounded_memory(data_dir, tmp_path):
+    """A bomb whose header tells the truth is refused from the headers (its labels disagree);
+    one whose header claims little is refused once the stream goes past the claim."""
+    folder = copy_dataset(data_dir, tmp_path / "d")
+    images_bomb(folder / (TRAIN_IMAGES + ".gz"))
+    short_claim = tmp_path / "short-claim.gz"
+    images_bomb(short_claim, count=10)
+    assert folder.joinpath(TRAIN_IMAGES + ".gz").stat().st_size < 1_100_000
+    code = ("from cnn_xp.data import DatasetError, load_dataset\n"
+            "from cnn_xp.data.idx import read_images\n"
+            "for load in (lambda: load_dataset('mnist', sys.argv[3], download=False), lambda: read_images(sys.argv[4])):\n"
+            "    try:\n        load()\n    except DatasetError as exc:\n        print(exc)\n")
+    proc, peak_mib = run_measured(code, tmp_path, folder, short_claim, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    pair, short = proc.stdout.strip().splitlines()
+    assert pair.endswith(f"{TRAIN_IMAGES}.gz: 1300000 images but train-labels-idx1-ubyte.gz has 200 labels")
+    assert short == f"{short_claim}: the header claims 10 images of 28x28 (7,856 bytes) but more data follows"
+    assert peak_mib < MEMORY_BOUND_MIB
+
+
+def test_evaluate_on_a_gzip_bomb_test_pair_is_one_line_with_bounded_memory(trained, data_dir, tmp_path):
+    folder = copy_dataset(data_dir, tmp_path / "bombs")
+    images_bomb(folder / "t10k-images-idx3-ubyte.gz")
+    labels = (1 << 30) - 16  # labels claimed and really there: 1 GiB of zeros
+    (folder / "t10k-labels-idx1-ubyte.gz").write_bytes(gzip_bomb(struct.pack(">II", 0x801, labels), labels))
+    assert sum(p.stat().st_size for p in folder.glob("t10k-*")) < 2_200_000  # a 2 MB test pair
+    proc, peak_mib = run_measured(CLI_CODE, tmp_path, "evaluate", "--checkpoint", trained / "checkpoint.npz",
+                                  "--data-dir", folder, "--no-download", timeout=60)
+    line = assert_one_line(proc)
+    assert line.endswith(f"t10k-images-idx3-ubyte.gz: 1300000 images but t10k-labels-idx1-ubyte.gz has "
+                         f"{labels} labels") and proc.stdout == ""
+    assert peak_mib < MEMORY_BOUND_MIB
 
 
 # -- a test set of 0 images ---------------------------------------------------------------
@@ -293,3 +350,48 @@ def test_predict_answers_every_good_image_and_names_every_bad_one(trained, tmp_p
     assert f"{blank}: no ink found" in errors[1]
     assert "missing.png: no such file" in errors[2]
     assert "Traceback" not in captured.err
+
+
+# -- predict on thousands of files: memory flat in their number (once 1.5 GB for 10,000) ----
+def test_predict_memory_is_flat_in_the_number_of_files(trained, tmp_path):
+    paths = tiny_digits(tmp_path / "png", 2500)
+    peaks = {}
+    for count in (300, 2500):
+        proc, peaks[count] = run_measured(CLI_CODE, tmp_path, "predict", "--checkpoint", trained / "checkpoint.npz",
+                                          *paths[:count], timeout=120)
+        assert proc.returncode == 0 and len(proc.stdout.splitlines()) == count, proc.stderr
+    assert peaks[2500] - peaks[300] < 64, peaks  # the whole set at once cost 200 KiB a file
+
+
+# -- control characters in file names: escaped wherever a name is printed -----------------
+def test_predict_escapes_control_characters_in_file_names(trained, tmp_path, capsys):
+    forged = draw_digit_one(tmp_path / "one.png\nzero.png: 0  p=1.0000", fmt="PNG")  # forges an answer line
+    clearing = draw_digit_one(tmp_path / "two\x1b[2J.png")  # a terminal escape sequence
+    bad = tmp_path / "bad\r\n.png"
+    bad.write_text("not an image")
+    code = cli.main(["predict", "--checkpoint", str(trained / "checkpoint.npz"), forged, clearing, str(bad)])
+    captured = capsys.readouterr()
+    assert code == 2
+    answers = captured.out.splitlines()
+    assert len(answers) == 2, captured.out  # two images, two lines
+    assert answers[0].startswith(repr(forged) + ": ") and answers[1].startswith(repr(clearing) + ": ")
+    assert "\x1b" not in captured.out + captured.err
+    errors = captured.err.splitlines()
+    assert len(errors) == 1 and errors[0].startswith(f"cnn-xp: error: {repr(str(bad))}: not a readable image")
+    plain = draw_digit_one(tmp_path / "plain name.png")  # ordinary names are shown as they are
+    assert cli.main(["predict", "--checkpoint", str(trained / "checkpoint.npz"), plain]) == 0
+    assert capsys.readouterr().out.startswith(f"{plain}: ")
+
+
+def test_data_errors_escape_control_characters_in_paths(data_dir, tmp_path):
+    folder = copy_dataset(data_dir, tmp_path / "data\x1b]0;owned\x07")
+    (folder / "t10k-labels-idx1-ubyte.gz").write_bytes(b"junk")
+    with pytest.raises(DatasetError) as info:
+        load_dataset("mnist", data_dir=folder, download=False)
+    assert str(info.value) == f"{repr(str(folder / 't10k-labels-idx1-ubyte.gz'))}: bad magic number 0x6A756E6B, " \
+                              f"expected 0x00000801 for IDX labels"
+    (folder / "t10k-labels-idx1-ubyte.gz").unlink()
+    with pytest.raises(DatasetError) as info:
+        load_dataset("mnist", data_dir=folder, download=False)
+    assert "\x1b" not in str(info.value) and f"--data-dir {repr(str(folder))} says" in str(info.value)
+

@@ -1,10 +1,12 @@
 """MNIST-style preprocessing of real image files with Pillow."""
+import weakref
+
 import numpy as np
 import pytest
 from PIL import Image
 
 from cnn_xp.app.predict import ImageError, load_images, preprocess_array, preprocess_image
-from tiny_idx import draw_digit_one
+from tiny_idx import draw_digit_one, tiny_digits
 
 
 def _centre_of_mass(img):
@@ -79,3 +81,39 @@ def test_bad_files(tmp_path):
         preprocess_image(tmp_path / "blank.png")
     with pytest.raises(ImageError, match="no ink"):
         preprocess_array(np.full((30, 30), 7.0))
+
+
+def test_classify_files_holds_at_most_one_batch(tmp_path, monkeypatch):
+    """Files are decoded, classified and answered a batch at a time: never more than a batch
+    of decoded images alive, the first answers before later files are read, order kept."""
+    from cnn_xp import models
+    from cnn_xp.app import predict
+
+    paths = tiny_digits(tmp_path / "png", 300)
+    bad = tmp_path / "bad.png"
+    bad.write_text("not an image")
+    paths.insert(70, str(bad))
+    alive, most, decoded = [0], [0], [0]
+    real = predict.preprocess_image
+
+    def counted(path):
+        image = real(path)
+        decoded[0] += 1
+        alive[0] += 1
+        most[0] = max(most[0], alive[0])
+        weakref.finalize(image, lambda: alive.__setitem__(0, alive[0] - 1))
+        return image
+
+    monkeypatch.setattr(predict, "preprocess_image", counted)
+    batches = []
+    real_classify = predict.classify
+    monkeypatch.setattr(predict, "classify", lambda model, batch, runner=None:
+                        batches.append(len(batch)) or real_classify(model, batch, runner))
+    model = models.build("simple_convnet", seed=0)
+    answers = predict.classify_files(model, iter(paths), batch_size=32)
+    first = next(answers)
+    assert first[0] == paths[0] and first[1].shape == (10,) and decoded[0] == 32  # only one batch read yet
+    rest = list(answers)
+    assert [a[0] for a in [first, *rest]] == paths
+    assert [a[0] for a in rest if a[2] is not None] == [str(bad)] and "not a readable image" in rest[69][2]
+    assert most[0] <= 32 and max(batches) <= 32 and sum(batches) == 300

@@ -44,3 +44,15 @@ def draw_digit_one(path, size=(240, 320), dark_on_light: bool = True, offset=(0,
     draw.line([top, (w * 0.42 + dx, h * 0.3 + dy)], fill=ink, width=max(2, w // 20))
     img.save(path, format=fmt)
     return str(path)
+
+
+def tiny_digits(folder, count: int) -> list[str]:
+    """``count`` small PNG strokes (16x16, a few hundred bytes each), written fast."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(count):
+        img = Image.new("L", (16, 16), 255)
+        img.paste(0, (6 + i % 3, 2, 9 + i % 3, 14))
+        img.save(folder / f"d{i:05d}.png")
+        paths.append(str(folder / f"d{i:05d}.png"))
+    return paths

@@ -78,7 +78,7 @@ class OurRunner:
         self.model = models.build(name, seed=seed, device=device, dtype=dtype)
         self.optimizer = models.build_optimizer(name, self.model)
         # what the trainer runs: on the CPU, batches in slices on every core
-        self.steps = parallel.BatchSlices(self.model) if device == "cpu" else self.model
+        self.steps = parallel.runner_for(self.model)
 
     def set_batch(self, x, t):
         self.x = backend.to_device(x.astype(self.model.dtype), self.device)

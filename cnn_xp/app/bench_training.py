@@ -25,7 +25,7 @@ import time
 
 import numpy
 
-from .. import backend, dispatch, models
+from .. import backend, dispatch, models, parallel
 from .bench_common import torch_param_groups, twin_parameters, write_report
 
 DEFAULT_MODELS = ["fast_mnist", "simple_convnet"]
@@ -253,7 +253,7 @@ def run_real(args, argv, torch) -> int:
         "command": " ".join(["cnn-xp bench", *argv]), "kind": "real-training",
         "device": args.device, "machine": machine_description(args.device),
         "dataset": args.dataset, "train_images": int(len(t)), "test_images": int(len(t_test)),
-        "threads": os.environ.get("CNN_XP_THREADS"), "torch_threads": torch.get_num_threads() if torch else None,
+        "threads": parallel.thread_setting(), "torch_threads": torch.get_num_threads() if torch else None,
         "versions": {"python": platform.python_version(), "numpy": numpy.__version__,
                      "torch": getattr(torch, "__version__", None)},
         "peer": "torch" if torch is not None else None,

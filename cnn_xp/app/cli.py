@@ -159,17 +159,18 @@ def load_model(checkpoint_path, device: str):
 
 
 def cmd_predict(args) -> int:
+    from ..input_files import display_path
     from .predict import classify_files
 
     model, names = load_model(args.checkpoint, args.device)
     status = 0
-    for path, row, error in classify_files(model, args.images):
+    for path, row, error in classify_files(model, args.images):  # in batches, as they are answered
         if error is not None:
             status = _fail(error)
             continue
         k = int(row.argmax())
         label = names[k] if names[k] == str(k) else f"{k} ({names[k]})"
-        print(f"{path}: {label}  p={float(row[k]):.4f}", flush=True)
+        print(f"{display_path(path)}: {label}  p={float(row[k]):.4f}", flush=True)
     return status
 
 

@@ -12,7 +12,8 @@ pixels (50 megapixels, e.g. 8660x5773) is refused from the header, before any pi
 decoded, which also stops decompression bombs (a tiny PNG claiming 13000x13000). Larger
 accepted images are decoded at reduced scale where the format allows it (JPEG) and reduced
 to at most ``WORK_SIDE`` pixels a side before any float copy is made, so memory stays
-bounded. Any failure is an :class:`ImageError` naming the file.
+bounded. Any failure is an :class:`ImageError` naming the file (as ``display_path`` shows
+it: a name holding a newline or another control character appears escaped).
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ import numpy
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .. import backend, errors
-from ..input_files import describe_os_error, open_regular
+from ..input_files import describe_os_error, display_path, open_regular
 from ..ops import softmax
 
 FIELD = 28  # output side
@@ -32,6 +33,7 @@ BOX = 20  # the ink's bounding box is scaled to fit in BOX x BOX
 INK_THRESHOLD = 0.2  # fraction of the peak ink level that counts as ink for the bounding box
 MIN_CONTRAST = 25.0  # ink must differ from the background by this much (0..255) somewhere
 MAX_PIXELS = 50_000_000  # width x height from the header; more is refused before decoding
+BATCH = 256  # files decoded and classified together by classify_files
 WORK_SIDE = 2048  # larger images are reduced to at most this many pixels a side first
 FORMATS = ("PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP", "PPM")  # JPEG includes MPO (phone photos)
 _ALPHA_MODES = ("RGBA", "LA", "PA")
@@ -44,7 +46,7 @@ class ImageError(errors.ImageError):
 def _decode(path) -> Image.Image:
     """The first frame of ``path``, decoded within the pixel budget and reduced to at most
     WORK_SIDE a side; ImageError for anything else."""
-    name = os.fspath(path)
+    name = display_path(path)
     try:
         fh = open_regular(path)
     except FileNotFoundError:
@@ -171,7 +173,7 @@ def preprocess_array(gray: numpy.ndarray, name: str = "image") -> numpy.ndarray:
 def preprocess_image(path) -> numpy.ndarray:
     """Read one image file (PNG/JPEG/..., any size, dark or light background) into a
     MNIST-style (28, 28) float32 array in [0, 1] with bright ink on black."""
-    return preprocess_array(_open_gray(path), name=os.fspath(path))
+    return preprocess_array(_open_gray(path), name=display_path(path))
 
 
 def load_images(paths) -> numpy.ndarray:
@@ -179,24 +181,45 @@ def load_images(paths) -> numpy.ndarray:
     return numpy.stack([preprocess_image(p) for p in paths])[:, None, :, :]
 
 
-def classify_files(model, paths) -> list[tuple[str, numpy.ndarray | None, str | None]]:
-    """(path, class probabilities (K,) or None, error message or None) for each path, in order.
+def classify_files(model, paths, batch_size: int = BATCH):
+    """Yield (path, class probabilities (K,) or None, error message or None) for each path, in
+    order, as each batch is answered.
 
-    A bad file gets its ImageError message and does not stop the others; the good ones are
-    classified in one batch.
+    Files are decoded and classified ``batch_size`` at a time and a batch is dropped once its
+    answers are yielded, so memory stays flat however many files there are (``paths`` may be
+    any iterable, read as it goes). A bad file gets its ImageError message and does not stop
+    the others. On the CPU the batches run on every core (``parallel.runner_for``, which reads
+    ``$CNN_XP_THREADS``: a bad value is refused before any file is read).
     """
-    prepared, results = [], []
+    from .. import parallel
+
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
+    runner = parallel.runner_for(model)
+    window: list[tuple[str, numpy.ndarray | None, str | None]] = []
     for path in paths:
         try:
-            prepared.append(preprocess_image(path))
-            results.append([os.fspath(path), len(prepared) - 1, None])
+            window.append((os.fspath(path), preprocess_image(path), None))
         except ImageError as exc:
-            results.append([os.fspath(path), None, str(exc)])
-    probs = classify(model, numpy.stack(prepared)[:, None, :, :]) if prepared else None
-    return [(path, None if k is None else probs[k], err) for path, k, err in results]
+            window.append((os.fspath(path), None, str(exc)))
+        if len(window) == batch_size:
+            yield from _answer(model, runner, window)
+            window = []
+    yield from _answer(model, runner, window)
 
 
-def classify(model, batch: numpy.ndarray) -> numpy.ndarray:
-    """Class probabilities (N, K) on the host for an (N, 1, 28, 28) host batch."""
+def _answer(model, runner, window):
+    """The answers of one window of (path, image or None, error or None); the window is emptied."""
+    images = [image for _, image, _ in window if image is not None]
+    probs = iter(classify(model, numpy.stack(images)[:, None, :, :], runner) if images else ())
+    answers = [(path, None if image is None else next(probs), error) for path, image, error in window]
+    window.clear()
+    del images
+    yield from answers
+
+
+def classify(model, batch: numpy.ndarray, runner=None) -> numpy.ndarray:
+    """Class probabilities (N, K) on the host for an (N, 1, 28, 28) host batch (through
+    ``runner``, e.g. ``parallel.runner_for(model)``, when given)."""
     x = backend.to_device(batch.astype(model.dtype, copy=False), model.device)
-    return backend.to_numpy(softmax(model.predict(x, train=False)))
+    return backend.to_numpy(softmax((runner or model).predict(x, train=False)))

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import sys
 
+from ..input_files import display_path
 from . import sources
 from .download import download
 from .errors import DatasetError
@@ -20,6 +21,7 @@ def download_command(name: str, data_dir=None, *, mirrors=None, progress: bool =
     err = sys.stderr if err is None else err
     try:
         sources.get_spec(name)
+        sources.mirrors_for(name, mirrors)  # a bad $CNN_XP_MIRRORS_<NAME> is refused up front
         files = sources.find_files(name) if data_dir is None else None
         verb = "already present"
         if files is None:
@@ -29,6 +31,6 @@ def download_command(name: str, data_dir=None, *, mirrors=None, progress: bool =
     except DatasetError as exc:
         print(f"cnn-xp: error: {' '.join(str(exc).split())}", file=err)
         return 2
-    print(f"{name}: {verb} in {ds.folder} ({len(ds.train_labels)} training + "
+    print(f"{name}: {verb} in {display_path(ds.folder)} ({len(ds.train_labels)} training + "
           f"{len(ds.test_labels)} test images)", file=out)
     return 0

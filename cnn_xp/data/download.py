@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ..atomic import atomic_open, remove_stale_temporaries
+from ..input_files import display_path
 from . import sources
 from .errors import DatasetError
 
@@ -101,14 +102,9 @@ def _fetch_one(url: str, target: Path, checksums: dict[str, str], progress: bool
     import requests
 
     with _quiet_pooch() as pooch:
-        if url.startswith(("http://", "https://")):
-            downloader = pooch.HTTPDownloader(progressbar=progress, chunk_size=CHUNK, timeout=timeout,
-                                              headers={"User-Agent": "cnn_xp"})
-        else:
-            try:
-                downloader = pooch.choose_downloader(url, progressbar=progress)
-            except ValueError as exc:
-                raise _MirrorFailure(str(exc)) from None
+        # Only http(s) mirrors get here: sources.mirrors_for refuses any other URL.
+        downloader = pooch.HTTPDownloader(progressbar=progress, chunk_size=CHUNK, timeout=timeout,
+                                          headers={"User-Agent": "cnn_xp"})
         try:
             with atomic_open(target, "wb") as out:
                 writer = _HashingWriter(out, tuple(checksums))
@@ -136,7 +132,7 @@ def fetch_file(filename: str, dest_dir, mirrors, checksums: dict[str, str], *,
     try:
         dest.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise DatasetError(f"{dest}: cannot create the download folder ({exc.strerror or exc})") from None
+        raise DatasetError(f"{display_path(dest)}: cannot create the download folder ({exc.strerror or exc})") from None
     remove_stale_temporaries(dest, [filename])
     failures = []
     for base in mirrors:
@@ -145,11 +141,11 @@ def fetch_file(filename: str, dest_dir, mirrors, checksums: dict[str, str], *,
             _fetch_one(url, target, checksums, progress, timeout)
             return target
         except _MirrorFailure as exc:
-            failures.append(f"{url}: {exc}")
+            failures.append(f"{display_path(url)}: {exc}")
     tried = "; ".join(failures) if failures else "no mirror given"
     raise DatasetError(
         f"could not download {filename} ({tried}). Fetch it by hand from one of these URLs "
-        f"and save it as {target}, or put all four files in a folder and pass --data-dir DIR"
+        f"and save it as {display_path(target)}, or put all four files in a folder and pass --data-dir DIR"
     )
 
 
@@ -160,11 +156,37 @@ def download(name: str, data_dir=None, mirrors=None, *, progress: bool = True,
     Folder: ``sources.download_dir(name, data_dir)``. Mirrors: ``sources.mirrors_for``
     (argument, else ``$CNN_XP_MIRRORS_<NAME>``, else built in). A ``.gz`` file already
     there is kept when its checksums match and fetched again otherwise; a raw or
-    dot-named file already there is the user's own and is kept as is.
+    dot-named file already there is the user's own and is kept as is. A download that
+    fails removes what it fetched and the folders it created.
     """
     spec = sources.get_spec(name)
     urls = sources.mirrors_for(name, mirrors)
     dest = sources.download_dir(name, data_dir)
+    created = [p for p in (dest, *dest.parents) if not p.exists()][::-1]
+    fetched: list[Path] = []
+    try:
+        return _download_parts(spec, dest, urls, progress, timeout, fetched)
+    except BaseException:
+        _undo(fetched, created)  # a failed download leaves nothing behind
+        raise
+
+
+def _undo(fetched: list[Path], created: list[Path]) -> None:
+    """Remove the files a failed download fetched and the folders it created (innermost first)."""
+    for path in fetched:
+        try:
+            path.unlink()
+        except OSError:
+            pass
+    for folder in reversed(created):
+        remove_stale_temporaries(folder)
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+
+
+def _download_parts(spec, dest: Path, urls, progress: bool, timeout: float, fetched: list) -> dict[str, Path]:
     present = sources.find_in_dir(dest)
     files: dict[str, Path] = {}
     for part in sources.PARTS:
@@ -179,4 +201,5 @@ def download(name: str, data_dir=None, mirrors=None, *, progress: bool = True,
             files[part] = have
             continue
         files[part] = fetch_file(filename, dest, urls, checksums, progress=progress, timeout=timeout)
+        fetched.append(files[part])
     return files

@@ -1,6 +1,7 @@
 """``load_dataset``: find (or download) a data set's four IDX files and load them."""
 from __future__ import annotations
 
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -9,7 +10,8 @@ import numpy as np
 from . import sources
 from .download import download as fetch_dataset
 from .errors import DatasetError
-from .idx import read_images, read_labels
+from ..input_files import display_path
+from .idx import IdxFile, checked_labels, open_images, open_labels
 
 
 @dataclass
@@ -34,25 +36,36 @@ class Dataset:
         return self.files["train_images"].parent
 
 
-def _load_pair(images_path: Path, labels_path: Path) -> tuple[np.ndarray, np.ndarray]:
-    images = read_images(images_path)
-    if images.shape[0] == 0:
-        raise DatasetError(f"{images_path}: holds no images (an empty IDX file: nothing to train or test on)")
-    labels = read_labels(labels_path)
-    if images.shape[0] != labels.shape[0]:
-        raise DatasetError(
-            f"{images_path}: {images.shape[0]} images but {labels_path.name} has "
-            f"{labels.shape[0]} labels"
-        )
-    return images[:, None, :, :], labels
+def _check_pair(images: IdxFile, labels: IdxFile) -> None:
+    """Images and labels agree in count (from their headers: nothing read yet)."""
+    if images.count == 0:
+        raise DatasetError(f"{images.shown}: holds no images (an empty IDX file: nothing to train or test on)")
+    if images.count != labels.count:
+        raise DatasetError(f"{images.shown}: {images.count} images but {display_path(Path(labels.path).name)} "
+                           f"has {labels.count} labels")
 
 
 def load_files(name: str, files: dict[str, Path]) -> Dataset:
-    """Load a data set from explicit paths (keys: ``sources.PARTS``)."""
+    """Load a data set from explicit paths (keys: ``sources.PARTS``).
+
+    The four headers are read and checked first (each file's claimed size against what it
+    holds, each pair's counts against each other); only then is any data read, each file
+    within the size its header implies (see ``idx``).
+    """
     spec = sources.get_spec(name)
-    x_train, t_train = _load_pair(files["train_images"], files["train_labels"])
-    x_test, t_test = _load_pair(files["test_images"], files["test_labels"])
-    return Dataset(name, x_train, t_train, x_test, t_test, spec.class_names, dict(files))
+    with ExitStack() as stack:
+        opened = {}
+        for part in sources.PARTS:
+            opener = open_images if part.endswith("images") else open_labels
+            opened[part] = stack.enter_context(opener(files[part]))
+        for split in ("train", "test"):
+            _check_pair(opened[f"{split}_images"], opened[f"{split}_labels"])
+        arrays = {}
+        for part in sources.PARTS:
+            data = opened[part].read()
+            arrays[part] = data[:, None, :, :] if part.endswith("images") else checked_labels(files[part], data)
+    return Dataset(name, arrays["train_images"], arrays["train_labels"], arrays["test_images"],
+                   arrays["test_labels"], spec.class_names, dict(files))
 
 
 def _not_found_message(name: str, data_dir) -> str:
@@ -62,8 +75,8 @@ def _not_found_message(name: str, data_dir) -> str:
         for folder in sources.search_dirs(name, data_dir):
             have = sources.find_in_dir(folder)
             missing = [sources.BASE_NAMES[p] + "[.gz]" for p in sources.PARTS if p not in have]
-            looked.append(f"{folder} ({len(have)} of 4 files; missing {', '.join(missing)})" if have
-                          else f"{folder} (absent or empty)")
+            looked.append(f"{display_path(folder)} ({len(have)} of 4 files; missing {', '.join(missing)})" if have
+                          else f"{display_path(folder)} (absent or empty)")
         return (f"{name} not found where {chosen} says (download disabled; no other folder is "
                 f"used instead): {'; '.join(looked)}. Put the four IDX files there, or run "
                 f"`cnn-xp download {name}` with the same folder")
@@ -72,9 +85,9 @@ def _not_found_message(name: str, data_dir) -> str:
         have = sources.find_in_dir(folder)
         missing = [sources.BASE_NAMES[p] + "[.gz]" for p in sources.PARTS if p not in have]
         if have:
-            looked.append(f"{folder} (missing {', '.join(missing)})")
+            looked.append(f"{display_path(folder)} (missing {', '.join(missing)})")
         else:
-            looked.append(str(folder))
+            looked.append(display_path(folder))
     return (
         f"{name} not found (download disabled); looked in: {'; '.join(looked)}. "
         f"Run `cnn-xp download {name}` or pass --data-dir DIR holding the four IDX files"
@@ -91,6 +104,7 @@ def load_dataset(name: str, data_dir=None, download: bool = True, mirrors=None,
     one a download goes to.
     """
     sources.get_spec(name)
+    sources.mirrors_for(name, mirrors)  # a bad $CNN_XP_MIRRORS_<NAME> is refused whether or not it is needed
     files = sources.find_files(name, data_dir)
     if files is None:
         if not download:

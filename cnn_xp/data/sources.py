@@ -18,7 +18,9 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
+from ..input_files import display_path
 from .errors import DatasetError
 
 DATA_ENV = "CNN_XP_DATA"
@@ -123,14 +125,36 @@ def mirror_env_var(name: str) -> str:
     return "CNN_XP_MIRRORS_" + name.upper().replace("-", "_")
 
 
+def _is_web_url(url: str) -> bool:
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (raises ValueError for a port that is not a number in 0..65535)
+        return parts.scheme.lower() in ("http", "https") and bool(parts.hostname) and url.isprintable()
+    except ValueError:  # e.g. a bad port or an unclosed IPv6 bracket
+        return False
+
+
 def mirrors_for(name: str, mirrors=None) -> list[str]:
     """Mirror base URLs: the ``mirrors`` argument, else the env var, else the built-in list.
 
-    The env var holds URLs separated by spaces or commas. Each base gets a trailing ``/``.
+    The env var (the one place it is read) holds URLs separated by spaces or commas; only
+    ``http://`` and ``https://`` URLs are accepted, anything else (``file://``, ``ftp://``, a
+    bare word) is a DatasetError naming the variable and its value. Each base gets a
+    trailing ``/``.
     """
     if mirrors is None:
-        env = os.environ.get(mirror_env_var(name), "").replace(",", " ").split()
-        mirrors = env or list(get_spec(name).mirrors)
+        var = mirror_env_var(name)
+        value = os.environ.get(var, "")
+        mirrors = value.replace(",", " ").split()
+        bad = [m for m in mirrors if not _is_web_url(m)]
+        if bad:
+            raise DatasetError(f"{var} must hold http:// or https:// URLs (separated by spaces or commas), "
+                               f"got {value!r}: {display_path(bad[0])} is not one")
+        mirrors = mirrors or list(get_spec(name).mirrors)
+    else:
+        bad = [m for m in mirrors if not (isinstance(m, str) and _is_web_url(m))]
+        if bad:
+            raise DatasetError(f"mirror {bad[0]!r} is not an http:// or https:// URL")
     return [m if m.endswith("/") else m + "/" for m in mirrors]
 
 
@@ -145,23 +169,31 @@ def cache_dir(name: str) -> Path:
     return platformdirs.user_cache_path("cnn_xp", appauthor=False) / name
 
 
+def data_env() -> Path | None:
+    """``$CNN_XP_DATA`` (the one place it is read) as a folder (``~`` expanded), or None
+    when unset or empty. Any other value names a folder: one that does not hold the data
+    makes the search fail with that folder named, never another used instead."""
+    value = os.environ.get(DATA_ENV, "")
+    return Path(value).expanduser() if value else None
+
+
 def chosen_folder(data_dir=None) -> str | None:
     """How the user named the data folder (``--data-dir DIR`` or ``$CNN_XP_DATA=DIR``), or None
     when the default search (cache, system folders) applies."""
     if data_dir is not None:
-        return f"--data-dir {data_dir}"
-    env = os.environ.get(DATA_ENV)
-    return f"${DATA_ENV}={env}" if env else None
+        return f"--data-dir {display_path(data_dir)}"
+    env = data_env()
+    return f"${DATA_ENV}={display_path(env)}" if env is not None else None
 
 
 def search_dirs(name: str, data_dir=None) -> list[Path]:
     """Folders searched for data set ``name``, in order (see the module docstring)."""
     spec = get_spec(name)
-    env = os.environ.get(DATA_ENV)
+    env = data_env()
     if data_dir is not None:
         dirs = [Path(data_dir), Path(data_dir) / name]
-    elif env:
-        dirs = [Path(env), Path(env) / name]
+    elif env is not None:
+        dirs = [env, env / name]
     else:
         dirs = [cache_dir(name)] + [Path(d) for d in spec.system_dirs]
     unique: list[Path] = []
@@ -177,9 +209,9 @@ def download_dir(name: str, data_dir=None) -> Path:
     get_spec(name)
     if data_dir is not None:
         return Path(data_dir).expanduser()
-    env = os.environ.get(DATA_ENV)
-    if env:
-        return Path(env).expanduser() / name
+    env = data_env()
+    if env is not None:
+        return env / name
     return cache_dir(name)
 
 
@@ -214,5 +246,5 @@ def describe_search(name: str, data_dir=None) -> str:
     for i, folder in enumerate(search_dirs(name, data_dir), 1):
         have = len(find_in_dir(folder))
         state = "complete" if have == len(PARTS) else (f"{have}/4 files" if have else "absent")
-        lines.append(f"  {i}. {folder}  [{state}]")
+        lines.append(f"  {i}. {display_path(folder)}  [{state}]")
     return "\n".join(lines)
