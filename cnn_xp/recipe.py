@@ -92,8 +92,6 @@ def _str_check(optional: bool = True):
 
 
 def _groups_check(value):
-    from .optim import resolve_param_groups  # noqa: F401  (the full check needs the model)
-
     if not isinstance(value, tuple) or not all(isinstance(g, dict) for g in value):
         return f"must be a list of parameter groups, got {_shown(value)}"
     for index, group in enumerate(value):

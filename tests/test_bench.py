@@ -5,7 +5,7 @@ import pytest
 
 from cnn_xp import dispatch, models
 
-from cnn_xp.app import bench
+from cnn_xp.app import bench, bench_common, bench_step
 
 
 def _run(tmp_path, *extra):
@@ -56,10 +56,10 @@ def test_both_kernel_modes_side_by_side(tmp_path):
 
 def test_flops_per_image_follow_the_layer_shapes():
     # simple_convnet: conv 24*24*30 outputs x 25 MACs, FC 4320x100, FC 100x10 (x2 per MAC).
-    flops = bench.flops_per_image(models.build("simple_convnet"))
+    flops = bench_step.flops_per_image(models.build("simple_convnet"))
     forward = 2 * (24 * 24 * 30 * 25 + 4320 * 100 + 100 * 10)
     assert flops == {"forward": forward, "train": 3 * forward - 2 * 24 * 24 * 30 * 25}
-    lenet = bench.flops_per_image(models.build("lenet5"))
+    lenet = bench_step.flops_per_image(models.build("lenet5"))
     conv1 = 2 * 28 * 28 * 6 * 25
     lenet_fwd = conv1 + 2 * (10 * 10 * 16 * 150 + 400 * 120 + 120 * 84 + 84 * 10)
     assert lenet == {"forward": lenet_fwd, "train": 3 * lenet_fwd - conv1}
@@ -80,7 +80,7 @@ def test_torch_twin_computes_the_same_scores():
     import numpy as np
     for name in ("simple_convnet", "deep_convnet", "lenet5", "one_conv"):
         ours = models.build(name, seed=3, dtype="float64")
-        twin = bench.torch_twin(torch, ours).double().eval()
+        twin = bench_common.torch_twin(torch, ours).double().eval()
         x = np.random.default_rng(0).random((4, 1, 28, 28))
         with torch.no_grad():
             theirs = twin(torch.from_numpy(x)).numpy()

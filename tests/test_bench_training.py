@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from cnn_xp import models
-from cnn_xp.app import bench, bench_training
+from cnn_xp.app import bench, bench_common, bench_training
 from tiny_idx import write_dataset
 
 
@@ -80,7 +80,7 @@ def test_torch_twin_steps_like_ours():
 def test_param_groups_of_the_twin():
     torch = pytest.importorskip("torch")
     model = models.build("one_conv")
-    net = bench.torch_twin(torch, model)
+    net = bench_common.torch_twin(torch, model)
     groups = bench_training.torch_param_groups(bench_training.twin_parameters(model, net), model,
                                                {"lr": 0.5, "lr_groups": [{"params": ["0.W", "0.b"],
                                                                           "lr_scale": 1 / 784}]})

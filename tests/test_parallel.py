@@ -8,7 +8,7 @@ from cnn_xp.errors import CnnXpError
 
 from cnn_xp import models, parallel
 
-from cnn_xp.app import bench, cli
+from cnn_xp.app import bench, bench_step, cli
 from cnn_xp.layers import Affine, BatchNorm, Conv2D, Dropout, Flatten, MaxPool2D, ReLU
 from cnn_xp.model import Sequential
 
@@ -100,18 +100,18 @@ def test_layer_flops_count_conv_and_affine_layers():
     model = models.build("simple_convnet")
     flops = model.layer_flops((1, 28, 28))
     assert flops[0] == 2 * 24 * 24 * 30 * 25 and len(flops) == len(model.layers)
-    assert sum(flops) == bench.flops_per_image(model)["forward"]
+    assert sum(flops) == bench_step.flops_per_image(model)["forward"]
 
 
 def test_interleaved_runs_settle_before_each_timed_run(monkeypatch):
     sleeps = []
-    monkeypatch.setattr(bench.time, "sleep", sleeps.append)
+    monkeypatch.setattr(bench_step.time, "sleep", sleeps.append)
 
     class Runner:
         def train(self, steps):
             pass
 
-    out = bench.time_interleaved({"ours": Runner(), "torch": Runner()}, "train", 2, 10, 3, settle=0.3)
+    out = bench_step.time_interleaved({"ours": Runner(), "torch": Runner()}, "train", 2, 10, 3, settle=0.3)
     assert sleeps == [0.3] * 6 and set(out) == {"ours", "torch"}
 
 
@@ -244,7 +244,6 @@ def test_flush_denormals_reaches_the_slice_threads():
 
 
 def test_cpu_training_runs_flush_denormals_and_restore_them(monkeypatch, tmp_path):
-    from cnn_xp.app import train as train_module
     calls = []
     real = parallel.flush_denormals
     monkeypatch.setattr(parallel, "flush_denormals", lambda enabled=True: calls.append(enabled) or real(enabled))
