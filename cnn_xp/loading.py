@@ -26,7 +26,14 @@ def model_from_checkpoint(ckpt: Checkpoint, device: str = "cpu", where: str = "m
         raise CheckpointError(f"{where}: {exc}") from None
     model.name = meta.get("model") if isinstance(meta.get("model"), str) else None
     model.class_names = meta.get("class_names")
-    model.normalization = meta.get("normalization")
+    model.data = None
+    if meta.get("data") is not None:
+        from .data.descriptions import DataDescription
+
+        try:
+            model.data = DataDescription.from_dict(meta["data"], where=f"{where}: data")
+        except ValueError as exc:
+            raise CheckpointError(str(exc)) from None
     if isinstance(meta.get("input_shape"), list):
         model.input_shape = tuple(meta["input_shape"])
     return model

@@ -1,9 +1,14 @@
 """The model zoo: the seed articles' networks, each with its own training defaults.
 
-``build(name, seed=0, device="cpu", dtype="float32")`` returns a ``Sequential`` with a
-softmax cross-entropy loss; input (N, 1, 28, 28), output scores (N, 10). Weights are drawn
-on the host from ``numpy.random.default_rng(seed)`` (same weights on CPU and GPU), biases
-start at zero, and the first layer skips its input gradient (``need_input_grad = False``).
+``build(name, seed=0, device="cpu", dtype="float32", input_shape=..., num_classes=...)``
+returns a ``Sequential`` with a softmax cross-entropy loss for inputs (N, C, H, W) of
+``input_shape`` (C, H, W) (default MNIST's) and scores (N, ``num_classes``). The layers are
+the seed's; the channel count of the first conv and the size of each Affine layer come from
+a shape pass over the input shape, so the same entry fits greyscale or colour images of
+other sizes. An entry whose pooling would shrink the input below one pixel is refused with
+a ``ConfigError`` naming the smallest input it takes. Weights are drawn on the host from
+``numpy.random.default_rng(seed)`` (same weights on CPU and GPU), biases start at zero, and
+the first layer skips its input gradient (``need_input_grad = False``).
 
 ``MODELS[name]`` is a :class:`ModelSpec`: a one-line description, the layer builder and the
 training defaults (optimizer, learning rate, per-parameter learning-rate groups, schedule,
@@ -12,16 +17,58 @@ data augmentation, batch size, epochs, validation split), all overridable from t
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from math import prod
 from typing import Callable
 
 import numpy
 
 from . import init
+from .data.descriptions import MNIST
+from .errors import ConfigError
 from .layers import Affine, Conv2D, Dropout, MaxPool2D, ReLU, SoftmaxCrossEntropy
 from .model import Sequential
 
-INPUT_SHAPE = (1, 28, 28)  # (C, H, W) of one image
-NUM_CLASSES = 10
+INPUT_SHAPE = MNIST.input_shape  # the default input (C, H, W): the seeds' data set
+NUM_CLASSES = len(MNIST.class_names)
+
+
+class TooSmall(ValueError):
+    """A layer's output would have a side below one pixel."""
+
+
+class Shapes:
+    """Builds a zoo entry's layers in order while tracking the sample shape, so each layer's
+    input size comes from the layers before it: ``conv(out, k, ...)``, ``pool(k)``,
+    ``affine(out, ...)`` (its input size is the flattened shape so far), ``add(layer)``."""
+
+    def __init__(self, input_shape, num_classes: int, rng, dtype):
+        self.shape = tuple(int(d) for d in input_shape)
+        self.classes, self.rng, self.dtype = int(num_classes), rng, dtype
+        self.layers: list = []
+
+    def add(self, layer):
+        try:
+            shape = tuple(int(d) for d in layer.output_shape(self.shape))
+        except ValueError as exc:  # a window larger than its (padded) input
+            raise TooSmall(f"{type(layer).__name__}: {exc}") from None
+        if any(d < 1 for d in shape):
+            raise TooSmall(f"{type(layer).__name__} would output {'x'.join(map(str, shape))}")
+        self.shape = shape
+        self.layers.append(layer)
+        return self
+
+    def conv(self, out_channels, kernel, pad=0, init_=None):
+        return self.add(Conv2D(self.shape[0], out_channels, kernel, pad=pad, weight_init=init_, rng=self.rng,
+                               dtype=self.dtype))
+
+    def pool(self, kernel):
+        return self.add(MaxPool2D(kernel))
+
+    def affine(self, out_features, init_=None):
+        return self.add(Affine(prod(self.shape), out_features, weight_init=init_, rng=self.rng, dtype=self.dtype))
+
+    def relu(self):
+        return self.add(ReLU())
 
 
 @dataclass(frozen=True)
@@ -30,7 +77,7 @@ class ModelSpec:
 
     name: str
     source: str  # which seed article and what it reports
-    layers: Callable  # (rng, dtype, seed) -> list of layers
+    layers: Callable  # (Shapes, seed): adds the entry's layers in order
     optimizer: str
     lr: float
     batch_size: int
@@ -56,28 +103,16 @@ class ModelSpec:
                 "augment": None if self.augment is None else dict(self.augment)}
 
 
-def _one_conv(rng, dtype, seed):
+def _one_conv(net: Shapes, seed):
     w = init.uniform(-0.1, 0.1)
-    return [
-        Conv2D(1, 16, 3, pad=1, weight_init=w, rng=rng, dtype=dtype),  # 16x28x28
-        ReLU(),
-        MaxPool2D(2),  # 16x14x14
-        Affine(16 * 14 * 14, 512, weight_init=w, rng=rng, dtype=dtype),
-        ReLU(),
-        Affine(512, NUM_CLASSES, weight_init=w, rng=rng, dtype=dtype),
-    ]
+    # MNIST: conv 16x28x28 - pool 16x14x14 - FC 512 - FC 10
+    net.conv(16, 3, pad=1, init_=w).relu().pool(2).affine(512, w).relu().affine(net.classes, w)
 
 
-def _simple_convnet(rng, dtype, seed):
+def _simple_convnet(net: Shapes, seed):
     w = init.normal(0.01)
-    return [
-        Conv2D(1, 30, 5, weight_init=w, rng=rng, dtype=dtype),  # 30x24x24
-        ReLU(),
-        MaxPool2D(2),  # 30x12x12
-        Affine(30 * 12 * 12, 100, weight_init=w, rng=rng, dtype=dtype),
-        ReLU(),
-        Affine(100, NUM_CLASSES, weight_init=w, rng=rng, dtype=dtype),
-    ]
+    # MNIST: conv 30x24x24 - pool 30x12x12 - FC 100 - FC 10
+    net.conv(30, 5, init_=w).relu().pool(2).affine(100, w).relu().affine(net.classes, w)
 
 
 def _scaled(initializer, factor: float):
@@ -102,7 +137,7 @@ DEEP_NONINVERTED_GROUPS = ({"params": [f"{DEEP_FC2}.W"], "lr_scale": 0.25},
                            {"params": [f"{DEEP_FC2}.b"], "lr_scale": 0.5})
 
 
-def _deep_convnet(rng, dtype, seed):
+def _deep_convnet(net: Shapes, seed):
     """Seed 004's pseudocode, unpadded variant: 1x28x28 -> 16x26x26 -> 16x24x24 -> 16x12x12
     -> 32x10x10 -> 32x8x8 -> 32x4x4 -> 64x4x4 -> 64x4x4 -> 64x2x2 -> FC 50 -> FC 10.
     The report's He-initialisation list names 64*4*4 inputs for the first FC layer: that is
@@ -110,58 +145,25 @@ def _deep_convnet(rng, dtype, seed):
     unpadded shapes, so the FC layer sees 64*2*2 = 256 inputs. FC2 starts at 0.25 x He:
     with DEEP_NONINVERTED_GROUPS that is the seed's non-inverted dropout (see above)."""
     he = init.he()
-
-    def conv(cin, cout, pad):
-        return Conv2D(cin, cout, 3, pad=pad, weight_init=he, rng=rng, dtype=dtype)
-
-    return [
-        conv(1, 16, 0), ReLU(),  # 16x26x26
-        conv(16, 16, 0), ReLU(),  # 16x24x24
-        MaxPool2D(2),  # 16x12x12
-        conv(16, 32, 0), ReLU(),  # 32x10x10
-        conv(32, 32, 0), ReLU(),  # 32x8x8
-        MaxPool2D(2),  # 32x4x4
-        conv(32, 64, 1), ReLU(),  # 64x4x4
-        conv(64, 64, 1), ReLU(),  # 64x4x4
-        MaxPool2D(2),  # 64x2x2
-        Affine(64 * 2 * 2, 50, weight_init=he, rng=rng, dtype=dtype),
-        ReLU(),
-        Dropout(0.5, seed=seed * 2 + 1),
-        Affine(50, NUM_CLASSES, weight_init=_scaled(he, 0.25), rng=rng, dtype=dtype),  # index DEEP_FC2
-        Dropout(0.5, seed=seed * 2 + 2),
-    ]
+    net.conv(16, 3, init_=he).relu().conv(16, 3, init_=he).relu().pool(2)
+    net.conv(32, 3, init_=he).relu().conv(32, 3, init_=he).relu().pool(2)
+    net.conv(64, 3, pad=1, init_=he).relu().conv(64, 3, pad=1, init_=he).relu().pool(2)
+    net.affine(50, he).relu().add(Dropout(0.5, seed=seed * 2 + 1))
+    net.affine(net.classes, _scaled(he, 0.25)).add(Dropout(0.5, seed=seed * 2 + 2))  # index DEEP_FC2
 
 
-def _lenet5(rng, dtype, seed):
+def _lenet5(net: Shapes, seed):
     he = init.he()
-    return [
-        Conv2D(1, 6, 5, pad=2, weight_init=he, rng=rng, dtype=dtype),  # 6x28x28
-        ReLU(),
-        MaxPool2D(2),  # 6x14x14
-        Conv2D(6, 16, 5, weight_init=he, rng=rng, dtype=dtype),  # 16x10x10
-        ReLU(),
-        MaxPool2D(2),  # 16x5x5
-        Affine(16 * 5 * 5, 120, weight_init=he, rng=rng, dtype=dtype),
-        ReLU(),
-        Affine(120, 84, weight_init=he, rng=rng, dtype=dtype),
-        ReLU(),
-        Affine(84, NUM_CLASSES, weight_init=he, rng=rng, dtype=dtype),
-    ]
+    # MNIST: conv 6x28x28 - pool 6x14x14 - conv 16x10x10 - pool 16x5x5 - FC 120 - FC 84 - FC 10
+    net.conv(6, 5, pad=2, init_=he).relu().pool(2).conv(16, 5, init_=he).relu().pool(2)
+    net.affine(120, he).relu().affine(84, he).relu().affine(net.classes, he)
 
 
-def _fast_mnist(rng, dtype, seed):
+def _fast_mnist(net: Shapes, seed):
     he = init.he()
-    return [
-        Conv2D(1, 24, 5, weight_init=he, rng=rng, dtype=dtype),  # 24x24x24
-        MaxPool2D(2),  # 24x12x12
-        ReLU(),
-        Conv2D(24, 32, 3, weight_init=he, rng=rng, dtype=dtype),  # 32x10x10
-        MaxPool2D(2),  # 32x5x5
-        ReLU(),
-        Affine(32 * 5 * 5, 256, weight_init=he, rng=rng, dtype=dtype),
-        ReLU(),
-        Affine(256, NUM_CLASSES, weight_init=he, rng=rng, dtype=dtype),
-    ]
+    # MNIST: conv 24x24x24 - pool 24x12x12 - conv 32x10x10 - pool 32x5x5 - FC 256 - FC 10
+    net.conv(24, 5, init_=he).pool(2).relu().conv(32, 3, init_=he).pool(2).relu()
+    net.affine(256, he).relu().affine(net.classes, he)
 
 
 MODELS: dict[str, ModelSpec] = {
@@ -243,12 +245,37 @@ def build_optimizer(name: str, model):
     return optim.create(spec.optimizer, model, lr=spec.lr, **spec.optimizer_kwargs, **groups)
 
 
-def build(name: str, seed: int = 0, device: str = "cpu", dtype: str = "float32") -> Sequential:
-    """A freshly initialised zoo model on ``device`` (weights drawn on the host from ``seed``)."""
+def build(name: str, seed: int = 0, device: str = "cpu", dtype: str = "float32", input_shape=INPUT_SHAPE,
+          num_classes: int = NUM_CLASSES) -> Sequential:
+    """A freshly initialised zoo model for ``input_shape`` (C, H, W) and ``num_classes`` on
+    ``device`` (weights drawn on the host from ``seed``); ConfigError when the input is too
+    small for the entry, naming the smallest input it takes."""
     spec = get_spec(name)
-    rng = numpy.random.default_rng(seed)
-    layers = spec.layers(rng, dtype, int(seed))
+    try:
+        layers = _layers(spec, seed, dtype, input_shape, num_classes)
+    except TooSmall as exc:
+        channels = int(input_shape[0])
+        side = smallest_side(name, channels)
+        raise ConfigError(f"{name} cannot take {'x'.join(map(str, input_shape))} inputs ({exc}); its smallest "
+                          f"input is {channels}x{side}x{side}") from None
     model = Sequential(layers, loss=SoftmaxCrossEntropy(), device=device, dtype=dtype)  # first layer: no dx
     model.name = name
-    model.input_shape = INPUT_SHAPE
+    model.input_shape = tuple(int(d) for d in input_shape)
     return model
+
+
+def _layers(spec: ModelSpec, seed, dtype, input_shape, num_classes) -> list:
+    net = Shapes(input_shape, num_classes, numpy.random.default_rng(seed), dtype)
+    spec.layers(net, int(seed))
+    return net.layers
+
+
+def smallest_side(name: str, channels: int = 1, limit: int = 512) -> int:
+    """The smallest square input side the zoo entry ``name`` takes."""
+    for side in range(1, limit + 1):
+        try:
+            _layers(get_spec(name), 0, "float32", (channels, side, side), 2)
+            return side
+        except TooSmall:
+            continue
+    raise ValueError(f"{name} takes no input up to {limit}x{limit}")

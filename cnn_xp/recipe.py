@@ -62,10 +62,12 @@ def _float_check(minimum: float = 0.0, positive: bool = False, maximum: float | 
     return check
 
 
-def _choice_check(choices):
+def _choice_check(choices, optional: bool = False):
     def check(value):
-        ok = isinstance(value, str) and value in choices
-        return None if ok else f"must be one of {', '.join(choices)}, got {_shown(value)}"
+        if value is None and optional:
+            return None
+        ok = isinstance(value, type(choices[0])) and not isinstance(value, bool) and value in choices
+        return None if ok else f"must be one of {', '.join(map(str, choices))}, got {_shown(value)}"
     return check
 
 
@@ -77,10 +79,23 @@ def _model_check(value):
 
 
 def _dataset_check(value):
+    from .data import is_known
     from .data.sources import DATASETS
 
-    ok = isinstance(value, str) and value in DATASETS
-    return None if ok else f"must be one of {', '.join(DATASETS)}, got {_shown(value)}"
+    ok = is_known(value) and "\0" not in value
+    return None if ok else f"must be one of {', '.join(DATASETS)} or folder:PATH, got {_shown(value)}"
+
+
+def _size_check(value):
+    if value is None:
+        return None
+    ok = isinstance(value, tuple) and len(value) == 2 and all(
+        isinstance(d, int) and not isinstance(d, bool) and 1 <= d <= 4096 for d in value)
+    return None if ok else f"must be HxW with each side in 1..4096, got {_shown(value)}"
+
+
+def _bool_check(value):
+    return None if isinstance(value, bool) else f"must be true or false, got {_shown(value)}"
 
 
 def _str_check(optional: bool = True):
@@ -144,6 +159,14 @@ def _parse_float(text: str) -> float:
         raise ValueError(f"expected a number, got {text!r}") from None
 
 
+def _parse_size(text: str) -> tuple:
+    height, sep, width = text.lower().partition("x")
+    try:
+        return int(height), int(width)
+    except ValueError:
+        raise ValueError(f"expected HxW, e.g. 32x32, got {text!r}") from None
+
+
 def _parse_lower(text: str) -> str:
     return text.lower()
 
@@ -173,13 +196,13 @@ def _parse_setting(text: str) -> tuple[str, float]:
 
 
 def _opt(default=None, *, help: str, check, parse=None, metavar=None, zoo: bool = False, flags=None,
-         on_resume: str = "refuse"):
+         on_resume: str = "refuse", flag_action=None):
     """A recipe field. ``zoo``: the default comes from the model's zoo entry. ``flags``:
     ``[(flag, parse, metavar, help)]`` for fields set by repeatable flags. ``on_resume``: ``apply`` (a new
     value given with --resume is used and recorded) or ``refuse``."""
     factory = {"default_factory": default} if callable(default) else {"default": default}
     return field(**factory, metadata={"help": help, "check": check, "parse": parse, "metavar": metavar,
-                                      "zoo": zoo, "flags": flags, "on_resume": on_resume})
+                                      "zoo": zoo, "flags": flags, "on_resume": on_resume, "action": flag_action})
 
 
 @dataclass(frozen=True)
@@ -187,9 +210,21 @@ class Recipe:
     """Everything that defines a training run; see the module docstring."""
 
     model: str = _opt(help="the zoo model (cnn-xp models lists them)", check=_model_check, metavar="NAME")
-    dataset: str = _opt("mnist", help="data set", check=_dataset_check, metavar="NAME")
+    dataset: str = _opt("mnist", help="data set: mnist, fashion-mnist, cifar10, or folder:PATH (one subfolder "
+                                      "of images per class; PATH/train and PATH/test when present)",
+                        check=_dataset_check, metavar="NAME")
     data_dir: str | None = _opt(help="folder holding the data set's files (searched first; it must exist)",
                                 check=_str_check(), metavar="DIR", on_resume="apply")
+    channels: int | None = _opt(help="folder data sets: 1 (grey) or 3 (colour) channels (default: from the images)",
+                                check=_choice_check((1, 3), optional=True), parse=_parse_int, metavar="C")
+    image_size: tuple | None = _opt(help="folder data sets: resize every image to HxW, e.g. 32x32 (default: the "
+                                         "images' one size)", check=_size_check, parse=_parse_size, metavar="HxW")
+    test_fraction: float = _opt(0.2, help="folder data sets without train/ and test/: the fraction of each class "
+                                          "held out as the test split", check=_float_check(positive=True,
+                                                                                          maximum=0.9),
+                                parse=_parse_float, metavar="F")
+    skip_bad: bool = _opt(False, help="folder data sets: skip unreadable image files (counted) instead of stopping",
+                          check=_bool_check, flag_action="store_true")
     epochs: int = _opt(help="epochs to train (with --resume: the new total)", zoo=True, check=_int_check(1),
                        parse=_parse_int, on_resume="apply")
     batch_size: int = _opt(help="mini-batch size", zoo=True, check=_int_check(1), parse=_parse_int)
@@ -305,11 +340,18 @@ class Recipe:
                                   f"({', '.join(allowed) or 'it has none'})")
 
     # -- what it builds ----------------------------------------------------------------
-    def build_model(self, device: str = "cpu"):
-        """The zoo model, freshly initialised from ``seed`` in ``dtype`` on ``device``."""
+    def build_model(self, device: str = "cpu", data=None):
+        """The zoo model, freshly initialised from ``seed`` in ``dtype`` on ``device``, for the
+        data ``data`` describes (a ``DataDescription``; default: MNIST's shape and classes)."""
         from . import models
 
-        return models.build(self.model, seed=self.seed, device=device, dtype=self.dtype)
+        shape = {} if data is None else {"input_shape": data.input_shape, "num_classes": data.num_classes}
+        return models.build(self.model, seed=self.seed, device=device, dtype=self.dtype, **shape)
+
+    def data_options(self) -> dict:
+        """The options of ``cnn_xp.data.load_data`` this recipe sets."""
+        return {"channels": self.channels, "image_size": self.image_size, "test_fraction": self.test_fraction,
+                "split_seed": self.split_seed, "skip_bad": self.skip_bad}
 
     def build_optimizer(self, model):
         """The recipe's optimizer for ``model``: its rate, settings and parameter groups
@@ -350,6 +392,7 @@ class Recipe:
         out["lr_groups"] = [dict(g) for g in self.lr_groups]
         out["optimizer_args"] = dict(self.optimizer_args)
         out["augment"] = None if self.augment is None else dict(self.augment)
+        out["image_size"] = None if self.image_size is None else list(self.image_size)
         return out
 
     @classmethod
@@ -365,6 +408,8 @@ class Recipe:
         values = dict(data)
         if isinstance(values["lr_groups"], list):
             values["lr_groups"] = tuple(values["lr_groups"])
+        if isinstance(values["image_size"], list):
+            values["image_size"] = tuple(values["image_size"])
         recipe = object.__new__(cls)
         for key, value in values.items():
             object.__setattr__(recipe, key, value)

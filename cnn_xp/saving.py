@@ -74,7 +74,7 @@ def save(model, path, *, meta=None, optimizer=None, training_state=None, extra=N
     info.update(kind="cnn_xp.model", architecture=architecture(model), dtype=model.dtype)
     if getattr(model, "name", None) and "model" not in info:
         info["model"] = model.name
-    for key in ("recipe", "class_names", "normalization", "input_shape"):
+    for key in ("recipe", "class_names", "input_shape", "data"):
         value = getattr(model, key, None)
         if value is not None and key not in info:
             info[key] = value.to_dict() if hasattr(value, "to_dict") else (

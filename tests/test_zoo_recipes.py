@@ -20,7 +20,7 @@ class NonInvertedDropout(Dropout):
 
 def seed_004_net(seed):
     """The seed's net as written: non-inverted dropout, FC2 at plain He."""
-    layers = models.MODELS["deep_convnet"].layers(np.random.default_rng(seed), "float64", seed)
+    layers = models.build("deep_convnet", seed=seed, dtype="float64").layers
     fc2 = models.DEEP_FC2
     assert type(layers[fc2 - 1]) is Dropout and type(layers[fc2 + 1]) is Dropout
     layers[fc2 - 1] = NonInvertedDropout(0.5, seed=seed * 2 + 1)

@@ -95,7 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("evaluate", help="overall and per-class test accuracy of a checkpoint or saved model")
     ev.add_argument("--checkpoint", required=True, metavar="PATH", help="a run's checkpoint.npz or a model.save file")
-    ev.add_argument("--dataset", choices=_dataset_names(), help="data set (default: the one it was trained on)")
+    ev.add_argument("--dataset", metavar="NAME", help="mnist, fashion-mnist, cifar10 or folder:PATH (default: the "
+                                                     "one it was trained on)")
     ev.add_argument("--data-dir", metavar="DIR", help="folder holding the data set's files (it must exist)")
     ev.add_argument("--no-download", dest="download", action="store_false", help="never download")
     ev.add_argument("--limit-test", type=_positive_int, metavar="N", help="use only the first N test images")
@@ -150,21 +151,22 @@ def cmd_evaluate(args) -> int:
 
 
 def load_model(checkpoint_path, device: str):
-    """(model, class names) from a run checkpoint or a model.save file, on ``device``."""
+    """(model, class names, data description or None) from a run checkpoint or a model.save
+    file, on ``device``."""
     from .evaluate import load_model as load
 
     loaded = load(checkpoint_path, device)
     names = loaded.class_names or [str(k) for k in range(int(loaded.model.layers[-1].params["b"].shape[0]))]
-    return loaded.model, names
+    return loaded.model, names, loaded.description
 
 
 def cmd_predict(args) -> int:
     from ..input_files import display_path
     from .predict import classify_files
 
-    model, names = load_model(args.checkpoint, args.device)
+    model, names, description = load_model(args.checkpoint, args.device)
     status = 0
-    for path, row, error in classify_files(model, args.images):  # in batches, as they are answered
+    for path, row, error in classify_files(model, args.images, description=description):  # in batches, as they are answered
         if error is not None:
             status = _fail(error)
             continue

@@ -22,6 +22,8 @@ class LoadedModel:
     epoch: int | None  # the epoch of a run checkpoint
     dataset: str | None  # the data set it was trained on, when known
     class_names: list | None
+    description: object = None  # its data's DataDescription, when known
+    recipe: object = None  # its Recipe, when known
 
 
 def load_model(path, device: str) -> LoadedModel:
@@ -34,18 +36,23 @@ def load_model(path, device: str) -> LoadedModel:
     check_device(device)
     ckpt = load_checkpoint(path)
     if "epoch" in ckpt.meta or "hyperparameters" in ckpt.meta:  # a run checkpoint
-        ckpt = load_run_checkpoint(path)
-        from .. import models
+        from .. import Recipe
+        from ..data import DataDescription
 
-        model = models.build(ckpt.meta["model"], seed=0, device=device, dtype=ckpt.meta["recipe"]["dtype"])
+        ckpt = load_run_checkpoint(path)
+        recipe, data = Recipe.from_dict(ckpt.meta["recipe"]), DataDescription.from_dict(ckpt.meta["data"])
+        model = recipe.build_model(device, data)
         model.load_state_dict(ckpt.model_state)
         return LoadedModel(model, ckpt.meta["model"], int(ckpt.meta["epoch"]), ckpt.meta["dataset"],
-                           list(ckpt.meta["class_names"]))
+                           list(ckpt.meta["class_names"]), data, recipe)
     model = model_from_checkpoint(ckpt, device, where=str(path))
     recipe = ckpt.meta.get("recipe")
-    dataset = recipe.get("dataset") if isinstance(recipe, dict) else ckpt.meta.get("dataset")
-    names = model.class_names if isinstance(model.class_names, list) else None
-    return LoadedModel(model, model.name or "model", None, dataset if isinstance(dataset, str) else None, names)
+    data = getattr(model, "data", None)
+    dataset = data.name if data is not None else recipe.get("dataset") if isinstance(recipe, dict) else None
+    names = list(data.class_names) if data is not None else (
+        model.class_names if isinstance(model.class_names, list) else None)
+    return LoadedModel(model, model.name or "model", None, dataset if isinstance(dataset, str) else None, names,
+                       data)
 
 
 def cmd_evaluate(args) -> int:
@@ -55,14 +62,25 @@ def cmd_evaluate(args) -> int:
 
     loaded = load_model(args.checkpoint, args.device)
     dataset = args.dataset or loaded.dataset
+    from ..data import is_known
+
+    if args.dataset is not None and not is_known(args.dataset):
+        raise ConfigError(f"--dataset must be mnist, fashion-mnist, cifar10 or folder:PATH, got {args.dataset!r}")
     if dataset is None:
         raise ConfigError(f"{args.checkpoint} does not say which data set it was trained on; pass --dataset NAME")
     if loaded.dataset is not None and dataset != loaded.dataset:
         print(f"cnn-xp: warning: {args.checkpoint} was trained on {loaded.dataset}; evaluating it on {dataset}, "
               f"whose classes may mean something else", file=sys.stderr)
-    x, t, class_names, _ = load_test_data(dataset, args.data_dir, loaded.model.dtype, download=args.download,
-                                          limit=args.limit_test, progress=not args.json)
+    options = loaded.recipe.data_options() if loaded.recipe is not None else {}
+    same_data = loaded.dataset is not None and dataset == loaded.dataset
+    x, t, class_names, _ = load_test_data(dataset, args.data_dir, loaded.model.dtype,
+                                          description=loaded.description if same_data else None, options=options,
+                                          download=args.download, limit=args.limit_test, progress=not args.json)
     model = loaded.model
+    expected = getattr(model, "input_shape", None)
+    if expected is not None and tuple(x.shape[1:]) != tuple(expected):
+        raise ConfigError(f"{args.checkpoint} takes {'x'.join(map(str, expected))} inputs, {dataset}'s images "
+                          f"are {'x'.join(map(str, x.shape[1:]))}")
     outputs = int(model.predict(x[:1]).shape[1]) if len(t) else len(class_names)
     if outputs != len(class_names):
         raise ConfigError(f"{args.checkpoint} has {outputs} outputs, {dataset} has {len(class_names)} classes")

@@ -38,10 +38,13 @@ def add_recipe_arguments(parser, skip=("model",)) -> None:
                 group.add_argument(flag, dest=f"recipe_{f.name}", action="append", type=_typed(parse),
                                    metavar=metavar, help=text)
             continue
+        if meta["action"]:
+            group.add_argument(_flag(f.name), dest=f"recipe_{f.name}", action=meta["action"], default=None,
+                               help=meta["help"])
+            continue
         kwargs = {"type": _typed(meta["parse"])} if meta["parse"] else {}
         group.add_argument(_flag(f.name), dest=f"recipe_{f.name}", metavar=meta["metavar"] or f.name.upper(),
-                           help=meta["help"],
-                           **kwargs)
+                           help=meta["help"], **kwargs)
 
 
 def recipe_overrides(args) -> dict:

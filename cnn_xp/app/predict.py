@@ -1,4 +1,8 @@
-"""Turn real image files into MNIST-style inputs, and classify them with a trained model.
+"""Turn real image files into a model's inputs, and classify them with a trained model.
+
+A model trained on a ``"resize"`` data set (CIFAR-10, image folders) gets each file
+converted to its channels, resized to its H x W and normalised as in training
+(:func:`resized_image`). MNIST and Fashion-MNIST models get MNIST's own preparation:
 
 MNIST digits are white ink on black, fitted into a 20x20 box (aspect kept) and placed in a
 28x28 field so that their centre of mass is at the centre. :func:`preprocess_image` does the
@@ -17,87 +21,26 @@ it: a name holding a newline or another control character appears escaped).
 """
 from __future__ import annotations
 
-import math
 import os
-import warnings
 
 import numpy
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 
-from .. import backend, errors
-from ..input_files import describe_os_error, display_path, open_regular
+from .. import backend
+from ..data.images import _ALPHA_MODES, MAX_PIXELS, ImageError, decode  # noqa: F401  (ImageError: re-exported)
+from ..input_files import display_path
 from ..ops import softmax
 
 FIELD = 28  # output side
 BOX = 20  # the ink's bounding box is scaled to fit in BOX x BOX
 INK_THRESHOLD = 0.2  # fraction of the peak ink level that counts as ink for the bounding box
 MIN_CONTRAST = 25.0  # ink must differ from the background by this much (0..255) somewhere
-MAX_PIXELS = 50_000_000  # width x height from the header; more is refused before decoding
 BATCH = 256  # files decoded and classified together by classify_files
-WORK_SIDE = 2048  # larger images are reduced to at most this many pixels a side first
-FORMATS = ("PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP", "PPM")  # JPEG includes MPO (phone photos)
-_ALPHA_MODES = ("RGBA", "LA", "PA")
-
-
-class ImageError(errors.ImageError):
-    """An image file cannot be read or holds no visible ink."""
-
-
-def _decode(path) -> Image.Image:
-    """The first frame of ``path``, decoded within the pixel budget and reduced to at most
-    WORK_SIDE a side; ImageError for anything else."""
-    name = display_path(path)
-    try:
-        fh = open_regular(path)
-    except FileNotFoundError:
-        raise ImageError(f"{name}: no such file") from None
-    except OSError as exc:  # a folder, FIFO or device is refused before it is opened
-        raise ImageError(f"{name}: cannot read ({describe_os_error(exc)})") from None
-    # Pillow warns about damaged metadata it skips (and its own bomb warning, above 89 MP, is
-    # moot: our budget is lower); the file either decodes or ends in one ImageError.
-    with fh, warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            img = Image.open(fh, formats=FORMATS)
-        except Image.DecompressionBombError as exc:
-            raise ImageError(f"{name}: refused before decoding ({exc})") from None
-        except Exception as exc:  # a decoder of untrusted bytes: any failure means "unreadable"
-            raise ImageError(f"{name}: not a readable image ({_reason(exc)})") from None
-        with img:
-            width, height = img.size
-            if width * height > MAX_PIXELS:
-                raise ImageError(f"{name}: {width}x{height} pixels ({width * height / 1e6:.0f} megapixels) is "
-                                 f"more than the {MAX_PIXELS // 1_000_000} megapixel limit; refused before "
-                                 f"decoding")
-            if width < 1 or height < 1:
-                raise ImageError(f"{name}: not a readable image (size {width}x{height})")
-            try:
-                factor = math.ceil(max(width, height) / WORK_SIDE)
-                if factor > 1 and img.format in ("JPEG", "MPO"):
-                    img.draft(None, (math.ceil(width / factor), math.ceil(height / factor)))
-                img.load()
-                img = ImageOps.exif_transpose(img)
-                factor = math.ceil(max(img.size) / WORK_SIDE)
-                if factor > 1:
-                    alpha = img.mode in _ALPHA_MODES or (img.mode == "P" and "transparency" in img.info)
-                    if img.mode not in ("L", "LA", "RGB", "RGBA", "I", "F"):
-                        img = img.convert("RGBA" if alpha else "RGB")
-                    img = img.reduce(factor)
-                return img
-            except Exception as exc:
-                raise ImageError(f"{name}: not a readable image ({_reason(exc)})") from None
-
-
-def _reason(exc: Exception) -> str:
-    if isinstance(exc, UnidentifiedImageError):
-        return f"not a {', '.join(FORMATS[:-1])} or {FORMATS[-1]} file"
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text}" if text and not isinstance(exc, OSError) else (text or type(exc).__name__)
 
 
 def _open_gray(path) -> numpy.ndarray:
     """The image as float32 (H, W) luminance in 0..255; transparency flattened sensibly."""
-    img = _decode(path)
+    img = decode(path)
     if img.mode in _ALPHA_MODES or (img.mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")
         alpha = numpy.asarray(rgba.getchannel("A"), dtype=numpy.float32)
@@ -181,9 +124,31 @@ def load_images(paths) -> numpy.ndarray:
     return numpy.stack([preprocess_image(p) for p in paths])[:, None, :, :]
 
 
-def classify_files(model, paths, batch_size: int = BATCH):
+def resized_image(path, description) -> numpy.ndarray:
+    """One image file as the model's input (C, H, W) float32 for a ``"resize"`` data set:
+    converted to its channels, resized (antialiased) to its H x W, normalised as it was."""
+    from ..data import to_input
+
+    channels, height, width = description.input_shape
+    img = decode(path)
+    img = img.convert("L" if channels == 1 else "RGB").resize((width, height), Image.LANCZOS)
+    array = numpy.asarray(img, dtype=numpy.uint8)
+    array = array[None] if channels == 1 else array.transpose(2, 0, 1)
+    return to_input(array[None], description.normalization)[0]
+
+
+def preparer(description=None):
+    """The function that turns an image file into the model's input (C, H, W): MNIST's own
+    preparation (``"mnist"``, also with no description), else :func:`resized_image`."""
+    if description is None or description.preprocess == "mnist":
+        return lambda path: preprocess_image(path)[None]
+    return lambda path: resized_image(path, description)
+
+
+def classify_files(model, paths, batch_size: int = BATCH, description=None):
     """Yield (path, class probabilities (K,) or None, error message or None) for each path, in
-    order, as each batch is answered.
+    order, as each batch is answered; each file prepared for ``description``'s data
+    (:func:`preparer`).
 
     Files are decoded and classified ``batch_size`` at a time and a batch is dropped once its
     answers are yielded, so memory stays flat however many files there are (``paths`` may be
@@ -195,11 +160,12 @@ def classify_files(model, paths, batch_size: int = BATCH):
 
     if batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
+    prepare = preparer(description)
     runner = parallel.runner_for(model)
     window: list[tuple[str, numpy.ndarray | None, str | None]] = []
     for path in paths:
         try:
-            window.append((os.fspath(path), preprocess_image(path), None))
+            window.append((os.fspath(path), prepare(path), None))
         except ImageError as exc:
             window.append((os.fspath(path), None, str(exc)))
         if len(window) == batch_size:
@@ -211,7 +177,7 @@ def classify_files(model, paths, batch_size: int = BATCH):
 def _answer(model, runner, window):
     """The answers of one window of (path, image or None, error or None); the window is emptied."""
     images = [image for _, image, _ in window if image is not None]
-    probs = iter(classify(model, numpy.stack(images)[:, None, :, :], runner) if images else ())
+    probs = iter(classify(model, numpy.stack(images), runner) if images else ())
     answers = [(path, None if image is None else next(probs), error) for path, image, error in window]
     window.clear()
     del images
@@ -219,7 +185,7 @@ def _answer(model, runner, window):
 
 
 def classify(model, batch: numpy.ndarray, runner=None) -> numpy.ndarray:
-    """Class probabilities (N, K) on the host for an (N, 1, 28, 28) host batch (through
+    """Class probabilities (N, K) on the host for an (N, C, H, W) host batch (through
     ``runner``, e.g. ``parallel.runner_for(model)``, when given)."""
     x = backend.to_device(batch.astype(model.dtype, copy=False), model.device)
     return backend.to_numpy(softmax((runner or model).predict(x, train=False)))

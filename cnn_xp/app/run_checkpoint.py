@@ -11,7 +11,9 @@ The schema (``cnn_xp.checkpoint`` has already checked the container: no pickle, 
   same checks and messages as the command line's), naming the same model and data set;
 - ``epoch``: an int >= 1, at most ``recipe.epochs``;
 - ``architecture`` (when present): the named model's layers (``cnn_xp.saving``);
-- ``class_names``: the model's number of classes, each a short printable string;
+- ``data``: the data's description (``cnn_xp.data.DataDescription``: input shape, class
+  names, normalisation, preprocessing), which the model is built for;
+- ``class_names``: the description's classes, each a short printable string;
 - ``history``: one row per finished epoch, epochs 1..epoch in order, finite numbers;
 - ``wall_seconds``: a finite number >= 0;
 - ``rng``: ``batches`` (a PCG64 state of the batch order) and ``model`` (a state for each
@@ -41,6 +43,7 @@ import numpy
 from .. import backend, models
 from ..checkpoint import Checkpoint, CheckpointError, load_checkpoint
 from ..errors import ConfigError
+from ..data.descriptions import DataDescription
 from ..recipe import Recipe
 
 HISTORY_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds", "images_per_second")
@@ -195,17 +198,25 @@ def validate_run_checkpoint(ckpt: Checkpoint) -> None:
         _choice(meta["device"], "device", tuple(backend.DEVICES))
     hp = {"dtype": recipe.dtype}
     epoch = _int(meta["epoch"], "epoch", 1, recipe.epochs)
+    try:
+        data = DataDescription.from_dict(meta.get("data"), "data")
+    except ValueError as exc:
+        raise CheckpointSchemaError(str(exc)) from None
     names = meta.get("class_names")
-    if not isinstance(names, list) or len(names) != models.NUM_CLASSES or not all(
+    if not isinstance(names, list) or len(names) != data.num_classes or not all(
             isinstance(n, str) and 0 < len(n) <= MAX_CLASS_NAME and n.isprintable() for n in names):
-        raise _fail("class_names", f"a list of {models.NUM_CLASSES} printable names (1..{MAX_CLASS_NAME} "
+        raise _fail("class_names", f"a list of {data.num_classes} printable names (1..{MAX_CLASS_NAME} "
                     "characters each)", names)
     _check_history(meta.get("history"), epoch)
     _number(meta.get("wall_seconds"), "wall_seconds")
     rng = _object(meta.get("rng"), "rng")
     _check_batches_state(rng.get("batches"), "rng.batches")
 
-    model = models.build(name, seed=recipe.seed, device="cpu", dtype=hp["dtype"])
+    try:
+        model = models.build(name, seed=recipe.seed, device="cpu", dtype=hp["dtype"], input_shape=data.input_shape,
+                             num_classes=data.num_classes)
+    except ConfigError as exc:
+        raise CheckpointSchemaError(f"data.input_shape: {exc}") from None
     if "architecture" in meta:
         from ..saving import architecture
 

@@ -31,8 +31,10 @@ LOCK = ".lock"
 
 
 def default_run_dir(model: str, dataset: str) -> Path:
-    return Path("runs") / f"{model}-{dataset.replace(':', '_').replace(os.sep, '_')}-" \
-                          f"{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    """``runs/<model>-<data set>-<time>`` (a folder data set by its folder's name)."""
+    if dataset.startswith("folder:"):
+        dataset = "folder-" + (Path(dataset[len("folder:"):]).name or "root")
+    return Path("runs") / f"{model}-{dataset[:64]}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
 
 
 def _os_reason(exc: OSError) -> str:

@@ -144,6 +144,11 @@ class Trainer:
             model = overrides.pop("model", None)
             if model is None:
                 raise ConfigError("--model is required (or --resume RUN to continue a run)")
+            for key in ("data_dir",):  # a run folder names its data wherever it is resumed from
+                if overrides.get(key) is not None:
+                    overrides[key] = str(Path(overrides[key]).expanduser().resolve())
+            if str(overrides.get("dataset", "")).startswith("folder:"):
+                overrides["dataset"] = "folder:" + str(Path(overrides["dataset"][7:]).expanduser().resolve())
             recipe = Recipe.create(model, **overrides)
             self.folder = RunFolder(req.out or default_run_dir(recipe.model, recipe.dataset)).open()
             if self.folder.checkpoint.exists():
@@ -211,7 +216,7 @@ class Trainer:
         data = prepare_data(recipe, explicit=explicit, download=req.download, progress=req.progress)
         recipe = data.recipe
         print(data.describe(), file=out)
-        model = recipe.build_model(req.device)
+        model = recipe.build_model(req.device, data.description)
         optimizer = recipe.build_optimizer(model)
         initial_state, filters_before = None, first_conv_weights(model)
         if ckpt is not None:
@@ -227,7 +232,7 @@ class Trainer:
             print(f"training {recipe.epochs} epochs (--epochs N to change)", file=out, flush=True)
         meta = {"model": recipe.model, "dataset": recipe.dataset, "device": req.device, "recipe": recipe.to_dict(),
                 "class_names": data.class_names, "input_shape": list(model.input_shape),
-                "validation": data.validation}
+                "data": data.description.to_dict(), "validation": data.validation}
         self.checkpointer = Checkpoint(self.folder.checkpoint, best_path=self.folder.best, monitor="val_acc",
                                        meta=meta, extra={} if filters_before is None else
                                        {"filters_before": filters_before})

@@ -20,8 +20,10 @@ def download_command(name: str, data_dir=None, *, mirrors=None, progress: bool =
     out = sys.stdout if out is None else out
     err = sys.stderr if err is None else err
     try:
-        sources.get_spec(name)
+        spec = sources.get_spec(name)
         sources.mirrors_for(name, mirrors)  # a bad $CNN_XP_MIRRORS_<NAME> is refused up front
+        if spec.kind != "idx":
+            return _download_archive(name, data_dir, mirrors, progress, out)
         files = sources.find_files(name) if data_dir is None else None
         verb = "already present"
         if files is None:
@@ -31,6 +33,25 @@ def download_command(name: str, data_dir=None, *, mirrors=None, progress: bool =
     except DatasetError as exc:
         print(f"cnn-xp: error: {' '.join(str(exc).split())}", file=err)
         return 2
+    print(f"{name}: {verb} in {display_path(ds.folder)} ({len(ds.train_labels)} training + "
+          f"{len(ds.test_labels)} test images)", file=out)
+    return 0
+
+
+def _download_archive(name: str, data_dir, mirrors, progress: bool, out) -> int:
+    """CIFAR-10: make the archive (or its extracted folder) present and prove it loads."""
+    from .cifar import fetch, find, load_cifar10
+
+    found = None
+    for folder in sources.search_dirs(name, data_dir):
+        found = find(folder)
+        if found is not None:
+            break
+    verb = "already present"
+    if found is None:
+        fetch(data_dir, mirrors=mirrors, progress=progress)
+        verb = "ready"
+    ds = load_cifar10(data_dir, download=False, mirrors=mirrors)
     print(f"{name}: {verb} in {display_path(ds.folder)} ({len(ds.train_labels)} training + "
           f"{len(ds.test_labels)} test images)", file=out)
     return 0

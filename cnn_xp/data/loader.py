@@ -9,6 +9,7 @@ import numpy as np
 
 from . import sources
 from .download import download as fetch_dataset
+from .descriptions import FASHION_MNIST, MNIST, DataDescription
 from .errors import DatasetError
 from ..input_files import display_path
 from .idx import IdxFile, checked_labels, open_images, open_labels
@@ -18,8 +19,9 @@ from .idx import IdxFile, checked_labels, open_images, open_labels
 class Dataset:
     """A loaded data set, host arrays.
 
-    train_images (N, 1, 28, 28) uint8, train_labels (N,) int64 in 0..9; same for test.
-    ``files`` maps each part to the path it was read from.
+    train_images (N, C, H, W) uint8, train_labels (N,) int64 class indices; same for test.
+    ``files`` maps each part to the path it was read from; ``description`` says what a
+    model needs to know of the data (``descriptions.DataDescription``).
     """
 
     name: str
@@ -29,11 +31,15 @@ class Dataset:
     test_labels: np.ndarray
     class_names: tuple[str, ...]
     files: dict[str, Path] = field(default_factory=dict)
+    description: DataDescription | None = None
 
     @property
     def folder(self) -> Path:
         """Folder the training images were read from."""
         return self.files["train_images"].parent
+
+
+BUILT_IN = {"mnist": MNIST, "fashion-mnist": FASHION_MNIST}
 
 
 def _check_pair(images: IdxFile, labels: IdxFile) -> None:
@@ -65,7 +71,7 @@ def load_files(name: str, files: dict[str, Path]) -> Dataset:
             data = opened[part].read()
             arrays[part] = data[:, None, :, :] if part.endswith("images") else checked_labels(files[part], data)
     return Dataset(name, arrays["train_images"], arrays["train_labels"], arrays["test_images"],
-                   arrays["test_labels"], spec.class_names, dict(files))
+                   arrays["test_labels"], spec.class_names, dict(files), BUILT_IN[name])
 
 
 def _not_found_message(name: str, data_dir) -> str:

@@ -1,4 +1,5 @@
-"""Preparation of loaded arrays: float scaling, the train/validation split, one-hot labels."""
+"""Preparation of loaded arrays: float scaling and per-channel normalisation, the
+train/validation split, one-hot labels."""
 from __future__ import annotations
 
 import numpy as np
@@ -24,6 +25,39 @@ def to_float(images, dtype="float32") -> np.ndarray:
     out = images.astype(dtype)
     out *= 1.0 / 255.0  # Python float: no upcast
     return out
+
+
+def channel_stats(images, chunk: int = 4096) -> dict:
+    """Per-channel mean and standard deviation of uint8 images (N, C, H, W) scaled to [0, 1],
+    computed in chunks (float64 sums) so memory stays bounded: ``{"mean": [...], "std": [...]}``."""
+    images = np.asarray(images)
+    n, c = images.shape[0], images.shape[1]
+    total = np.zeros(c)
+    squares = np.zeros(c)
+    for start in range(0, n, chunk):
+        part = images[start:start + chunk].astype(np.float64) / 255.0
+        total += part.sum(axis=(0, 2, 3))
+        squares += (part * part).sum(axis=(0, 2, 3))
+    count = float(n * images.shape[2] * images.shape[3])
+    mean = total / count
+    std = np.sqrt(np.maximum(squares / count - mean * mean, 0.0))
+    return {"mean": [float(v) for v in mean], "std": [float(max(v, 1e-3)) for v in std]}
+
+
+def normalize(x, normalization) -> np.ndarray:
+    """``(x - mean) / std`` per channel of float images (N, C, H, W), in place; ``x`` as it
+    is for ``normalization=None``."""
+    if normalization is None:
+        return x
+    shape = (1, -1, 1, 1)
+    x -= np.asarray(normalization["mean"], dtype=x.dtype).reshape(shape)
+    x *= (1.0 / np.asarray(normalization["std"], dtype=np.float64)).astype(x.dtype).reshape(shape)
+    return x
+
+
+def to_input(images, normalization=None, dtype="float32") -> np.ndarray:
+    """uint8 images -> the model's input: :func:`to_float`, then :func:`normalize`."""
+    return normalize(to_float(images, dtype), normalization)
 
 
 def train_val_split(images, labels, val_size: int = 10000, seed: int = 1):

@@ -21,6 +21,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from ..input_files import display_path
+from .descriptions import CIFAR10_CLASSES, FASHION_MNIST, MNIST
 from .errors import DatasetError
 
 DATA_ENV = "CNN_XP_DATA"
@@ -44,6 +45,7 @@ class DatasetSpec:
     checksums: dict[str, dict[str, str]]  # "<base>.gz" -> {"md5": ..., "sha256": ...}
     class_names: tuple[str, ...]
     system_dirs: tuple[str, ...] = field(default=())
+    kind: str = "idx"  # "idx": the four IDX files (``loader``); "cifar10-binary": one archive (``cifar``)
 
 
 DATASETS: dict[str, DatasetSpec] = {
@@ -72,7 +74,7 @@ DATASETS: dict[str, DatasetSpec] = {
                 "sha256": "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
             },
         },
-        class_names=tuple(str(d) for d in range(10)),
+        class_names=MNIST.class_names,
         system_dirs=("/usr/share/datasets/mnist",),
     ),
     "fashion-mnist": DatasetSpec(
@@ -89,13 +91,23 @@ DATASETS: dict[str, DatasetSpec] = {
             "t10k-images-idx3-ubyte.gz": {"md5": "bef4ecab320f06d8554ea6380940ec79"},
             "t10k-labels-idx1-ubyte.gz": {"md5": "bb300cfdad3c16e7a12a480ee83cd310"},
         },
-        class_names=(
-            "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-            "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
-        ),
+        class_names=FASHION_MNIST.class_names,
         system_dirs=("/usr/share/datasets/fashion-mnist",),
     ),
 }
+
+
+DATASETS["cifar10"] = DatasetSpec(
+    name="cifar10",
+    mirrors=("https://www.cs.toronto.edu/~kriz/",),
+    checksums={"cifar-10-binary.tar.gz": {
+        "md5": "c32a1d4ab5d03f1284b67883e8d87530",
+        "sha256": "c4a38c50a1bc5f3a1c5537f2155ab9d68f9f25eb1ed8d9ddda3db29a59bca1dd",
+    }},
+    class_names=CIFAR10_CLASSES,
+    kind="cifar10-binary",
+)
+IDX_DATASETS = tuple(name for name, spec in DATASETS.items() if spec.kind == "idx")
 
 
 def get_spec(name: str) -> DatasetSpec:
