@@ -224,7 +224,9 @@ class Recipe:
                                check=_float_check(positive=True, maximum=1.0, optional=True), parse=_parse_float)
     augment: dict | None = _opt(help="random affine distortions of the training images, e.g. "
                                      "'shift=0.1,scale=0.1,rotate=10,shear=10' (shift: fraction of the size; "
-                                     "rotate, shear: degrees), or 'none'", zoo=True, check=_augment_check,
+                                     "rotate, shear: degrees), random crops and flips, e.g. 'crop=4,flip=1' "
+                                     "(crop: zero padding in pixels), both, or 'none'", zoo=True,
+                                check=_augment_check,
                                 parse=_parse_augment, metavar="SPEC")
     val_size: int = _opt(help="training images held out for validation; 0 validates on the test set "
                               "(default: the model's, scaled down with --limit-train)", zoo=True,
