@@ -1,4 +1,5 @@
-"""Data augmentation: random affine distortions of image batches, drawn per image.
+"""Data augmentation: random affine distortions, and random crops and flips, of image
+batches, drawn per image.
 
 :class:`RandomAffine` distorts every image of an (N, C, H, W) batch by its own affine map:
 a shift, an isotropic scale, a rotation and a horizontal shear about the image centre, with
@@ -17,12 +18,23 @@ augmenter continues with the same distortions. The images are resampled by
 inverse map) and read there by bilinear interpolation, with zeros outside the image. It is
 written once against ``xp`` (array ops over the whole batch, no loop over images) and
 keeps the batch's dtype and device. At zero strength the output equals the input exactly.
+
+:class:`RandomCropFlip` is the usual augmentation of colour images (CIFAR-10 style): each
+image is padded with ``pad`` zero pixels on every side and cut back to its size at a random
+offset, then mirrored left-right with probability 0.5. Its strengths in a spec:
+
+* ``crop``: the padding in pixels (an integer, 0..64); 0: no crop;
+* ``flip``: 1 to flip each image with probability 0.5, 0 not to.
+
+A spec may name both kinds (``"crop=4,flip=1,rotate=5"``); ``cnn_xp.training.build_augmenter``
+then chains the affine distortion and the crop/flip (:class:`Chain`), each with its own seed.
 """
 from __future__ import annotations
 
 
 import numpy as np
 
+from . import validation
 from .backend import device_of, to_device, xp_of
 
 # strength -> (largest allowed value, what it means)
@@ -31,25 +43,34 @@ STRENGTHS = {
     "scale": (0.9, "zoom drawn in [1 - scale, 1 + scale]"),
     "rotate": (180.0, "largest rotation in degrees"),
     "shear": (45.0, "largest horizontal shear in degrees"),
+    "crop": (64.0, "zero padding in pixels on each side before a random crop back to the image size"),
+    "flip": (1.0, "1: mirror each image left-right with probability 0.5"),
 }
+AFFINE = ("shift", "scale", "rotate", "shear")  # RandomAffine's strengths
+CROP_FLIP = ("crop", "flip")                    # RandomCropFlip's
+WHOLE = {"crop": "an integer", "flip": "0 or 1"}  # strengths that take whole numbers only
 
 
 def check_strengths(strengths: dict) -> dict:
-    """Validated float copies of ``strengths`` (a subset of STRENGTHS' keys; the rest 0);
-    ValueError (one line) on an unknown name or a value out of range."""
-    out = {name: 0.0 for name in STRENGTHS}
+    """Validated float copies of ``strengths`` (a subset of STRENGTHS' keys): the affine
+    strengths always (0 where not given), ``crop`` and ``flip`` where given. ValueError (one
+    line) on an unknown name or a value out of range (``crop`` must be whole, ``flip`` 0 or 1)."""
+    out = {name: 0.0 for name in AFFINE}
     for name, value in dict(strengths).items():
         if name not in STRENGTHS:
             raise ValueError(f"unknown augmentation {name!r}; choose from {', '.join(STRENGTHS)}")
         limit, meaning = STRENGTHS[name]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0.0 <= value <= limit):
-            raise ValueError(f"augmentation {name} must be a number in [0, {limit:g}] ({meaning}), got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0.0 <= value <= limit) \
+                or (name in WHOLE and not float(value).is_integer()):
+            kind = f"{WHOLE[name]} in" if name in WHOLE else "a number in"
+            raise ValueError(f"augmentation {name} must be {kind} [0, {limit:g}] ({meaning}), got {value!r}")
         out[name] = float(value)
     return out
 
 
 def parse_spec(text: str) -> dict | None:
-    """``"shift=0.1,scale=0.1,rotate=10,shear=10"`` -> validated strengths; ``"none"`` -> None.
+    """``"shift=0.1,scale=0.1,rotate=10,shear=10"`` or ``"crop=4,flip=1"`` -> validated
+    strengths (see ``check_strengths``); ``"none"`` -> None.
     ValueError (one line) on a malformed spec or a strength out of range."""
     text = str(text).strip()
     if text.lower() in ("none", "off", ""):
@@ -160,3 +181,129 @@ class RandomAffine:
 
     def __repr__(self) -> str:
         return "RandomAffine(" + ", ".join(f"{k}={v:g}" for k, v in self.config().items()) + ")"
+
+
+def crop_flip(x, rows, cols, flips, pad: int):
+    """Crops of ``x`` (N, C, H, W) padded with ``pad`` zeros on every side: image i is cut
+    at row offset ``rows[i]`` and column offset ``cols[i]`` (each in 0..2*pad, in the padded
+    image) back to H x W, and mirrored left-right where ``flips[i]``. ``rows``, ``cols``,
+    ``flips``: host arrays (N,). Returns a new array of x's shape, dtype and device."""
+    xp = xp_of(x)
+    n, c, h, w = x.shape
+    padded = xp.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad))) if pad else x
+    row_index = np.asarray(rows, dtype=np.int64)[:, None] + np.arange(h)            # (N, H)
+    col_index = np.asarray(cols, dtype=np.int64)[:, None] + np.arange(w)            # (N, W)
+    col_index = np.where(np.asarray(flips, dtype=bool)[:, None], col_index[:, ::-1], col_index)
+    device = device_of(x)
+    row_index, col_index = to_device(row_index, device), to_device(col_index, device)
+    return padded[xp.arange(n)[:, None, None, None], xp.arange(c)[None, :, None, None],
+                  row_index[:, None, :, None], col_index[:, None, None, :]]
+
+
+class _PCG64State:
+    """A seeded PCG64 NumPy Generator on the host whose state is a JSON-able dict."""
+
+    def _start(self, seed: int) -> None:
+        self.seed = int(seed)
+        self._rng = np.random.Generator(np.random.PCG64(self.seed))
+
+    def state_dict(self) -> dict:
+        """JSON-able RNG state (big integers as decimal strings)."""
+        bg = self._rng.bit_generator.state
+        return {"seed": self.seed, "bit_generator": bg["bit_generator"], "state": str(bg["state"]["state"]),
+                "inc": str(bg["state"]["inc"]), "has_uint32": int(bg["has_uint32"]), "uinteger": int(bg["uinteger"])}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("bit_generator") != "PCG64":
+            raise ValueError(f"unsupported RNG state {state.get('bit_generator')!r}, expected PCG64")
+        self.seed = int(state["seed"])
+        self._rng.bit_generator.state = {
+            "bit_generator": "PCG64", "state": {"state": int(state["state"]), "inc": int(state["inc"])},
+            "has_uint32": int(state["has_uint32"]), "uinteger": int(state["uinteger"])}
+
+
+class RandomCropFlip(_PCG64State):
+    """Random zero-padded crops and horizontal flips, one draw per image; ``augmenter(x)``
+    takes (N, C, H, W) images and returns a new batch of the same shape, dtype and device.
+
+    Image i is padded with ``pad`` zero pixels on every side and cut back to H x W at a row
+    and a column offset drawn uniformly in 0..2*pad (a shift by -pad..pad pixels, what moves
+    out of the frame replaced by zeros), then, when ``flip``, mirrored left-right with
+    probability 0.5. The draws come from one seeded PCG64 stream on the host, three uniform
+    numbers per image (row offset, column offset, flip) whatever the settings, so the same
+    seed gives the same crops on CPU and GPU; ``state_dict()`` (JSON-able) saves the stream
+    for checkpoints. ``pad`` is an int in 0..64, ``seed`` an int >= 0 (ValueError otherwise).
+    """
+
+    def __init__(self, pad: int = 4, flip: bool = True, seed: int = 0):
+        if isinstance(pad, float) and pad.is_integer():
+            pad = int(pad)
+        self.pad = validation.integer(pad, "pad", "RandomCropFlip", minimum=0)
+        if self.pad > STRENGTHS["crop"][0]:
+            raise ValueError(f"RandomCropFlip: pad must be at most {STRENGTHS['crop'][0]:g}, got {self.pad}")
+        if flip not in (True, False, 0, 1):
+            raise ValueError(f"RandomCropFlip: flip must be True or False (or 1 / 0), got {flip!r}")
+        self.flip = bool(flip)
+        self._start(validation.integer(seed, "seed", "RandomCropFlip", minimum=0))
+
+    def config(self) -> dict:
+        """The strengths that rebuild this augmenter (``crop``, ``flip``)."""
+        return {"crop": float(self.pad), "flip": float(self.flip)}
+
+    def draw(self, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(row offsets, column offsets, flips): host arrays (n,) for ``crop_flip``."""
+        u = self._rng.random((int(n), 3))
+        span = 2 * self.pad + 1
+        rows = np.minimum((u[:, 0] * span).astype(np.int64), span - 1)
+        cols = np.minimum((u[:, 1] * span).astype(np.int64), span - 1)
+        flips = (u[:, 2] < 0.5) & self.flip
+        return rows, cols, flips
+
+    def __call__(self, x):
+        rows, cols, flips = self.draw(x.shape[0])
+        return crop_flip(x, rows, cols, flips, self.pad)
+
+    def __repr__(self) -> str:
+        return f"RandomCropFlip(pad={self.pad}, flip={self.flip})"
+
+
+class Chain:
+    """Augmenters applied in order (``parts``: name -> augmenter); ``state_dict()`` holds
+    each one's under its name, and ``load_state_dict`` wants exactly those names."""
+
+    def __init__(self, parts: dict):
+        self.parts = dict(parts)
+
+    def __call__(self, x):
+        for augmenter in self.parts.values():
+            x = augmenter(x)
+        return x
+
+    def state_dict(self) -> dict:
+        return {name: augmenter.state_dict() for name, augmenter in self.parts.items()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if not isinstance(state, dict) or set(state) != set(self.parts):
+            got = sorted(state) if isinstance(state, dict) else type(state).__name__
+            raise ValueError(f"augmentation state must hold {', '.join(self.parts)}, got {got}")
+        for name, augmenter in self.parts.items():
+            augmenter.load_state_dict(state[name])
+
+    def __repr__(self) -> str:
+        return "Chain(" + ", ".join(map(repr, self.parts.values())) + ")"
+
+
+def build(strengths: dict, affine_seed: int, crop_flip_seed: int):
+    """The augmenter of validated ``strengths``: a RandomAffine (seeded ``affine_seed``) when
+    no crop or flip is asked for -- whatever its strengths, zero included, as before crops
+    existed --, a RandomCropFlip (seeded ``crop_flip_seed``) when only those are, and both
+    chained (the affine distortion first) when both kinds are."""
+    s = check_strengths(strengths)
+    affine = {name: s[name] for name in AFFINE}
+    crop, flip = int(s.get("crop", 0.0)), bool(s.get("flip", 0.0))
+    if not (crop or flip):
+        return RandomAffine(**affine, seed=affine_seed)
+    cropper = RandomCropFlip(pad=crop, flip=flip, seed=crop_flip_seed)
+    if not any(affine.values()):
+        return cropper
+    return Chain({"affine": RandomAffine(**affine, seed=affine_seed), "crop_flip": cropper})

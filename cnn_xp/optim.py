@@ -15,7 +15,16 @@ A schedule (``cnn_xp.schedules``) multiplies every learning rate by ``lr_factor`
 Every hyperparameter is checked up front, in the constructor (and in ``load_state_dict``):
 a ValueError naming it unless it is a finite number in its range -- ``lr``, a group's
 ``lr`` / ``lr_scale`` and ``eps`` > 0; ``momentum``, ``beta1``, ``beta2`` and ``decay`` in
-[0, 1) -- so no step can turn the weights NaN through a hyperparameter.
+[0, 1); ``weight_decay`` >= 0 -- so no step can turn the weights NaN through a hyperparameter.
+
+Weight decay (``weight_decay``, default 0: none): every optimizer but AdamW adds the L2
+term to the gradient before its rule, ``g + weight_decay * p`` (PyTorch's ``weight_decay``
+of SGD, Adam, ...); :class:`AdamW` decays the weights apart from the gradient,
+``p -= lr * weight_decay * p`` before the Adam step (Loshchilov & Hutter, PyTorch's
+``AdamW``). Both are applied here, with ``xp``, before the update rule is called, so every
+accelerator's rule (``cnn_xp.dispatch``) keeps its semantics unchanged. The layers' grads
+are left as ``backward`` made them. Every parameter decays, biases and BatchNorm's gamma /
+beta included (as PyTorch does unless given parameter groups).
 """
 from __future__ import annotations
 
@@ -73,9 +82,10 @@ class Optimizer:
     gradient; subclasses keep per-parameter state arrays (slots) via ``_slot`` and take the
     learning rate of each parameter from ``lr_of(name)``."""
 
-    def __init__(self, model, lr: float, param_groups=None):
+    def __init__(self, model, lr: float, param_groups=None, weight_decay: float = 0.0):
         self.model = model
         self.lr = _check_lr(lr, f"{type(self).__name__}: lr (the learning rate)")
+        self.weight_decay = _check_decay(weight_decay, type(self).__name__)
         self.lr_factor = 1.0  # set each step by a schedule (cnn_xp.schedules)
         self.t = 0
         self.state: dict[str, dict] = {}
@@ -116,13 +126,20 @@ class Optimizer:
     def update(self, name: str, param, grad) -> None:
         raise NotImplementedError
 
+    def decayed(self, param, grad):
+        """The gradient with the L2 term: ``grad + weight_decay * param`` (a new array), or
+        ``grad`` itself when ``weight_decay`` is 0."""
+        if not self.weight_decay:
+            return grad
+        return grad + self.weight_decay * param
+
     def hyperparameters(self) -> dict:
-        return {"lr": self.lr}
+        return {"lr": self.lr, "weight_decay": self.weight_decay}
 
     def state_dict(self) -> dict:
-        """Flat dict: "t", "lr", "lr_factor", "<slot>/<param name>" -> NumPy array, and
-        "param_groups" (a list of dicts) when there are groups."""
-        out = {"t": self.t, "lr": self.lr, "lr_factor": self.lr_factor}
+        """Flat dict: "t", "lr", "lr_factor", "weight_decay", "<slot>/<param name>" -> NumPy
+        array, and "param_groups" (a list of dicts) when there are groups."""
+        out = {"t": self.t, "lr": self.lr, "lr_factor": self.lr_factor, "weight_decay": self.weight_decay}
         if self.param_groups:
             out["param_groups"] = [{k: (list(v) if isinstance(v, list) else v) for k, v in g.items() if k != "params"}
                                    for g in self.param_groups]
@@ -133,11 +150,15 @@ class Optimizer:
 
     def load_state_dict(self, state: dict) -> None:
         """Restore a ``state_dict()``; its parameter groups replace this optimizer's (none
-        saved: no groups). ValueError when a saved group names no parameter of the model."""
+        saved: no groups), and its ``weight_decay`` this one's (a state saved before weight
+        decay existed keeps the constructor's). ValueError when a saved group names no
+        parameter of the model or a value is out of range."""
+        weight_decay = _check_decay(state.get("weight_decay", self.weight_decay), "optimizer state")
         self.set_param_groups(state.get("param_groups"))
         self.t = validation.integer(state["t"], "t", "optimizer state", minimum=0)
         self.lr = _check_lr(state["lr"], "optimizer state: lr")
         self.lr_factor = validation.real(state.get("lr_factor", 1.0), "lr_factor", "optimizer state", low=0.0)
+        self.weight_decay = weight_decay
         device = self.model.device
         self.state = {}
         for key, value in state.items():
@@ -147,10 +168,16 @@ class Optimizer:
                 self.state.setdefault(name, {})[slot] = to_device(value, device).copy()
 
     def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v}" for k, v in self.hyperparameters().items())
+        args = ", ".join(f"{k}={v}" for k, v in self.hyperparameters().items()
+                         if k != "weight_decay" or v)  # no decay: not shown
         groups = "".join(f", group {','.join(g['patterns'])}: " + ", ".join(f"{k}={g[k]:g}" for k in ("lr", "lr_scale")
                                                                            if k in g) for g in self.param_groups)
         return f"{type(self).__name__}({args}{groups})"
+
+
+def _check_decay(value, owner: str) -> float:
+    """``weight_decay``: a finite number >= 0, else a one-line ValueError."""
+    return validation.real(value, "weight_decay", owner, low=0.0)
 
 
 def _rule(op: str, param):
@@ -159,88 +186,113 @@ def _rule(op: str, param):
 
 
 class SGD(Optimizer):
-    """p -= lr * g"""
+    """p -= lr * (g + wd * p)"""
+
+    def __init__(self, model, lr, param_groups=None, weight_decay=0.0):
+        super().__init__(model, lr, param_groups, weight_decay)
 
     def update(self, name, param, grad):
-        _rule("sgd", param)(param, grad, self.lr_of(name))
+        _rule("sgd", param)(param, self.decayed(param, grad), self.lr_of(name))
 
 
 class Momentum(Optimizer):
-    """v = momentum * v - lr * g;  p += v"""
+    """v = momentum * v - lr * (g + wd * p);  p += v"""
 
-    def __init__(self, model, lr=0.01, momentum=0.9, param_groups=None):
+    def __init__(self, model, lr=0.01, momentum=0.9, param_groups=None, weight_decay=0.0):
         self.momentum = validation.fraction(momentum, "momentum", type(self).__name__)
-        super().__init__(model, lr, param_groups)
+        super().__init__(model, lr, param_groups, weight_decay)
 
     def update(self, name, param, grad):
-        _rule("momentum", param)(param, grad, self._slot(name, "v", param), self.lr_of(name), self.momentum)
+        _rule("momentum", param)(param, self.decayed(param, grad), self._slot(name, "v", param), self.lr_of(name),
+                                 self.momentum)
 
     def hyperparameters(self):
-        return {"lr": self.lr, "momentum": self.momentum}
+        return {"lr": self.lr, "momentum": self.momentum, "weight_decay": self.weight_decay}
 
 
 class Nesterov(Momentum):
-    """Nesterov's accelerated gradient (Sutskever et al. form):
-    v = m * v - lr * g;  p += m * v - lr * g"""
+    """Nesterov's accelerated gradient (Sutskever et al. form), g' = g + wd * p:
+    v = m * v - lr * g';  p += m * v - lr * g'"""
 
     def update(self, name, param, grad):
-        _rule("nesterov", param)(param, grad, self._slot(name, "v", param), self.lr_of(name), self.momentum)
+        _rule("nesterov", param)(param, self.decayed(param, grad), self._slot(name, "v", param), self.lr_of(name),
+                                 self.momentum)
 
 
 class AdaGrad(Optimizer):
-    """h += g * g;  p -= lr * g / (sqrt(h) + eps)"""
+    """g' = g + wd * p;  h += g' * g';  p -= lr * g' / (sqrt(h) + eps)"""
 
-    def __init__(self, model, lr=0.01, eps=1e-7, param_groups=None):
+    def __init__(self, model, lr=0.01, eps=1e-7, param_groups=None, weight_decay=0.0):
         self.eps = validation.positive(eps, "eps", "AdaGrad")
-        super().__init__(model, lr, param_groups)
+        super().__init__(model, lr, param_groups, weight_decay)
 
     def update(self, name, param, grad):
-        _rule("adagrad", param)(param, grad, self._slot(name, "h", param), self.lr_of(name), self.eps)
-
-    def hyperparameters(self):
-        return {"lr": self.lr, "eps": self.eps}
-
-
-class RMSProp(Optimizer):
-    """h = decay * h + (1 - decay) * g * g;  p -= lr * g / (sqrt(h) + eps)"""
-
-    def __init__(self, model, lr=0.01, decay=0.99, eps=1e-7, param_groups=None):
-        self.decay = validation.fraction(decay, "decay", "RMSProp")
-        self.eps = validation.positive(eps, "eps", "RMSProp")
-        super().__init__(model, lr, param_groups)
-
-    def update(self, name, param, grad):
-        _rule("rmsprop", param)(param, grad, self._slot(name, "h", param), self.lr_of(name), self.decay,
+        _rule("adagrad", param)(param, self.decayed(param, grad), self._slot(name, "h", param), self.lr_of(name),
                                 self.eps)
 
     def hyperparameters(self):
-        return {"lr": self.lr, "decay": self.decay, "eps": self.eps}
+        return {"lr": self.lr, "eps": self.eps, "weight_decay": self.weight_decay}
+
+
+class RMSProp(Optimizer):
+    """g' = g + wd * p;  h = decay * h + (1 - decay) * g' * g';  p -= lr * g' / (sqrt(h) + eps)"""
+
+    def __init__(self, model, lr=0.01, decay=0.99, eps=1e-7, param_groups=None, weight_decay=0.0):
+        self.decay = validation.fraction(decay, "decay", "RMSProp")
+        self.eps = validation.positive(eps, "eps", "RMSProp")
+        super().__init__(model, lr, param_groups, weight_decay)
+
+    def update(self, name, param, grad):
+        _rule("rmsprop", param)(param, self.decayed(param, grad), self._slot(name, "h", param), self.lr_of(name),
+                                self.decay, self.eps)
+
+    def hyperparameters(self):
+        return {"lr": self.lr, "decay": self.decay, "eps": self.eps, "weight_decay": self.weight_decay}
 
 
 class Adam(Optimizer):
-    """Kingma & Ba (2015), bias-corrected:
-    m += (1 - b1)(g - m);  v += (1 - b2)(g^2 - v);
+    """Kingma & Ba (2015), bias-corrected, g' = g + wd * p (L2, PyTorch's Adam weight_decay):
+    m += (1 - b1)(g' - m);  v += (1 - b2)(g'^2 - v);
     p -= lr * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)"""
 
-    def __init__(self, model, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, param_groups=None):
-        self.beta1 = validation.fraction(beta1, "beta1", "Adam")
-        self.beta2 = validation.fraction(beta2, "beta2", "Adam")
-        self.eps = validation.positive(eps, "eps", "Adam")
-        super().__init__(model, lr, param_groups)
+    def __init__(self, model, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, param_groups=None, weight_decay=0.0):
+        owner = type(self).__name__
+        self.beta1 = validation.fraction(beta1, "beta1", owner)
+        self.beta2 = validation.fraction(beta2, "beta2", owner)
+        self.eps = validation.positive(eps, "eps", owner)
+        super().__init__(model, lr, param_groups, weight_decay)
 
     def update(self, name, param, grad):
+        self._adam_step(name, param, self.decayed(param, grad))
+
+    def _adam_step(self, name, param, grad):
         lr_t = self.lr_of(name) / (1.0 - self.beta1 ** self.t)
         v_scale = 1.0 / math.sqrt(1.0 - self.beta2 ** self.t)
         _rule("adam", param)(param, grad, self._slot(name, "m", param), self._slot(name, "v", param),
                              lr_t, self.beta1, self.beta2, v_scale, self.eps)
 
     def hyperparameters(self):
-        return {"lr": self.lr, "beta1": self.beta1, "beta2": self.beta2, "eps": self.eps}
+        return {"lr": self.lr, "beta1": self.beta1, "beta2": self.beta2, "eps": self.eps,
+                "weight_decay": self.weight_decay}
+
+
+class AdamW(Adam):
+    """Adam with decoupled weight decay (Loshchilov & Hutter 2019; PyTorch's ``AdamW``, whose
+    default ``weight_decay`` 0.01 it shares): ``p -= lr * wd * p`` with this step's learning
+    rate (group and schedule included), then the Adam step on the plain gradient."""
+
+    def __init__(self, model, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, param_groups=None, weight_decay=0.01):
+        super().__init__(model, lr, beta1, beta2, eps, param_groups, weight_decay)
+
+    def update(self, name, param, grad):
+        if self.weight_decay:
+            param *= 1.0 - self.lr_of(name) * self.weight_decay
+        self._adam_step(name, param, grad)
 
 
 OPTIMIZERS = {
     "sgd": SGD, "momentum": Momentum, "nesterov": Nesterov,
-    "adagrad": AdaGrad, "rmsprop": RMSProp, "adam": Adam,
+    "adagrad": AdaGrad, "rmsprop": RMSProp, "adam": Adam, "adamw": AdamW,
 }
 
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from .errors import ConfigError
 
-OPTIMIZER_NAMES = ("sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam")
+OPTIMIZER_NAMES = ("sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw")
 SCHEDULE_NAMES = ("constant", "step", "cosine", "onecycle")
 DTYPES = ("float32", "float64")
 MAX_SEED = 2**32 - 1
@@ -228,13 +228,14 @@ class Recipe:
     epochs: int = _opt(help="epochs to train (with --resume: the new total)", zoo=True, check=_int_check(1),
                        parse=_parse_int, on_resume="apply")
     batch_size: int = _opt(help="mini-batch size", zoo=True, check=_int_check(1), parse=_parse_int)
-    optimizer: str = _opt(help="sgd, momentum, nesterov, adagrad, rmsprop or adam", zoo=True,
+    optimizer: str = _opt(help="sgd, momentum, nesterov, adagrad, rmsprop, adam or adamw", zoo=True,
                           check=_choice_check(OPTIMIZER_NAMES), parse=_parse_lower, metavar="NAME")
     optimizer_args: dict = _opt(dict, help="optimizer settings (default: the model's, for its own optimizer)",
                                 zoo=True, check=_optimizer_args_check,
                                 flags=[("--optimizer-arg", _parse_setting, "NAME=VALUE",
-                                        "an optimizer setting, e.g. momentum=0.8, beta1=0.7, eps=1e-7; repeatable "
-                                        "(default: the model's, for its own optimizer)")])
+                                        "an optimizer setting, e.g. momentum=0.8, beta1=0.7, eps=1e-7, "
+                                        "weight_decay=5e-4; repeatable (default: the model's, for its own "
+                                        "optimizer)")])
     lr: float = _opt(help="learning rate", zoo=True, check=_float_check(positive=True), parse=_parse_float)
     lr_groups: tuple = _opt(tuple, help="parameter groups with their own learning rates", zoo=True,
                             check=_groups_check,
@@ -258,7 +259,9 @@ class Recipe:
                                check=_float_check(positive=True, maximum=1.0, optional=True), parse=_parse_float)
     augment: dict | None = _opt(help="random affine distortions of the training images, e.g. "
                                      "'shift=0.1,scale=0.1,rotate=10,shear=10' (shift: fraction of the size; "
-                                     "rotate, shear: degrees), or 'none'", zoo=True, check=_augment_check,
+                                     "rotate, shear: degrees), random crops and flips, e.g. 'crop=4,flip=1' "
+                                     "(crop: zero padding in pixels), both, or 'none'", zoo=True,
+                                check=_augment_check,
                                 parse=_parse_augment, metavar="SPEC")
     val_size: int = _opt(help="training images held out for validation; 0 validates on the test set "
                               "(default: the model's, scaled down with --limit-train)", zoo=True,

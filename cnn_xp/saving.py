@@ -9,11 +9,11 @@ state, and load the same way, so anything that takes a checkpoint takes either.
 from __future__ import annotations
 
 from .checkpoint import Checkpoint, save_checkpoint
-from .layers import (AvgPool2D, Affine, BatchNorm, Conv2D, Dropout, Flatten, MaxPool2D, ReLU, Sigmoid,
-                     SoftmaxCrossEntropy, Tanh)
+from .layers import (AvgPool2D, Affine, BatchNorm, Conv2D, Dropout, Flatten, GlobalAvgPool2D, MaxPool2D, ReLU,
+                     Residual, Sigmoid, SoftmaxCrossEntropy, Tanh)
 
 LAYER_TYPES = {cls.__name__: cls for cls in (Conv2D, MaxPool2D, AvgPool2D, Affine, Flatten, ReLU, Sigmoid, Tanh,
-                                             Dropout, BatchNorm)}
+                                             Dropout, BatchNorm, GlobalAvgPool2D, Residual)}
 MAX_LAYERS = 1000
 
 
@@ -34,6 +34,9 @@ def layer_config(layer) -> dict:
         args = {"p": layer.p, "seed": int(layer.rng_state()["seed"])}
     elif isinstance(layer, BatchNorm):
         args = {"num_features": int(layer.params["gamma"].shape[0]), "momentum": layer.momentum, "eps": layer.eps}
+    elif isinstance(layer, Residual):
+        out_c, in_c = (int(d) for d in layer.params["conv1.W"].shape[:2])
+        args = {"in_channels": in_c, "out_channels": out_c, "stride": layer.stride}
     else:
         args = {}
     return {"type": name, "args": args}
@@ -56,9 +59,9 @@ def build_layers(layers, dtype: str = "float32") -> list:
         if not isinstance(entry, dict) or entry.get("type") not in LAYER_TYPES or not isinstance(entry.get("args"), dict):
             raise ValueError(f"architecture[{index}] is not a known layer ({', '.join(LAYER_TYPES)})")
         cls, args = LAYER_TYPES[entry["type"]], dict(entry["args"])
-        if cls in (Conv2D, Affine, BatchNorm):
+        if cls in (Conv2D, Affine, BatchNorm, Residual):
             args["dtype"] = dtype
-        if cls in (Conv2D, Affine):
+        if cls in (Conv2D, Affine, Residual):
             args["rng"] = 0
         try:
             built.append(cls(**args))

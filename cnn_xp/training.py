@@ -9,8 +9,9 @@ plugs in through arguments and callbacks (``cnn_xp.callbacks``), as in Keras:
   (``"cosine"``), a dict in epochs (``{"name": "step", "step_epochs": 5, "gamma": 0.5,
   "warmup_epochs": 1, "epochs": 20}``; ``epochs`` is the horizon, default ``epochs``), or a
   ``Schedule`` in steps;
-- ``augment``: random affine distortions of each training batch, as strengths
-  (``{"shift": 0.1}``) or a ``RandomAffine``;
+- ``augment``: random affine distortions and / or random crops and flips of each training
+  batch, as strengths (``{"shift": 0.1}``, ``{"crop": 4, "flip": 1}``; see
+  ``cnn_xp.augment``) or an augmenter (``RandomAffine``, ``RandomCropFlip``, ...);
 - ``shuffle``: draw a new batch order every epoch (default) or keep the data's order;
 - ``initial_state``: a :meth:`Training.state` (saved in every run checkpoint) to continue a
   run after its last finished epoch; with the model's and optimizer's restored state, the
@@ -78,17 +79,25 @@ def build_schedule(schedule, steps_per_epoch: int, epochs: int):
 
 
 def build_augmenter(augment, seed: int):
-    """A ``RandomAffine`` from ``fit``'s ``augment`` argument (strengths or an augmenter), or None."""
+    """The augmenter of ``fit``'s ``augment`` argument (strengths or an augmenter), or None:
+    strengths without crop / flip give a ``RandomAffine`` seeded ``augment_seed(seed)`` (as
+    they always have: the same distortions), crop / flip alone a ``RandomCropFlip`` seeded
+    ``crop_flip_seed(seed)``, both kinds the two chained (``augment.build``)."""
     if augment is None or callable(augment):
         return augment
-    from .augment import RandomAffine
+    from .augment import build
 
-    return RandomAffine(**dict(augment), seed=augment_seed(seed))
+    return build(dict(augment), augment_seed(seed), crop_flip_seed(seed))
 
 
 def augment_seed(seed: int) -> int:
     """The augmentation stream's seed: apart from the batch order's (which uses ``seed``)."""
     return int(numpy.random.SeedSequence([int(seed), 0x617567]).generate_state(1)[0])
+
+
+def crop_flip_seed(seed: int) -> int:
+    """The crop / flip stream's seed: apart from the batch order's and the affine one's."""
+    return int(numpy.random.SeedSequence([int(seed), 0x617567, 1]).generate_state(1)[0])
 
 
 def _finite(value) -> bool:
@@ -311,4 +320,4 @@ def evaluate(model, data, batch_size: int = 1000, num_classes: int | None = None
 
 
 __all__ = ["fit", "evaluate", "History", "Training", "METRICS", "build_schedule", "build_augmenter",
-           "augment_seed"]
+           "augment_seed", "crop_flip_seed"]

@@ -6,7 +6,8 @@ from .batchnorm import BatchNorm
 from .conv import Conv2D
 from .dropout import Dropout
 from .loss import SoftmaxCrossEntropy
-from .pool import AvgPool2D, MaxPool2D
+from .pool import AvgPool2D, GlobalAvgPool2D, MaxPool2D
+from .residual import Residual
 
-__all__ = ["Layer", "Conv2D", "MaxPool2D", "AvgPool2D", "Affine", "Flatten", "ReLU", "Sigmoid",
-           "Tanh", "Dropout", "BatchNorm", "SoftmaxCrossEntropy"]
+__all__ = ["Layer", "Conv2D", "MaxPool2D", "AvgPool2D", "GlobalAvgPool2D", "Affine", "Flatten", "ReLU",
+           "Sigmoid", "Tanh", "Dropout", "BatchNorm", "Residual", "SoftmaxCrossEntropy"]

@@ -1,6 +1,6 @@
-"""MaxPool2D and AvgPool2D over NCHW maps (no parameters)."""
+"""MaxPool2D, AvgPool2D and GlobalAvgPool2D over NCHW maps (no parameters)."""
 from .. import dispatch
-from ..backend import device_of
+from ..backend import device_of, xp_of
 from ..ops import output_shape
 from ..validation import check_float_input, int_pair
 from .base import Layer, needs_cache
@@ -50,3 +50,39 @@ class AvgPool2D(_Pool2D):
     """(N, C, H, W) -> (N, C, OH, OW): window mean; zero padding counts."""
 
     op = "avgpool2d"
+
+
+class GlobalAvgPool2D(Layer):
+    """(N, C, H, W) -> (N, C): the mean of each channel's H x W map (no parameters).
+    The backward spreads dout / (H*W) over every position of the map. ``forward`` takes
+    float32 or float64 input of four axes with H*W >= 1 only (ValueError otherwise)."""
+
+    def __init__(self):
+        super().__init__()
+        self._x_shape = None
+
+    def forward(self, x, train=True):
+        check_float_input(x, "GlobalAvgPool2D")
+        if x.ndim != 4 or x.shape[2] * x.shape[3] == 0:
+            raise ValueError(f"GlobalAvgPool2D expects (N, C, H, W) with H*W >= 1, got shape {tuple(x.shape)}")
+        if train:
+            self._x_shape = tuple(x.shape)
+        return x.mean(axis=(2, 3))
+
+    def backward(self, dout):
+        needs_cache(self, self._x_shape)
+        n, c, h, w = self._x_shape
+        dx = xp_of(dout).empty(self._x_shape, dtype=dout.dtype)
+        dx[...] = (dout / (h * w)).reshape(n, c, 1, 1)
+        return dx
+
+    def output_shape(self, sample_shape):
+        return (sample_shape[0],)
+
+    def forward_flops(self, sample_shape):
+        """One add per input value (C*H*W)."""
+        c, h, w = sample_shape
+        return c * h * w
+
+    def __repr__(self) -> str:
+        return "GlobalAvgPool2D()"

@@ -39,6 +39,9 @@ LAYER_CASES = {  # case id -> (factory(dtype) -> layer, input shape, input scale
     "Tanh": (lambda d: layers.Tanh(), (4, 9), 3.0),
     "BatchNorm_2d": (lambda d: layers.BatchNorm(9, dtype=d), (8, 9), 2.0),
     "BatchNorm_4d": (lambda d: layers.BatchNorm(3, dtype=d), X_SHAPE, 2.0),
+    "GlobalAvgPool2D": (lambda d: layers.GlobalAvgPool2D(), X_SHAPE, 1.0),
+    "Residual": (lambda d: layers.Residual(3, 3, rng=4, dtype=d), X_SHAPE, 1.0),
+    "Residual_projection": (lambda d: layers.Residual(3, 5, stride=2, rng=4, dtype=d), X_SHAPE, 1.0),
 }
 # Covered by their own tests below: Dropout (device-specific masks), SoftmaxCrossEntropy (two inputs).
 LAYERS_WITH_OWN_TESTS = {"Dropout", "SoftmaxCrossEntropy"}

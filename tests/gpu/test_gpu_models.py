@@ -104,12 +104,15 @@ def test_zoo_training_step_matches_the_cpu_reference(name, dtype, gpu, mode):
 
 # -- optimizers ---------------------------------------------------------------------------
 
+@pytest.mark.parametrize("weight_decay", [0.0, 0.05])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("opt_name", sorted(optim.OPTIMIZERS))
-def test_optimizer_updates_match_the_cpu_reference(opt_name, dtype, gpu, mode):
+def test_optimizer_updates_match_the_cpu_reference(opt_name, dtype, weight_decay, gpu, mode):
     """Three updates from fixed gradients bounded away from 0 (Adam and AdaGrad divide by
-    |g|), compared with the CPU reference; the optimizer state stays on the device."""
-    runs = dispatch.implementation_name(dispatch.implementation(opt_name, gpu))
+    |g|), with and without weight decay, compared with the CPU reference; the optimizer
+    state stays on the device."""
+    op = {"adamw": "adam"}.get(opt_name, opt_name)  # AdamW: its decay, then the adam op
+    runs = dispatch.implementation_name(dispatch.implementation(op, gpu))
     if mode == "reference" or not DRY_RUN:
         assert runs == {"reference": "reference", "auto": "cuda"}[mode]
     rng = np.random.default_rng(60)
@@ -118,7 +121,7 @@ def test_optimizer_updates_match_the_cpu_reference(opt_name, dtype, gpu, mode):
 
     def run(device):
         model = Sequential([layers.Affine(6, 5, rng=61, dtype=dtype)], device=device)
-        opt = optim.create(opt_name, model, lr=0.01)
+        opt = optim.create(opt_name, model, lr=0.01, weight_decay=weight_decay)
         layer = model.layers[0]
         for g in grads:
             layer.grads["W"] = backend.to_device(g, device)
