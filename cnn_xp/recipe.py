@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from .errors import ConfigError
 
 OPTIMIZER_NAMES = ("sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw")
-SCHEDULE_NAMES = ("constant", "step", "cosine", "onecycle")
+SCHEDULE_NAMES = ("constant", "step", "multistep", "cosine", "onecycle")
 DTYPES = ("float32", "float64")
 MAX_SEED = 2**32 - 1
 
@@ -94,6 +94,15 @@ def _size_check(value):
     return None if ok else f"must be HxW with each side in 1..4096, got {_shown(value)}"
 
 
+def _milestones_check(value):
+    if value is None:
+        return None
+    ok = isinstance(value, tuple) and 0 < len(value) <= 100 and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0 for v in value) \
+        and list(value) == sorted(set(value))
+    return None if ok else f"must be increasing positive epochs, got {_shown(value)}"
+
+
 def _bool_check(value):
     return None if isinstance(value, bool) else f"must be true or false, got {_shown(value)}"
 
@@ -165,6 +174,13 @@ def _parse_size(text: str) -> tuple:
         return int(height), int(width)
     except ValueError:
         raise ValueError(f"expected HxW, e.g. 32x32, got {text!r}") from None
+
+
+def _parse_milestones(text: str) -> tuple:
+    try:
+        return tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise ValueError(f"expected epochs separated by commas, e.g. 82,123, got {text!r}") from None
 
 
 def _parse_lower(text: str) -> str:
@@ -255,7 +271,10 @@ class Recipe:
     step_epochs: float | None = _opt(help="--schedule step: multiply the learning rate by --gamma every E epochs",
                                      check=_float_check(positive=True, optional=True), parse=_parse_float,
                                      metavar="E")
-    gamma: float | None = _opt(help="--schedule step: the decay factor (default 0.1)",
+    milestones: tuple | None = _opt(help="--schedule multistep: the epochs at which the learning rate is "
+                                         "multiplied by --gamma, e.g. 82,123", check=_milestones_check,
+                                    parse=_parse_milestones, metavar="E,E,...")
+    gamma: float | None = _opt(help="--schedule step or multistep: the decay factor (default 0.1)",
                                check=_float_check(positive=True, maximum=1.0, optional=True), parse=_parse_float)
     augment: dict | None = _opt(help="random affine distortions of the training images, e.g. "
                                      "'shift=0.1,scale=0.1,rotate=10,shear=10' (shift: fraction of the size; "
@@ -295,12 +314,16 @@ class Recipe:
         if "optimizer" in given and str(given["optimizer"]).lower() != values["optimizer"] \
                 and "optimizer_args" not in given:
             values["optimizer_args"] = {}
+        if "schedule" in given and str(given["schedule"]).lower() != values["schedule"]:
+            for key in ("milestones", "step_epochs", "gamma"):  # the model's options of its own schedule
+                if key not in given:
+                    values.pop(key, None)
         values.update(given)
         if isinstance(values.get("lr_groups"), list):
             values["lr_groups"] = tuple(values["lr_groups"])
         if values["schedule"] != "constant" and values.get("schedule_epochs") is None:
             values["schedule_epochs"] = values["epochs"]
-        if values["schedule"] == "step" and values.get("gamma") is None:
+        if values["schedule"] in ("step", "multistep") and values.get("gamma") is None:
             values["gamma"] = 0.1
         return cls(**values)
 
@@ -322,10 +345,14 @@ class Recipe:
         if name == "step" and self.step_epochs is None:
             raise ConfigError(f"{label('schedule')} step needs {label('step_epochs')} E (the learning rate is "
                               f"multiplied by {label('gamma')} every E epochs)")
-        if name != "step":
-            for key in ("step_epochs", "gamma"):
-                if getattr(self, key) is not None:
-                    raise ConfigError(f"{label(key)} applies to {label('schedule')} step only, not to {name}")
+        if name == "multistep" and self.milestones is None:
+            raise ConfigError(f"{label('schedule')} multistep needs {label('milestones')} E,E,... (the epochs at "
+                              f"which the learning rate is multiplied by {label('gamma')})")
+        owners = {"step_epochs": ("step",), "milestones": ("multistep",), "gamma": ("step", "multistep")}
+        for key, schedules_ in owners.items():
+            if getattr(self, key) is not None and name not in schedules_:
+                raise ConfigError(f"{label(key)} applies to {label('schedule')} {' or '.join(schedules_)} only, "
+                                  f"not to {name}")
         horizon = self.schedule_epochs if self.schedule_epochs is not None else self.epochs
         if self.warmup_epochs > horizon or (name == "onecycle" and self.warmup_epochs >= horizon):
             raise ConfigError(f"{label('warmup_epochs')} must be in [0, {horizon}{')' if name == 'onecycle' else ']'} "
@@ -383,6 +410,8 @@ class Recipe:
                 "warmup_epochs": self.warmup_epochs}
         if self.schedule == "step":
             spec.update(step_epochs=self.step_epochs, gamma=self.gamma)
+        if self.schedule == "multistep":
+            spec.update(milestones=list(self.milestones), gamma=self.gamma)
         return spec
 
     def replace(self, **changes) -> "Recipe":
@@ -396,6 +425,7 @@ class Recipe:
         out["optimizer_args"] = dict(self.optimizer_args)
         out["augment"] = None if self.augment is None else dict(self.augment)
         out["image_size"] = None if self.image_size is None else list(self.image_size)
+        out["milestones"] = None if self.milestones is None else list(self.milestones)
         return out
 
     @classmethod
@@ -411,8 +441,9 @@ class Recipe:
         values = dict(data)
         if isinstance(values["lr_groups"], list):
             values["lr_groups"] = tuple(values["lr_groups"])
-        if isinstance(values["image_size"], list):
-            values["image_size"] = tuple(values["image_size"])
+        for key in ("image_size", "milestones"):
+            if isinstance(values[key], list):
+                values[key] = tuple(values[key])
         recipe = object.__new__(cls)
         for key, value in values.items():
             object.__setattr__(recipe, key, value)
@@ -450,9 +481,12 @@ def zoo_defaults(model: str) -> dict:
     from .models import MODELS
 
     spec = MODELS[model]
+    schedule = dict(spec.schedule or {"name": "constant"})
+    options = {key: tuple(value) if isinstance(value, (list, tuple)) else value
+               for key, value in schedule.items() if key != "name"}
     return {"model": model, "optimizer": spec.optimizer.lower(), "optimizer_args": dict(spec.optimizer_kwargs),
             "lr": spec.lr, "lr_groups": tuple(dict(g) for g in spec.lr_groups),
-            "schedule": (spec.schedule or {}).get("name", "constant"),
+            "schedule": schedule["name"], **options,
             "augment": None if spec.augment is None else dict(spec.augment),
             "batch_size": spec.batch_size, "epochs": spec.epochs, "val_size": spec.val_size,
             "split_seed": spec.split_seed}

@@ -25,7 +25,7 @@ def layer_config(layer) -> dict:
     if isinstance(layer, Conv2D):
         out_c, in_c, kh, kw = (int(d) for d in layer.params["W"].shape)
         args = {"in_channels": in_c, "out_channels": out_c, "kernel_size": [kh, kw],
-                "stride": list(layer.stride), "pad": list(layer.pad)}
+                "stride": list(layer.stride), "pad": list(layer.pad), "bias": layer.bias}
     elif isinstance(layer, (MaxPool2D, AvgPool2D)):
         args = {"kernel_size": list(layer.kernel), "stride": list(layer.stride), "pad": list(layer.pad)}
     elif isinstance(layer, Affine):

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 
-SCHEDULES = ("constant", "step", "cosine", "onecycle")
+SCHEDULES = ("constant", "step", "multistep", "cosine", "onecycle")
 
 
 class Schedule:
@@ -88,6 +88,30 @@ class Step(Schedule):
         return {**super().config(), "step_size": self.step_size, "gamma": self.gamma}
 
 
+class MultiStep(Schedule):
+    """``gamma ** (number of milestones passed)``: the rate falls by ``gamma`` at each
+    milestone step (e.g. He et al.'s ResNet schedule: 0.1 at 32k and 48k iterations)."""
+
+    name = "multistep"
+
+    def __init__(self, total_steps, milestones, gamma: float = 0.1, warmup_steps: int = 0):
+        super().__init__(total_steps, warmup_steps)
+        milestones = list(milestones)
+        if not milestones or any(isinstance(m, bool) or int(m) != m or m < 1 for m in milestones) \
+                or milestones != sorted(set(milestones)):
+            raise ValueError(f"multistep schedule: milestones must be increasing positive step counts, "
+                             f"got {milestones!r}")
+        if not (math.isfinite(gamma) and 0 < gamma <= 1):
+            raise ValueError(f"multistep schedule: gamma must be in (0, 1], got {gamma!r}")
+        self.milestones, self.gamma = [int(m) for m in milestones], float(gamma)
+
+    def _main(self, progress, step):
+        return self.gamma ** sum(step >= m for m in self.milestones)
+
+    def config(self):
+        return {**super().config(), "milestones": list(self.milestones), "gamma": self.gamma}
+
+
 class Cosine(Schedule):
     """``min_factor + (1 - min_factor) * (1 + cos(pi * progress)) / 2``."""
 
@@ -145,7 +169,7 @@ class OneCycle(Schedule):
                 "pct_start": self.pct_start, "div_factor": self.div_factor, "final_div_factor": self.final_div_factor}
 
 
-_CLASSES = {"constant": Constant, "step": Step, "cosine": Cosine, "onecycle": OneCycle}
+_CLASSES = {"constant": Constant, "step": Step, "multistep": MultiStep, "cosine": Cosine, "onecycle": OneCycle}
 
 
 def create(name: str, total_steps: int, **kwargs) -> Schedule:

@@ -7,8 +7,8 @@ plugs in through arguments and callbacks (``cnn_xp.callbacks``), as in Keras:
 - ``validation_data=(x_val, t_val)``: evaluated after every epoch (``val_loss``, ``val_acc``);
 - ``schedule``: a learning-rate schedule (``cnn_xp.schedules``), given as a name
   (``"cosine"``), a dict in epochs (``{"name": "step", "step_epochs": 5, "gamma": 0.5,
-  "warmup_epochs": 1, "epochs": 20}``; ``epochs`` is the horizon, default ``epochs``), or a
-  ``Schedule`` in steps;
+  "warmup_epochs": 1, "epochs": 20}``, ``{"name": "multistep", "milestones": [82, 123]}``;
+  ``epochs`` is the horizon, default ``epochs``), or a ``Schedule`` in steps;
 - ``augment``: random affine distortions and / or random crops and flips of each training
   batch, as strengths (``{"shift": 0.1}``, ``{"crop": 4, "flip": 1}``; see
   ``cnn_xp.augment``) or an augmenter (``RandomAffine``, ``RandomCropFlip``, ...);
@@ -74,6 +74,8 @@ def build_schedule(schedule, steps_per_epoch: int, epochs: int):
         return None
     if "step_epochs" in spec:
         kwargs["step_size"] = max(1, int(round(float(spec.pop("step_epochs")) * steps_per_epoch)))
+    if "milestones" in spec:  # epochs -> steps
+        kwargs["milestones"] = [max(1, int(round(float(m) * steps_per_epoch))) for m in spec.pop("milestones")]
     kwargs.update(spec)
     return schedules.create(name, horizon * steps_per_epoch, **kwargs)
 

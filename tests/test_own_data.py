@@ -283,3 +283,41 @@ def test_sklearn_digits_as_an_image_folder_train_end_to_end(isolated, capsys):
     assert summary["per_class_accuracy"].keys() == {str(d) for d in range(10)}
     assert cli.main(["evaluate", "--checkpoint", str(run / "checkpoint.npz"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["n"] == 360
+
+
+# -- ResNet-20 and its recipe --------------------------------------------------------------------
+def test_resnet20_is_the_papers_net_and_recipe():
+    from cnn_xp import Recipe
+
+    model = models.build("resnet20", input_shape=(3, 32, 32))
+    assert model.num_params() == 272_474  # "0.27M" in He et al.'s table 6
+    recipe = Recipe.create("resnet20")
+    assert (recipe.optimizer, recipe.lr, recipe.batch_size, recipe.epochs) == ("momentum", 0.1, 128, 164)
+    assert recipe.optimizer_args == {"momentum": 0.9, "weight_decay": 1e-4}
+    assert recipe.schedule_spec() == {"name": "multistep", "epochs": 164, "warmup_epochs": 0.0,
+                                      "milestones": [82, 123], "gamma": 0.1}
+    assert recipe.augment["crop"] == 4 and recipe.augment["flip"] == 1
+    assert Recipe.create("resnet20", schedule="cosine").milestones is None  # the model's schedule options go
+
+
+def test_multistep_drops_the_rate_at_each_milestone():
+    from cnn_xp.training import build_schedule
+
+    schedule = build_schedule({"name": "multistep", "milestones": [2, 3], "gamma": 0.5}, 10, 4)
+    assert [schedule.factor(s) for s in (0, 19, 20, 29, 30, 39)] == [1, 1, 0.5, 0.5, 0.25, 0.25]
+
+
+def test_resnet20_trains_on_cifar_format_files_with_its_recipe(isolated, capsys):
+    """The paper's recipe (momentum, weight decay, milestones, crops and flips), shortened,
+    on colour-coded CIFAR-format records: it learns, and the run resumes."""
+    folder = write_cifar(isolated / "c", n_train=80, n_test=30)
+    run = isolated / "run"
+    argv = ["train", "--model", "resnet20", "--dataset", "cifar10", "--data-dir", str(folder), "--milestones",
+            "3,4", "--batch-size", "40", "--out", str(run), "--no-download", "--no-progress"]
+    assert cli.main([*argv, "--epochs", "3"]) == 0
+    capsys.readouterr()
+    assert cli.main(["train", "--resume", str(run), "--epochs", "5", "--no-progress", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["epochs"] == 5 and summary["test_accuracy"] >= 0.9, summary["test_accuracy"]
+    rows = (run / "metrics.csv").read_text().splitlines()[1:]
+    assert [float(r.split(",")[5]) for r in rows] == pytest.approx([0.1, 0.1, 0.1, 0.01, 0.001])

@@ -101,9 +101,9 @@ def one_line_error(capsys, code):
 
 
 @pytest.mark.parametrize("flags, needle", [
-    (["--schedule", "linear"], "--schedule must be one of constant, step, cosine, onecycle, got 'linear'"),
+    (["--schedule", "linear"], "--schedule must be one of constant, step, multistep, cosine, onecycle, got 'linear'"),
     (["--schedule", "step"], "--schedule step needs --step-epochs"),
-    (["--gamma", "0.5"], "--gamma applies to --schedule step only"),
+    (["--gamma", "0.5"], "--gamma applies to --schedule step or multistep only"),
     (["--gamma", "2", "--schedule", "step", "--step-epochs", "1"], "--gamma must be a positive number and <= 1, got 2"),
     (["--warmup-epochs", "5"], "--warmup-epochs must be in [0, 2]"),
     (["--warmup-epochs", "-1"], "--warmup-epochs"),

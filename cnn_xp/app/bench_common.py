@@ -58,17 +58,21 @@ def import_torch():
 def torch_optimizer(torch, name: str, params, lr: float, kwargs: dict):
     """Our optimizer's PyTorch twin (same update rule and constants)."""
     name = name.lower()
+    decay = float(kwargs.get("weight_decay", 0.01 if name == "adamw" else 0.0))
     if name == "sgd":
-        return torch.optim.SGD(params, lr=lr)
+        return torch.optim.SGD(params, lr=lr, weight_decay=decay)
     if name in ("momentum", "nesterov"):
-        return torch.optim.SGD(params, lr=lr, momentum=kwargs.get("momentum", 0.9), nesterov=name == "nesterov")
+        return torch.optim.SGD(params, lr=lr, momentum=kwargs.get("momentum", 0.9), nesterov=name == "nesterov",
+                               weight_decay=decay)
     if name == "adagrad":
-        return torch.optim.Adagrad(params, lr=lr, eps=kwargs.get("eps", 1e-7))
+        return torch.optim.Adagrad(params, lr=lr, eps=kwargs.get("eps", 1e-7), weight_decay=decay)
     if name == "rmsprop":
-        return torch.optim.RMSprop(params, lr=lr, alpha=kwargs.get("decay", 0.99), eps=kwargs.get("eps", 1e-7))
-    if name == "adam":
-        return torch.optim.Adam(params, lr=lr, betas=(kwargs.get("beta1", 0.9), kwargs.get("beta2", 0.999)),
-                                eps=kwargs.get("eps", 1e-8))
+        return torch.optim.RMSprop(params, lr=lr, alpha=kwargs.get("decay", 0.99), eps=kwargs.get("eps", 1e-7),
+                                   weight_decay=decay)
+    if name in ("adam", "adamw"):
+        cls = torch.optim.AdamW if name == "adamw" else torch.optim.Adam
+        return cls(params, lr=lr, betas=(kwargs.get("beta1", 0.9), kwargs.get("beta2", 0.999)),
+                   eps=kwargs.get("eps", 1e-8), weight_decay=decay)
     raise BenchError(f"no PyTorch twin for optimizer {name!r}")
 
 

@@ -115,8 +115,7 @@ class TorchRun:
     def __init__(self, torch, name, hp, x, t, x_test, t_test, device):
         from ..data import BatchIterator
         from .bench_common import torch_optimizer, torch_twin
-        from ..training import augment_seed, build_schedule
-        from ..augment import RandomAffine
+        from ..training import build_augmenter, build_schedule
 
         tic = time.perf_counter()
         self.torch, self.hp = torch, hp
@@ -134,7 +133,7 @@ class TorchRun:
             schedule = build_schedule(hp["schedule"], len(self.batches), hp["epochs"])
             self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule.factor)
         strengths = hp.get("augment")
-        self.augmenter = None if strengths is None else RandomAffine(**strengths, seed=augment_seed(hp["seed"]))
+        self.augmenter = build_augmenter(strengths, hp["seed"])
         self.loss_fn = torch.nn.CrossEntropyLoss()
         self.x_test = torch.from_numpy(x_test).to(self.dev, self.dtype)
         self.t_test = torch.from_numpy(t_test.astype(numpy.int64)).to(self.dev)

@@ -15,8 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..data.descriptions import MNIST_TRAIN_SIZE
 from ..errors import ConfigError
+from ..models import MODELS
 
 MAX_EPOCH_SCALE = 20
 
@@ -84,22 +84,27 @@ def prepare_data(recipe, *, explicit=frozenset(), download: bool = True, progres
     ds = load_data(recipe.dataset, recipe.data_dir, download=download, progress=progress, **recipe.data_options())
     x, t = ds.train_images, ds.train_labels
     notes = []
-    full = int(x.shape[0])
-    if full != MNIST_TRAIN_SIZE and "epochs" not in explicit:
-        epochs = min(recipe.epochs * MAX_EPOCH_SCALE, max(1, round(recipe.epochs * MNIST_TRAIN_SIZE / full)))
+    full, size = int(x.shape[0]), MODELS[recipe.model].data_size
+    if full != size and "epochs" not in explicit:
+        epochs = min(recipe.epochs * MAX_EPOCH_SCALE, max(1, round(recipe.epochs * size / full)))
         if epochs != recipe.epochs:
-            horizon = {"schedule_epochs": epochs} if recipe.schedule_epochs == recipe.epochs else {}
+            factor = epochs / recipe.epochs
+            changes = {"epochs": epochs}
+            if recipe.schedule_epochs == recipe.epochs:
+                changes["schedule_epochs"] = epochs
+            if recipe.milestones is not None and "milestones" not in explicit:
+                changes["milestones"] = tuple(sorted({max(1, round(m * factor)) for m in recipe.milestones}))
             notes.append(f"epochs: {epochs}, as many images seen as {recipe.model}'s {recipe.epochs} epochs of "
-                         f"{MNIST_TRAIN_SIZE:,} images (at most {MAX_EPOCH_SCALE}x); --epochs N to change")
-            recipe = recipe.replace(epochs=epochs, **horizon)
+                         f"{size:,} images (at most {MAX_EPOCH_SCALE}x); --epochs N to change")
+            recipe = recipe.replace(**changes)
     if recipe.limit_train is not None:
         x, t = x[:recipe.limit_train], t[:recipe.limit_train]
     x_test, t_test = ds.test_images, ds.test_labels
     if recipe.limit_test is not None:
         x_test, t_test = x_test[:recipe.limit_test], t_test[:recipe.limit_test]
     n, val_size = int(x.shape[0]), int(recipe.val_size)
-    if val_size and n != MNIST_TRAIN_SIZE and "val_size" not in explicit:
-        val_size = max(1, round(val_size * n / MNIST_TRAIN_SIZE))
+    if val_size and n != size and "val_size" not in explicit:
+        val_size = max(1, round(val_size * n / size))
         recipe = recipe.replace(val_size=val_size)
     if val_size >= n:
         raise ConfigError(f"--val-size {val_size} leaves no training images (only {n} available); pass "

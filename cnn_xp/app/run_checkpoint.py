@@ -27,7 +27,7 @@ The schema (``cnn_xp.checkpoint`` has already checked the container: no pickle, 
   the optimizer state's ``lr_factor`` and ``param_groups``; ``rng.augment`` with
   augmentation, ``schedule`` (its step count and a configuration ``cnn_xp.schedules``
   rebuilds) with a schedule. Each is checked by restoring it as the trainer does (the
-  optimizer state into the recipe's optimizer, the augmentation RNG into a ``RandomAffine``).
+  optimizer state into the recipe's optimizer, the augmentation RNG into the recipe's augmenter).
 
 Unknown keys are allowed where a newer feature may add them (rng, the optimizer state's
 scalars), so a newer checkpoint's extra fields do not fail here: the code that reads a key
@@ -263,7 +263,7 @@ RESTORE_ERRORS = (ValueError, TypeError, KeyError, IndexError, AttributeError, O
 
 def _check_features(ckpt: Checkpoint, model, recipe: Recipe) -> None:
     """The parameter groups, optimizer, augmentation and schedule state, restored as the trainer does."""
-    from ..augment import RandomAffine
+    from ..training import build_augmenter
     from ..schedules import from_config
 
     meta, opt = ckpt.meta, ckpt.optimizer_state
@@ -281,7 +281,7 @@ def _check_features(ckpt: Checkpoint, model, recipe: Recipe) -> None:
         raise CheckpointSchemaError(f"the optimizer state does not restore: {exc}") from None
     if recipe.augment is not None:
         try:
-            RandomAffine(**recipe.augment, seed=0).load_state_dict(_object(meta.get("rng", {}).get("augment"),
+            build_augmenter(recipe.augment, 0).load_state_dict(_object(meta.get("rng", {}).get("augment"),
                                                                            "rng.augment"))
         except CheckpointSchemaError:
             raise

@@ -1,6 +1,6 @@
 """Conv2D: a learnable 2-D convolution layer over NCHW maps."""
 from .. import dispatch, init
-from ..backend import device_of
+from ..backend import device_of, xp_of
 from ..ops import output_shape
 from ..validation import check_float_input, int_pair, integer
 from .base import Layer, needs_cache
@@ -18,7 +18,7 @@ class Conv2D(Layer):
     """
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, pad=0, *,
-                 weight_init=None, rng=None, dtype="float32"):
+                 weight_init=None, rng=None, dtype="float32", bias: bool = True):
         super().__init__()
         in_channels = integer(in_channels, "in_channels", "Conv2D")
         out_channels = integer(out_channels, "out_channels", "Conv2D")
@@ -26,20 +26,26 @@ class Conv2D(Layer):
         self.stride = int_pair(stride, "stride", "Conv2D")
         self.pad = int_pair(pad, "pad", "Conv2D", minimum=0)
         self.params["W"] = init.draw(weight_init, (out_channels, in_channels, kh, kw), rng, dtype)
-        self.params["b"] = init.draw("zeros", (out_channels,), rng, dtype)
+        self.bias = bool(bias)
+        if self.bias:  # without one (a BatchNorm follows), the op gets zeros and db is dropped
+            self.params["b"] = init.draw("zeros", (out_channels,), rng, dtype)
         self._impl = self._cache = None
 
     def forward(self, x, train=True):
         check_float_input(x, "Conv2D")
         impl = dispatch.implementation("conv2d", device_of(x))
-        out, cache = impl.conv2d_forward(x, self.params["W"], self.params["b"], self.stride, self.pad, train)
+        w = self.params["W"]
+        b = self.params["b"] if self.bias else xp_of(w).zeros(w.shape[0], dtype=w.dtype)
+        out, cache = impl.conv2d_forward(x, w, b, self.stride, self.pad, train)
         if train:
             self._impl, self._cache = impl, cache
         return out
 
     def backward(self, dout):
         needs_cache(self, self._cache)
-        dx, self.grads["W"], self.grads["b"] = self._impl.conv2d_backward(dout, self._cache, self.need_input_grad)
+        dx, self.grads["W"], db = self._impl.conv2d_backward(dout, self._cache, self.need_input_grad)
+        if self.bias:
+            self.grads["b"] = db
         return dx
 
     def output_shape(self, sample_shape):
@@ -53,4 +59,5 @@ class Conv2D(Layer):
 
     def __repr__(self) -> str:
         oc, ic, kh, kw = self.params["W"].shape
-        return f"Conv2D({ic}, {oc}, kernel_size={(kh, kw)}, stride={self.stride}, pad={self.pad})"
+        bias = "" if self.bias else ", bias=False"
+        return f"Conv2D({ic}, {oc}, kernel_size={(kh, kw)}, stride={self.stride}, pad={self.pad}{bias})"

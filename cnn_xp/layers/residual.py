@@ -4,37 +4,12 @@ from __future__ import annotations
 import copy
 from collections.abc import MutableMapping
 
-from .. import dispatch, init
-from ..backend import device_of, xp_of
+from .. import init
 from ..validation import check_float_input, integer
 from .activation import ReLU
 from .base import Layer, needs_cache
 from .batchnorm import BatchNorm
 from .conv import Conv2D
-
-
-class _BiasFreeConv2D(Conv2D):
-    """Conv2D without a bias (the BatchNorm after it has one): params W only. The conv op
-    gets a zero bias, and the bias gradient it returns is dropped."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        del self.params["b"]
-
-    def forward(self, x, train=True):
-        check_float_input(x, "Conv2D")
-        w = self.params["W"]
-        impl = dispatch.implementation("conv2d", device_of(x))
-        out, cache = impl.conv2d_forward(x, w, xp_of(w).zeros(w.shape[0], dtype=w.dtype), self.stride, self.pad,
-                                         train)
-        if train:
-            self._impl, self._cache = impl, cache
-        return out
-
-    def backward(self, dout):
-        needs_cache(self, self._cache)
-        dx, self.grads["W"], _ = self._impl.conv2d_backward(dout, self._cache, self.need_input_grad)
-        return dx
 
 
 class _Flat(MutableMapping):
@@ -107,14 +82,14 @@ class Residual(Layer):
         # otherwise give conv1 and conv2 the same draws
         conv = dict(weight_init=weight_init, rng=init.make_rng(rng), dtype=dtype)
         self.parts = {
-            "conv1": _BiasFreeConv2D(in_channels, out_channels, 3, stride=stride, pad=1, **conv),
+            "conv1": Conv2D(in_channels, out_channels, 3, stride=stride, pad=1, bias=False, **conv),
             "bn1": BatchNorm(out_channels, dtype=dtype),
             "relu1": ReLU(),
-            "conv2": _BiasFreeConv2D(out_channels, out_channels, 3, stride=1, pad=1, **conv),
+            "conv2": Conv2D(out_channels, out_channels, 3, stride=1, pad=1, bias=False, **conv),
             "bn2": BatchNorm(out_channels, dtype=dtype),
         }
         if stride != 1 or in_channels != out_channels:
-            self.parts["proj"] = _BiasFreeConv2D(in_channels, out_channels, 1, stride=stride, pad=0, **conv)
+            self.parts["proj"] = Conv2D(in_channels, out_channels, 1, stride=stride, pad=0, bias=False, **conv)
             self.parts["proj_bn"] = BatchNorm(out_channels, dtype=dtype)
         self.parts["relu2"] = ReLU()
         super().__init__()
