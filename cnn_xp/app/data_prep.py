@@ -2,10 +2,12 @@
 
 The recipe's limits apply first (the first ``limit_train`` / ``limit_test`` images), then
 ``val_size`` training images are held out (a seeded split, ``split_seed``). A zoo default
-validation size that does not fit a limited subset is scaled down with it (a recipe that
-holds 10,000 of 60,000 images out holds 1,000 of 6,000 out); an explicit ``--val-size``
-that leaves no training image is an error saying what to pass. A recipe that holds
-nothing out is validated on the test set, and the run says so.
+validation size counts images of the full 60,000 (``models.ModelSpec.val_size``); with
+fewer training images (``--limit-train``, or a smaller data set in ``--data-dir``) it is
+scaled down with them (a recipe that holds 10,000 of 60,000 images out holds 1,000 of
+6,000 out), and the data line says so; an explicit ``--val-size`` that leaves no training
+image is an error saying what to pass. A recipe that holds nothing out is validated on the
+test set, and the run says so.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from pathlib import Path
 
 from ..errors import ConfigError
 
+ZOO_TRAIN_IMAGES = 60_000  # the training set a zoo entry's val_size is a count of
 
 @dataclass
 class RunData:
@@ -29,10 +32,14 @@ class RunData:
     class_names: list
     folder: Path
     validation: str  # "held-out" or "test"
+    scaled_from: int | None = None  # the zoo's val_size, when it was scaled down to the images used
 
     def describe(self) -> str:
         val = (f"{len(self.t_val)} validation" if self.validation == "held-out"
                else "validation on the test set (the recipe holds no images out; --val-size N holds N out)")
+        if self.scaled_from is not None:
+            val += (f" (the model's {self.scaled_from:,} of {ZOO_TRAIN_IMAGES:,} scaled down in proportion; "
+                    f"--val-size N holds N out)")
         return (f"data: {self.recipe.dataset} from {self.folder}: {len(self.t_train)} train, {val}, "
                 f"{len(self.t_test)} test images")
 
@@ -75,9 +82,10 @@ def prepare_data(recipe, *, explicit=frozenset(), download: bool = True, progres
     x_test, t_test = ds.test_images, ds.test_labels
     if recipe.limit_test is not None:
         x_test, t_test = x_test[:recipe.limit_test], t_test[:recipe.limit_test]
-    n, val_size = int(x.shape[0]), int(recipe.val_size)
-    if val_size and n < full and "val_size" not in explicit:
-        val_size = max(1, round(val_size * n / full))
+    n, val_size, scaled_from = int(x.shape[0]), int(recipe.val_size), None
+    reference = max(full, ZOO_TRAIN_IMAGES)
+    if val_size and n < reference and "val_size" not in explicit:
+        scaled_from, val_size = val_size, max(1, round(val_size * n / reference))
         recipe = recipe.replace(val_size=val_size)
     if val_size >= n:
         raise ConfigError(f"--val-size {val_size} leaves no training images (only {n} available); pass "
@@ -88,7 +96,8 @@ def prepare_data(recipe, *, explicit=frozenset(), download: bool = True, progres
         validation = "held-out"
     else:
         x_val, t_val, validation = x_test, t_test, "test"
-    return RunData(recipe, x, t, x_val, t_val, x_test, t_test, list(ds.class_names), ds.folder, validation)
+    return RunData(recipe, x, t, x_val, t_val, x_test, t_test, list(ds.class_names), ds.folder, validation,
+                   scaled_from)
 
 
 __all__ = ["RunData", "prepare_data", "load_test_data", "check_data_dir"]
