@@ -345,6 +345,13 @@ def test_train_json_prints_the_summary_on_stdout_and_the_log_on_stderr(data_dir,
     assert "training 1 epochs" in captured.err and "epoch 1/1" in captured.err and "data: mnist" in captured.err
 
 
+def test_train_json_of_a_mistake_prints_nothing_on_stdout(data_dir, tmp_path, capsys):
+    code = train(data_dir, tmp_path / "run", "--epochs", "1", "--lr", "0", "--json")
+    captured = capsys.readouterr()
+    assert code == 2 and captured.out == ""
+    assert captured.err.splitlines() == ["cnn-xp: error: --lr must be a positive number, got 0.0"]
+
+
 def test_evaluate_json_is_parseable(trained, data_dir, capsys):
     assert cli.main(["evaluate", "--checkpoint", str(trained / "checkpoint.npz"), "--data-dir", data_dir,
                      "--no-download", "--json", "--limit-test", "25"]) == 0
