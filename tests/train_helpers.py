@@ -1,12 +1,15 @@
 """What the trainer's tests share: a tiny IDX data set, an isolated working folder (and,
-with ``offline``, no data from anywhere else), and ``train(...)``, the ``cnn-xp train``
-command on them. Import the fixtures into a test module (``from train_helpers import
-data_dir, isolated, train``) to use them there."""
+with ``offline``, no data from anywhere else), ``train(...)``, the ``cnn-xp train``
+command on them, ``no_plots`` (runs draw nothing) and ``BlowUp`` (a callback making the
+weights finite but useless). Import the fixtures into a test module (``from train_helpers
+import data_dir, isolated, train``) to use them there."""
 import dataclasses
 
+import numpy as np
 import pytest
 
 from cnn_xp.app import cli
+from cnn_xp.callbacks import Callback
 from cnn_xp.data import sources
 from tiny_idx import write_dataset
 
@@ -38,3 +41,31 @@ def train(data_dir, out, *extra, model="simple_convnet"):
     argv = ["train", "--model", model, "--dataset", "mnist", "--data-dir", data_dir, "--out", str(out),
             "--no-download", "--no-progress", *extra]
     return cli.main(argv)
+
+
+def skip_plots(monkeypatch):
+    """Runs skip drawing curves.png, filters.png and confusion.png (most of a tiny run's
+    time), for tests about anything else."""
+    from cnn_xp.app import plots
+
+    for name in ("plot_curves", "plot_filters", "plot_confusion"):
+        monkeypatch.setattr(plots, name, lambda *args, **kwargs: None)
+
+
+@pytest.fixture
+def no_plots(monkeypatch):
+    skip_plots(monkeypatch)
+
+
+class BlowUp(Callback):
+    """After the last batch of epoch ``epoch`` (its running loss already read, finite), every
+    weight is multiplied by 1e35: still finite in float32, but the scores overflow, so the
+    weights give a NaN/inf loss."""
+
+    def __init__(self, epoch):
+        self.epoch = epoch
+
+    def on_batch_end(self, batch, logs):
+        if logs["epoch"] == self.epoch and batch == len(self.training.batches):
+            for _, layer, key in self.training.model.params_and_grads():
+                layer.params[key][...] = layer.params[key] * np.float32(1e35)

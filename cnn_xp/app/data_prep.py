@@ -38,10 +38,14 @@ class RunData:
     notes: list = None  # what the data changed in the recipe, one line each
     description: object = None  # the data's DataDescription (shape, classes, normalisation)
     skipped: int = 0  # unreadable files a folder data set passed over (--skip-bad)
+    scaled_from: int | None = None  # the zoo's val_size, when it was scaled to the images used
 
     def describe(self) -> str:
         val = (f"{len(self.t_val)} validation" if self.validation == "held-out"
                else "validation on the test set (the recipe holds no images out; --val-size N holds N out)")
+        if self.scaled_from is not None:
+            val += (f" (the model's {self.scaled_from:,} of {MODELS[self.recipe.model].data_size:,} scaled in "
+                    f"proportion; --val-size N holds N out)")
         shape = "x".join(map(str, self.description.input_shape))
         skipped = f"; {self.skipped} unreadable files skipped" if self.skipped else ""
         line = (f"data: {self.recipe.dataset} from {self.folder}: {len(self.t_train)} train, {val}, "
@@ -102,9 +106,9 @@ def prepare_data(recipe, *, explicit=frozenset(), download: bool = True, progres
     x_test, t_test = ds.test_images, ds.test_labels
     if recipe.limit_test is not None:
         x_test, t_test = x_test[:recipe.limit_test], t_test[:recipe.limit_test]
-    n, val_size = int(x.shape[0]), int(recipe.val_size)
+    n, val_size, scaled_from = int(x.shape[0]), int(recipe.val_size), None
     if val_size and n != size and "val_size" not in explicit:
-        val_size = max(1, round(val_size * n / size))
+        scaled_from, val_size = val_size, max(1, round(val_size * n / size))
         recipe = recipe.replace(val_size=val_size)
     if val_size >= n:
         raise ConfigError(f"--val-size {val_size} leaves no training images (only {n} available); pass "
@@ -117,7 +121,7 @@ def prepare_data(recipe, *, explicit=frozenset(), download: bool = True, progres
     else:
         x_val, t_val, validation = x_test, t_test, "test"
     return RunData(recipe, x, t, x_val, t_val, x_test, t_test, list(ds.class_names), ds.folder, validation,
-                   notes, ds.description, int(getattr(ds, "skipped", 0)))
+                   notes, ds.description, int(getattr(ds, "skipped", 0)), scaled_from)
 
 
 __all__ = ["RunData", "prepare_data", "load_test_data", "check_data_dir"]

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 from datetime import datetime
 from pathlib import Path
 
@@ -70,6 +71,9 @@ class RunFolder:
             os.close(fd)
             os.unlink(probe)
         except OSError as exc:
+            # remove the parents made before it failed (e.g. a name too long for the file system)
+            self.created = [p for p in self.created if os.path.isdir(p)]
+            self.close(saved=False)
             raise RunFolderError(f"--out {path}: cannot write there ({_os_reason(exc)})") from None
         self._lock()
         remove_stale_temporaries(path)  # left by a write that was killed in an earlier run
@@ -87,7 +91,7 @@ class RunFolder:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
-                holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+                holder = _holder(fd)
                 os.close(fd)
                 raise RunFolderError(f"{self.path} is in use by another cnn-xp process (PID {holder}); wait for it "
                                      f"to finish or choose another --out") from None
@@ -121,6 +125,17 @@ class RunFolder:
                     folder.rmdir()
                 except OSError:
                     return
+
+
+def _holder(fd: int) -> str:
+    """The PID in a held lock file. Its holder writes it just after taking the lock, so a
+    file found empty is read again for a moment before the PID is called unknown."""
+    for _ in range(50):
+        text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+        if text:
+            return text
+        time.sleep(0.01)
+    return "unknown"
 
 
 def latest_run_dir() -> Path | None:

@@ -103,9 +103,9 @@ def resumed_recipe(saved: Recipe, overrides: dict, done: int, out, run_dir="the 
     horizon = saved.schedule_epochs or saved.epochs
     if saved.schedule != "constant" and epochs > horizon:
         changes["schedule_epochs"] = epochs
+        new = f"epoch {epochs} trains" if epochs == done + 1 else f"epochs {done + 1}-{epochs} train"
         print(f"schedule: the {saved.schedule} schedule was planned over {horizon} epochs; re-planned over "
-              f"{epochs}, continuing from the step it reached, so epochs {done + 1}-{epochs} train at a live "
-              f"learning rate", file=out)
+              f"{epochs}, continuing from the step it reached, so {new} at a live learning rate", file=out)
     return saved.replace(**changes) if changes else saved
 
 
