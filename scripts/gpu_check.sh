@@ -3,7 +3,7 @@
 #   bash scripts/gpu_check.sh OUTDIR [gpu_check.py options]
 # Installs the carried idx2numpy wheel (.carry/wheels/) into /tmp/site when it is missing,
 # runs the package from the working tree (PYTHONPATH=.), data from .carry/fashion-mnist/ and
-# .carry/mnist/ (see README, "Running the check").
+# .carry/mnist/ (see docs/gpu.md, "The prepared GPU check").
 set -u
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-python3}"
