@@ -321,3 +321,16 @@ def test_resnet20_trains_on_cifar_format_files_with_its_recipe(isolated, capsys)
     assert summary["epochs"] == 5 and summary["test_accuracy"] >= 0.9, summary["test_accuracy"]
     rows = (run / "metrics.csv").read_text().splitlines()[1:]
     assert [float(r.split(",")[5]) for r in rows] == pytest.approx([0.1, 0.1, 0.1, 0.01, 0.001])
+
+
+def test_colour_filters_are_drawn_in_colour(tmp_path):
+    from cnn_xp.app.plots import filter_mosaic, plot_filters
+
+    w = np.random.default_rng(0).normal(size=(12, 3, 3, 3))
+    mosaic = filter_mosaic(w, columns=6)
+    assert mosaic.shape == (7, 23, 3) and 0 <= mosaic.min() and mosaic.max() <= 1
+    assert filter_mosaic(w[:, :1]).ndim == 2  # greyscale input: one channel
+    plot_filters(w, 2 * w, tmp_path / "f.png")
+    with Image.open(tmp_path / "f.png") as img:
+        pixels = np.asarray(img.convert("RGB")).reshape(-1, 3).astype(int)
+    assert (np.abs(pixels[:, 0] - pixels[:, 1]) > 40).any()  # not grey

@@ -53,16 +53,27 @@ def plot_curves(history: list[dict], path, title: str = "", validation_label: st
     _save(fig, path)
 
 
+BACKGROUND = (0.69, 0.77, 0.87)  # between tiles (light steel blue)
+
+
 def filter_mosaic(weights: numpy.ndarray, columns: int = 10, gap: int = 1) -> numpy.ndarray:
-    """Tile filters (channel 0 of W (out, in, kh, kw)) into one 2-D image in [0, 1].
+    """Tile filters W (out, in, kh, kw) into one image in [0, 1]: 2-D (channel 0) for
+    greyscale input, (H, W, 3) RGB for colour input (in = 3).
 
     Each filter is scaled on its own, min to 0 (black) and max to 1 (white); tiles are
-    separated by ``gap`` pixels of NaN (drawn as the background)."""
-    w = numpy.asarray(weights, dtype=numpy.float32)[:, 0]
-    n, kh, kw = w.shape
+    separated by ``gap`` pixels of NaN (2-D, drawn as the background) or of BACKGROUND (RGB)."""
+    w = numpy.asarray(weights, dtype=numpy.float32)
+    colour = w.shape[1] == 3
+    w = w.transpose(0, 2, 3, 1) if colour else w[:, 0]
+    n, kh, kw = w.shape[:3]
     cols = min(columns, n)
     rows = math.ceil(n / cols)
-    mosaic = numpy.full((rows * (kh + gap) - gap, cols * (kw + gap) - gap), numpy.nan, dtype=numpy.float32)
+    shape = (rows * (kh + gap) - gap, cols * (kw + gap) - gap)
+    if colour:
+        mosaic = numpy.empty((*shape, 3), dtype=numpy.float32)
+        mosaic[...] = BACKGROUND
+    else:
+        mosaic = numpy.full(shape, numpy.nan, dtype=numpy.float32)
     for i in range(n):
         f = w[i]
         span = float(f.max() - f.min())
@@ -74,14 +85,14 @@ def filter_mosaic(weights: numpy.ndarray, columns: int = 10, gap: int = 1) -> nu
 
 def plot_filters(before: numpy.ndarray, after: numpy.ndarray, path, columns: int = 10) -> None:
     """First-layer filters before (left) and after (right) training, as in seed 002's
-    figure 7-24: grayscale, each filter from its own min (black) to max (white).
-    ``before``/``after``: conv weights (out, in, kh, kw); the first input channel is shown."""
+    figure 7-24: each filter from its own min (black) to max (white), in colour when the
+    input is RGB, else grey. ``before``/``after``: conv weights (out, in, kh, kw)."""
     left, right = filter_mosaic(before, columns), filter_mosaic(after, columns)
     height = 4.0 * left.shape[0] / left.shape[1] + 0.8
     fig, axes = plt.subplots(1, 2, figsize=(10, height))
     cmap = matplotlib.colormaps["gray"].with_extremes(bad="#b0c4de")
     for ax, mosaic, label in ((axes[0], left, "before training"), (axes[1], right, "after training")):
-        ax.imshow(mosaic, cmap=cmap, vmin=0.0, vmax=1.0, interpolation="nearest")
+        ax.imshow(mosaic, cmap=None if mosaic.ndim == 3 else cmap, vmin=0.0, vmax=1.0, interpolation="nearest")
         ax.set_title(label)
         ax.set_xticks([])
         ax.set_yticks([])
