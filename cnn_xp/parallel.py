@@ -31,6 +31,8 @@ from __future__ import annotations
 import os
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy
+
 from . import dispatch
 from .errors import ConfigError
 from .backend import to_device, xp_of
@@ -150,14 +152,21 @@ def flush_denormals(enabled: bool = True) -> bool:
 
 
 def _run_parallel(tasks):
-    """Call each zero-argument task on the thread pool, BLAS single-threaded; results in order."""
+    """Call each zero-argument task on the thread pool, BLAS single-threaded, under the caller's
+    ``numpy.errstate``; results in order."""
     global _executor, _executor_threads
     if _executor is None or _executor_threads < len(tasks):
         _executor = ThreadPoolExecutor(max_workers=len(tasks), thread_name_prefix="cnn_xp",
                                        initializer=_set_thread_denormals, initargs=(_flush_denormals,))
         _executor_threads = len(tasks)
+    settings = numpy.geterr()  # the caller's floating-point error handling, in every slice thread
+
+    def run(task):
+        with numpy.errstate(**settings):
+            return task()
+
     with _blas_controller().limit(limits=1, user_api="blas"):
-        return list(_executor.map(lambda task: task(), tasks))
+        return list(_executor.map(run, tasks))
 
 
 class SlicedLayers:

@@ -179,7 +179,7 @@ def cmd_predict(args) -> int:
 def cmd_download(args) -> int:
     from ..data import download_command
 
-    return download_command(args.name, args.data_dir)
+    return download_command(args.name, args.data_dir, progress=sys.stderr.isatty())  # no bars in a log
 
 
 def cmd_doctor(args) -> int:
