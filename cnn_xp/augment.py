@@ -129,7 +129,29 @@ def affine_resample(x, inverse):
     return out.reshape(n, c, h, w).astype(dtype, copy=False)
 
 
-class RandomAffine:
+class _PCG64State:
+    """A seeded PCG64 NumPy Generator on the host whose state is a JSON-able dict."""
+
+    def _start(self, seed: int) -> None:
+        self.seed = int(seed)
+        self._rng = np.random.Generator(np.random.PCG64(self.seed))
+
+    def state_dict(self) -> dict:
+        """JSON-able RNG state (big integers as decimal strings)."""
+        bg = self._rng.bit_generator.state
+        return {"seed": self.seed, "bit_generator": bg["bit_generator"], "state": str(bg["state"]["state"]),
+                "inc": str(bg["state"]["inc"]), "has_uint32": int(bg["has_uint32"]), "uinteger": int(bg["uinteger"])}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("bit_generator") != "PCG64":
+            raise ValueError(f"unsupported RNG state {state.get('bit_generator')!r}, expected PCG64")
+        self.seed = int(state["seed"])
+        self._rng.bit_generator.state = {
+            "bit_generator": "PCG64", "state": {"state": int(state["state"]), "inc": int(state["inc"])},
+            "has_uint32": int(state["has_uint32"]), "uinteger": int(state["uinteger"])}
+
+
+class RandomAffine(_PCG64State):
     """Random affine distortions, one per image; ``augmenter(x)`` returns the distorted
     batch (same shape, dtype, device). See the module docstring for the strengths."""
 
@@ -137,8 +159,7 @@ class RandomAffine:
                  seed: int = 0):
         s = check_strengths({"shift": shift, "scale": scale, "rotate": rotate, "shear": shear})
         self.shift, self.scale, self.rotate, self.shear = s["shift"], s["scale"], s["rotate"], s["shear"]
-        self.seed = int(seed)
-        self._rng = np.random.Generator(np.random.PCG64(self.seed))
+        self._start(seed)
 
     def config(self) -> dict:
         return {"shift": self.shift, "scale": self.scale, "rotate": self.rotate, "shear": self.shear}
@@ -165,20 +186,6 @@ class RandomAffine:
         n, _, h, w = x.shape
         return affine_resample(x, self.draw(n, h, w))
 
-    def state_dict(self) -> dict:
-        """JSON-able RNG state (big integers as decimal strings)."""
-        bg = self._rng.bit_generator.state
-        return {"seed": self.seed, "bit_generator": bg["bit_generator"], "state": str(bg["state"]["state"]),
-                "inc": str(bg["state"]["inc"]), "has_uint32": int(bg["has_uint32"]), "uinteger": int(bg["uinteger"])}
-
-    def load_state_dict(self, state: dict) -> None:
-        if state.get("bit_generator") != "PCG64":
-            raise ValueError(f"unsupported RNG state {state.get('bit_generator')!r}, expected PCG64")
-        self.seed = int(state["seed"])
-        self._rng.bit_generator.state = {
-            "bit_generator": "PCG64", "state": {"state": int(state["state"]), "inc": int(state["inc"])},
-            "has_uint32": int(state["has_uint32"]), "uinteger": int(state["uinteger"])}
-
     def __repr__(self) -> str:
         return "RandomAffine(" + ", ".join(f"{k}={v:g}" for k, v in self.config().items()) + ")"
 
@@ -198,28 +205,6 @@ def crop_flip(x, rows, cols, flips, pad: int):
     row_index, col_index = to_device(row_index, device), to_device(col_index, device)
     return padded[xp.arange(n)[:, None, None, None], xp.arange(c)[None, :, None, None],
                   row_index[:, None, :, None], col_index[:, None, None, :]]
-
-
-class _PCG64State:
-    """A seeded PCG64 NumPy Generator on the host whose state is a JSON-able dict."""
-
-    def _start(self, seed: int) -> None:
-        self.seed = int(seed)
-        self._rng = np.random.Generator(np.random.PCG64(self.seed))
-
-    def state_dict(self) -> dict:
-        """JSON-able RNG state (big integers as decimal strings)."""
-        bg = self._rng.bit_generator.state
-        return {"seed": self.seed, "bit_generator": bg["bit_generator"], "state": str(bg["state"]["state"]),
-                "inc": str(bg["state"]["inc"]), "has_uint32": int(bg["has_uint32"]), "uinteger": int(bg["uinteger"])}
-
-    def load_state_dict(self, state: dict) -> None:
-        if state.get("bit_generator") != "PCG64":
-            raise ValueError(f"unsupported RNG state {state.get('bit_generator')!r}, expected PCG64")
-        self.seed = int(state["seed"])
-        self._rng.bit_generator.state = {
-            "bit_generator": "PCG64", "state": {"state": int(state["state"]), "inc": int(state["inc"])},
-            "has_uint32": int(state["has_uint32"]), "uinteger": int(state["uinteger"])}
 
 
 class RandomCropFlip(_PCG64State):
