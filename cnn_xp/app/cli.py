@@ -117,6 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("rest", nargs=argparse.REMAINDER)
     models = sub.add_parser("models", help="list the zoo with each model's recipe")
     models.add_argument("--json", action="store_true", help="print the recipes as JSON")
+    from .export_cmd import add_parser as add_export_parser
+    add_export_parser(sub)
     return parser
 
 
@@ -212,6 +214,14 @@ def cmd_models(args) -> int:
 
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "download": cmd_download,
             "doctor": cmd_doctor, "bench": cmd_bench, "models": cmd_models}
+
+
+def cmd_export(args) -> int:
+    from .export_cmd import run
+    return run(args)
+
+
+COMMANDS["export"] = cmd_export
 
 
 def _fail(message: str, status: int = 2) -> int:
