@@ -110,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_flags(pr)
     pr.add_argument("images", nargs="+", metavar="IMAGE")
 
-    explain_cmd.add_parser(sub)
+    _add_run_flags(explain_cmd.add_parser(sub))
 
     dl = sub.add_parser("download", help="download and verify a data set")
     dl.add_argument("name", choices=_dataset_names())

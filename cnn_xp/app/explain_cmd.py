@@ -9,6 +9,7 @@ are done, and the exit status is 2, as with ``predict``.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 MAX_CHANNELS = 8  # feature maps drawn per conv layer
@@ -16,26 +17,27 @@ MAX_BARS = 10  # classes in the probability chart (the most probable when there 
 
 
 def add_parser(subparsers):
-    """Add ``explain`` to ``cnn-xp``'s subcommands."""
-    from .cli import _add_run_flags
-
+    """Add ``explain`` to ``cnn-xp``'s subcommands; returns its parser (``cli`` adds the
+    ``--device`` and ``--kernels`` flags every model command has)."""
     p = subparsers.add_parser("explain", help="draw what a model sees in image files (saliency, Grad-CAM, "
                                               "feature maps)")
     p.add_argument("--checkpoint", required=True, metavar="PATH", help="a run's checkpoint.npz or a model.save file")
     p.add_argument("--out", metavar="DIR", default="explain",
                    help="folder for the figures, one <image stem>.png each (default: explain)")
-    _add_run_flags(p)
     p.add_argument("images", nargs="+", metavar="IMAGE")
     return p
 
 
 def run(args) -> int:
+    """The command: 0, or 2 when an image could not be used (each named in one line)."""
     from ..errors import ImageError, WriteError
     from ..input_files import display_path
-    from .cli import _fail, load_model
+    from .evaluate import load_model
     from .predict import preparer
 
-    model, names, description = load_model(args.checkpoint, args.device)
+    loaded = load_model(args.checkpoint, getattr(args, "device", "cpu"))
+    model, description = loaded.model, loaded.description
+    names = loaded.class_names or [str(k) for k in range(int(model.layers[-1].params["b"].shape[0]))]
     out = Path(args.out)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -45,8 +47,9 @@ def run(args) -> int:
     for path in args.images:
         try:
             image = prepare(path)
-        except ImageError as exc:
-            status = _fail(str(exc))
+        except ImageError as exc:  # cnn-xp's one-line error, then on with the others
+            print(f"cnn-xp: error: {' '.join(str(exc).split())}", file=sys.stderr, flush=True)
+            status = 2
             continue
         target = out / _file_name(path, used)
         probs = figure(model, image, names, description, target, title=display_path(path))
