@@ -25,7 +25,7 @@ def trained(data_dir, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def colour_model(tmp_path_factory):
-    """A model.save file of an untrained deep_convnet-free zoo net for 3x16x16 colour input."""
+    """A model.save file of an untrained simple_convnet for 3x16x16 colour input, with its data description."""
     model = models.build("simple_convnet", input_shape=(3, 16, 16), num_classes=4)
     model.data = DataDescription("shapes", (3, 16, 16), ("red square", "green", "blue", "other"),
                                  {"mean": [0.5, 0.4, 0.3], "std": [0.25, 0.2, 0.3]}, "resize")
