@@ -213,7 +213,8 @@ class Trainer:
         req, out = self.request, self.out
         recipe, ckpt = self._open()
         explicit = frozenset(req.overrides) if ckpt is None else frozenset(f.name for f in recipe_fields())
-        data = prepare_data(recipe, explicit=explicit, download=req.download, progress=req.progress)
+        data = prepare_data(recipe, explicit=explicit, download=req.download,
+                            progress=req.progress and sys.stderr.isatty())  # download bars: a terminal only
         recipe = data.recipe
         print(data.describe(), file=out)
         model = recipe.build_model(req.device, data.description)
