@@ -16,7 +16,7 @@ from .training import History, evaluate, fit
 
 __version__ = "0.2.0"
 
-_LAZY = ("models", "data", "datasets", "callbacks", "checkpoint", "parallel", "schedules", "export", "app")
+_LAZY = ("models", "data", "datasets", "callbacks", "checkpoint", "parallel", "schedules", "export", "explain", "app")
 
 
 def __getattr__(name):

@@ -15,6 +15,8 @@ import sys
 import threading
 import warnings
 
+from . import explain_cmd  # light: matplotlib loads when the command runs
+
 
 PROG = "cnn-xp"
 
@@ -107,6 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--checkpoint", required=True, metavar="PATH", help="a run's checkpoint.npz or a model.save file")
     _add_run_flags(pr)
     pr.add_argument("images", nargs="+", metavar="IMAGE")
+
+    _add_run_flags(explain_cmd.add_parser(sub))
 
     dl = sub.add_parser("download", help="download and verify a data set")
     dl.add_argument("name", choices=_dataset_names())
@@ -214,6 +218,7 @@ def cmd_models(args) -> int:
 
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "download": cmd_download,
             "doctor": cmd_doctor, "bench": cmd_bench, "models": cmd_models}
+COMMANDS["explain"] = explain_cmd.run
 
 
 def cmd_export(args) -> int:
