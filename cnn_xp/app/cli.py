@@ -1,4 +1,4 @@
-"""``cnn-xp``: train, evaluate, predict, download, doctor, bench.
+"""``cnn-xp``: train, evaluate, predict, explain, export, serve, download, doctor, bench.
 
 Every user mistake (bad flag, unknown model, missing data, unusable GPU, bad image, ...)
 ends with one line on stderr, ``cnn-xp: error: ...``, and exit status 2; a diverging

@@ -7,7 +7,7 @@
   const zone = document.getElementById("dropzone");
   const statusLine = document.getElementById("status");
   const DEBOUNCE_MS = 120;
-  let drawing = false, last = null, timer = null, sent = 0, shown = 0, dirty = false;
+  let drawing = false, last = null, timer = null, sent = 0, shown = 0, dirty = false, cleared = 0;
 
   function blank() {
     ctx.fillStyle = "#fff";
@@ -61,7 +61,8 @@
 
   function sendCanvas() {
     if (!dirty) return;
-    pad.toBlob((blob) => { if (blob) send(blob, "image/png"); }, "image/png");
+    const generation = cleared;
+    pad.toBlob((blob) => { if (blob && generation === cleared) send(blob, "image/png"); }, "image/png");
   }
 
   async function send(body, type) {
@@ -138,7 +139,7 @@
 
   function reset() {
     clearTimeout(timer);
-    sent++; shown = sent; // answers still on their way are dropped
+    cleared++; sent++; shown = sent; // canvases being encoded and answers on their way are dropped
     blank();
     document.getElementById("prediction").textContent = "–";
     document.getElementById("confidence").textContent = "";
