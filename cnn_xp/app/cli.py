@@ -1,4 +1,4 @@
-"""``cnn-xp``: train, evaluate, predict, download, doctor, bench.
+"""``cnn-xp``: train, evaluate, predict, explain, export, serve, download, doctor, bench.
 
 Every user mistake (bad flag, unknown model, missing data, unusable GPU, bad image, ...)
 ends with one line on stderr, ``cnn-xp: error: ...``, and exit status 2; a diverging
@@ -16,6 +16,7 @@ import threading
 import warnings
 
 from . import explain_cmd  # light: matplotlib loads when the command runs
+from . import serve  # light: the model and Pillow load when the command runs
 
 
 PROG = "cnn-xp"
@@ -111,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("images", nargs="+", metavar="IMAGE")
 
     _add_run_flags(explain_cmd.add_parser(sub))
+    _add_run_flags(serve.add_parser(sub))
 
     dl = sub.add_parser("download", help="download and verify a data set")
     dl.add_argument("name", choices=_dataset_names())
@@ -219,6 +221,7 @@ def cmd_models(args) -> int:
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "download": cmd_download,
             "doctor": cmd_doctor, "bench": cmd_bench, "models": cmd_models}
 COMMANDS["explain"] = explain_cmd.run
+COMMANDS["serve"] = serve.run
 
 
 def cmd_export(args) -> int:
