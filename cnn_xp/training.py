@@ -297,20 +297,19 @@ def evaluate(model, data, batch_size: int = 1000, num_classes: int | None = None
     """
     x, t = data
     n = int(x.shape[0])
-    if num_classes is None:
-        num_classes = _output_width(model) if n == 0 else None
     runner = parallel.runner_for(model)
     loss_sum, preds = None, []
     for start in range(0, n, int(batch_size)):
         xb = model.as_input(x[start:start + batch_size])
         tb = backend.to_device(t[start:start + batch_size], model.device)
         scores = runner.predict(xb, train=False)
-        if num_classes is None:
-            num_classes = int(scores.shape[1])
         part = cross_entropy(scores, tb) * float(xb.shape[0])
         loss_sum = part if loss_sum is None else loss_sum + part
-        preds.append(backend.to_numpy(scores.argmax(axis=1)))
-    predicted = numpy.concatenate(preds) if preds else numpy.zeros(0, dtype=numpy.int64)
+        preds.append(scores.argmax(axis=1))  # on the device: one copy to the host below
+    if num_classes is None:  # the scores' width, or the model's last bias without data
+        num_classes = int(scores.shape[1]) if preds else _output_width(model)
+    predicted = (backend.to_numpy(backend.xp_of(preds[0]).concatenate(preds)) if preds
+                 else numpy.zeros(0, dtype=numpy.int64))
     truth = backend.to_numpy(t).astype(numpy.int64, copy=False)
     matrix = numpy.zeros((num_classes, num_classes), dtype=numpy.int64)
     numpy.add.at(matrix, (truth, predicted), 1)

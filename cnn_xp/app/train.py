@@ -78,6 +78,17 @@ def load_run_checkpoint(path):
     return load(path)
 
 
+def absolute_paths(overrides: dict) -> dict:
+    """``overrides`` with its data folder and ``folder:PATH`` data set made absolute, so the
+    run folder names its data wherever it is resumed from."""
+    out = dict(overrides)
+    if out.get("data_dir") is not None:
+        out["data_dir"] = str(Path(out["data_dir"]).expanduser().resolve())
+    if str(out.get("dataset", "")).startswith("folder:"):
+        out["dataset"] = "folder:" + str(Path(out["dataset"][len("folder:"):]).expanduser().resolve())
+    return out
+
+
 def resumed_recipe(saved: Recipe, overrides: dict, done: int, out, run_dir="the run") -> Recipe:
     """The run's recipe with the flags given on ``--resume`` applied or refused (see the
     module docstring), its schedule re-planned when the new epochs pass its horizon."""
@@ -144,12 +155,7 @@ class Trainer:
             model = overrides.pop("model", None)
             if model is None:
                 raise ConfigError("--model is required (or --resume RUN to continue a run)")
-            for key in ("data_dir",):  # a run folder names its data wherever it is resumed from
-                if overrides.get(key) is not None:
-                    overrides[key] = str(Path(overrides[key]).expanduser().resolve())
-            if str(overrides.get("dataset", "")).startswith("folder:"):
-                overrides["dataset"] = "folder:" + str(Path(overrides["dataset"][7:]).expanduser().resolve())
-            recipe = Recipe.create(model, **overrides)
+            recipe = Recipe.create(model, **absolute_paths(overrides))
             self.folder = RunFolder(req.out or default_run_dir(recipe.model, recipe.dataset)).open()
             if self.folder.checkpoint.exists():
                 raise ConfigError(f"{self.folder.path} already holds a run; `cnn-xp train --resume "
@@ -168,7 +174,8 @@ class Trainer:
         self.folder = RunFolder(run_dir).open()
         ckpt = load_run_checkpoint(self.folder.checkpoint)
         saved = Recipe.from_dict(ckpt.meta["recipe"], where=f"{self.folder.checkpoint}: recipe")
-        return resumed_recipe(saved, req.overrides, int(ckpt.meta["epoch"]), self.out, run_dir), ckpt
+        recipe = resumed_recipe(saved, absolute_paths(req.overrides), int(ckpt.meta["epoch"]), self.out, run_dir)
+        return recipe, ckpt
 
     def run(self) -> dict:
         check_device(self.request.device)
