@@ -61,10 +61,14 @@ class Sequential:
             x = layer.forward(x, train=train)
         return x
 
-    def scores_and_loss(self, x, t, train: bool = True):
-        """(scores (N, K), mean loss (0-d, on the model's device)); ``backward`` may follow."""
+    def scores_and_loss(self, x, t, train: bool = True, totals=None, checked: bool = False):
+        """(scores (N, K), mean loss (0-d, on the model's device)); ``backward`` may follow.
+        ``totals`` / ``checked``: see ``SoftmaxCrossEntropy.forward`` (what ``fit`` uses)."""
         scores = self.predict(x, train=train)
-        return scores, self.loss_layer.forward(scores, to_device(t, self.device), train=train)
+        labels = to_device(t, self.device)
+        if totals is None and not checked:
+            return scores, self.loss_layer.forward(scores, labels, train=train)
+        return scores, self.loss_layer.forward(scores, labels, train=train, totals=totals, checked=checked)
 
     def loss(self, x, t, train: bool = True):
         """Forward pass and mean loss (a 0-d array on the model's device)."""

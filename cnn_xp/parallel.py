@@ -279,18 +279,20 @@ class BatchSlices:
             return self.model.predict(x)
         return map_slices(self.model.predict, x, slices)
 
-    def scores_and_loss(self, x, t, train: bool = True):
-        """(scores, mean loss) of a training batch, its leading layers in slices."""
+    def scores_and_loss(self, x, t, train: bool = True, totals=None, checked: bool = False):
+        """(scores, mean loss) of a training batch, its leading layers in slices
+        (``totals`` / ``checked`` as ``Sequential.scores_and_loss``)."""
         x = self.model.as_input(x)
         lead = self._leading_sliceable() if train and x.ndim > 1 else None
         slices = training_slices(len(x), *self._flops(x, lead.layers)) if lead else 1
         self._sliced_step = slices > 1
         if not self._sliced_step:
-            return self.model.scores_and_loss(x, t, train)
+            return self.model.scores_and_loss(x, t, train, totals=totals, checked=checked)
         scores = lead.forward(x, slices)
         for layer in self.model.layers[len(lead.layers):]:
             scores = layer.forward(scores, train=True)
-        return scores, self.model.loss_layer.forward(scores, to_device(t, self.model.device))
+        labels = to_device(t, self.model.device)
+        return scores, self.model.loss_layer.forward(scores, labels, totals=totals, checked=checked)
 
     def loss(self, x, t, train: bool = True):
         return self.scores_and_loss(x, t, train)[1]

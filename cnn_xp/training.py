@@ -181,6 +181,37 @@ def _output_width(model) -> int:
     return 0
 
 
+def _score_width(model, sample_shape) -> int:
+    """K of the model's scores (N, K) for samples of ``sample_shape``; 0 when unknown."""
+    shape = tuple(int(d) for d in sample_shape)
+    try:
+        for layer in model.layers:
+            shape = tuple(layer.output_shape(shape))
+    except Exception:  # a layer that cannot say, or input it refuses (the forward will say why)
+        return 0
+    return shape[0] if len(shape) == 1 else 0
+
+
+def _labels_checked(model, x, labels) -> bool:
+    """True when the loss takes ``checked`` labels and running totals (SoftmaxCrossEntropy)
+    and ``labels`` are class indices (N,) each in 0..K-1 of the model's K outputs for ``x``,
+    checked here once for the whole run; ValueError (the loss's message) for a label
+    outside. False where that is not known before a forward: each batch is then checked by
+    the loss."""
+    from .layers import SoftmaxCrossEntropy
+    from .ops.softmax import first_bad_label
+
+    classes = _score_width(model, x.shape[1:])
+    if not (isinstance(model.loss_layer, SoftmaxCrossEntropy) and classes and labels.ndim == 1
+            and labels.dtype.kind in "iu"):
+        return False
+    bad = first_bad_label(labels, classes) if int(labels.shape[0]) else None
+    if bad is not None:
+        index, label = bad
+        raise ValueError(f"softmax cross-entropy: label {label} at index {index} is outside 0..{classes - 1}")
+    return True
+
+
 def _call(callbacks, hook: str, *args) -> None:
     for callback in callbacks:
         getattr(callback, hook)(*args)
@@ -236,6 +267,8 @@ def fit(model, optimizer, train_data, *, epochs: int, batch_size: int = 100, val
 def _fit_epochs(training: Training, callbacks) -> None:
     model, optimizer, batches = training.model, training.optimizer, training.batches
     runner = parallel.runner_for(model)
+    xp = backend.xp_of(batches.t)
+    fused_metrics = _labels_checked(model, batches.x, batches.t)
     started, wall_before = time.perf_counter(), training.wall_seconds
     _call(callbacks, "on_train_begin", {"epochs": training.epochs, "initial_epoch": training.epoch})
     for epoch in range(training.epoch + 1, training.epochs + 1):
@@ -243,12 +276,16 @@ def _fit_epochs(training: Training, callbacks) -> None:
             break
         _call(callbacks, "on_epoch_begin", epoch, {"batches": len(batches)})
         tic = time.perf_counter()
-        loss_sum = correct = None
+        totals = xp.zeros(2, dtype="float64")  # summed loss, hits: read every SYNC_EVERY steps
         seen, lr_sum, steps = 0, 0.0, 0
         for step, (xb, tb) in enumerate(batches, 1):
             if training.augmenter is not None:
                 xb = training.augmenter(xb)
-            scores, loss = runner.scores_and_loss(xb, tb)
+            if fused_metrics:
+                scores, loss = runner.scores_and_loss(xb, tb, totals=totals, checked=True)
+            else:
+                scores, loss = runner.scores_and_loss(xb, tb)
+                totals += xp.stack((loss * float(xb.shape[0]), (scores.argmax(axis=1) == tb).sum())).astype("float64")
             runner.backward()
             lr_sum += float(optimizer.lr) * float(optimizer.lr_factor)
             optimizer.step()
@@ -256,12 +293,10 @@ def _fit_epochs(training: Training, callbacks) -> None:
                 training.scheduler.step()
             n = int(xb.shape[0])
             seen, steps = seen + n, steps + 1
-            batch_loss, hits = loss * float(n), (scores.argmax(axis=1) == tb).sum()
-            loss_sum = batch_loss if loss_sum is None else loss_sum + batch_loss
-            correct = hits if correct is None else correct + hits
             logs = {"epoch": epoch, "size": n, "batch_loss": loss}
             if step % SYNC_EVERY == 0 or step == len(batches):
-                logs.update(loss=float(loss_sum) / seen, acc=int(correct) / seen)
+                loss_sum, correct = (float(v) for v in backend.to_numpy(totals))
+                logs.update(loss=loss_sum / seen, acc=correct / seen)
             _call(callbacks, "on_batch_end", step, logs)
         backend.synchronize(model.device)
         seconds = time.perf_counter() - tic
@@ -269,8 +304,8 @@ def _fit_epochs(training: Training, callbacks) -> None:
         if training.validation_data is not None:
             result = evaluate(model, training.validation_data)
             val_loss, val_acc = result["loss"], result["accuracy"]
-        row = {"epoch": epoch, "train_loss": round(float(loss_sum) / seen, 6),
-               "train_acc": round(int(correct) / seen, 6),
+        row = {"epoch": epoch, "train_loss": round(loss_sum / seen, 6),
+               "train_acc": round(correct / seen, 6),
                "val_loss": None if val_loss is None else round(val_loss, 6),
                "val_acc": None if val_acc is None else round(val_acc, 6),
                "lr": float(f"{lr_sum / steps:.6g}"), "seconds": round(seconds, 3),

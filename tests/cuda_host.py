@@ -31,6 +31,8 @@ INT_TYPES = {"int8": "signed char", "int16": "short", "int32": "int", "int64": "
              "uint8": "unsigned char", "uint16": "unsigned short", "uint32": "unsigned int",
              "uint64": "unsigned long long"}
 SCALAR_CTYPES = {"int32": "int", "int64": "long long"}
+# C types of the fixed-type (not T / I) raw arrays a kernel may take.
+RAW_CTYPES = {"int32": "int", "int64": "long long", "float32": "float", "float64": "double"}
 PLACEHOLDERS = {"T", "I"}
 # Non-raw inputs that are arrays at every call (the others are scalars).
 ELEMENTWISE_INPUTS = {"g", "dout", "out", "x", "u", "probs"}
@@ -61,18 +63,19 @@ def indexed_beyond_zero(body: str, var: str) -> bool:
 # -- nvcc: the body inside CuPy's generated-kernel shape -----------------------------------------
 
 RAW_NDIM = {"windows": 6, "x": 4, "dout": 4, "argmax": 4, "scores": 2, "labels": 1, "probs": 2,
-            "col": 2}
+            "col": 2, "grad": 2, "labels_copy": 1, "row_loss": 1, "row_hit": 1, "loss": 1, "totals": 1,
+            "ticket": 1}
 
 
 def cuda_source(name: str, ctype: str) -> str:
     """Kernel ``name`` for T = ``ctype`` as a CUDA __global__ function over CuPy's CArray."""
     ins, outs, body = KERNEL_SPECS[name]
-    nd = 2 if name == "softmax_xent_grad" else 1 if name.endswith("_update") else 4
+    nd = 1 if name.endswith("_update") else 4
     args, refs = [], []
     for raw, typ, var in params(ins):
         ct = SCALAR_CTYPES.get(typ, typ)
         if raw:  # CuPy passes raw inputs as const CArrays
-            args.append(f"const CArray<{ct}, {RAW_NDIM[var]}, false, false> {var}")
+            args.append(f"const CArray<{RAW_CTYPES.get(typ, typ)}, {RAW_NDIM[var]}, false, false> {var}")
         elif var in ELEMENTWISE_INPUTS:
             args.append(f"CArray<{ct}, {nd}, false, false> _raw_{var}")
             refs.append(f"const {ct} {var} = _raw_{var}[_ind.get()];")
@@ -80,7 +83,7 @@ def cuda_source(name: str, ctype: str) -> str:
             args.append(f"{ct} {var}")
     for raw, typ, var in params(outs):
         if raw:
-            args.append(f"CArray<{typ}, {RAW_NDIM[var]}, false, false> {var}")
+            args.append(f"CArray<{RAW_CTYPES.get(typ, typ)}, {RAW_NDIM[var]}, false, false> {var}")
             continue
         args.append(f"CArray<{typ}, {nd}, true, false> _raw_{var}")
         refs.append(f"{typ} &{var} = _raw_{var}[_ind.get()];")
@@ -101,7 +104,7 @@ def host_function(name: str, float_dtype: str, int_dtype: str | None) -> str:
     args, refs = [], []
     for raw, typ, var in params(ins):
         if raw:
-            args.append(f"const {typ}* {var}")
+            args.append(f"const {RAW_CTYPES.get(typ, typ)}* {var}")
         elif var in ELEMENTWISE_INPUTS:
             args.append(f"const {typ}* _raw_{var}")
             refs.append(f"const {typ} {var} = _raw_{var}[i];")
@@ -109,7 +112,7 @@ def host_function(name: str, float_dtype: str, int_dtype: str | None) -> str:
             args.append(f"{SCALAR_CTYPES.get(typ, typ)} {var}")
     for raw, typ, var in params(outs):
         if raw:
-            args.append(f"{typ}* {var}")
+            args.append(f"{RAW_CTYPES.get(typ, typ)}* {var}")
             continue
         args.append(f"{typ}* _raw_{var}")
         refs.append(f"{typ} &{var} = _raw_{var}[i];")
@@ -118,6 +121,14 @@ def host_function(name: str, float_dtype: str, int_dtype: str | None) -> str:
     return (f"namespace ns_{symbol} {{ typedef {FLOAT_TYPES[float_dtype]} T; typedef {int_type} I;\n"
             f"extern \"C\" void {symbol}({', '.join(args)}, long long size) {{\n"
             f"  for (ptrdiff_t i = 0; i < size; ++i) {{ {' '.join(refs)}\n{body}\n  }}\n}} }}\n")
+
+
+# CUDA's device functions the bodies use, for one host thread that runs the launch's indices
+# in order: an atomic add is a plain add, a memory fence nothing.
+HOST_DEVICE_FUNCTIONS = (
+    "template <typename X> static X atomicAdd(X* address, X value) { X old = *address; *address = old + value; "
+    "return old; }\n"
+    "static inline void __threadfence() {}\n")
 
 
 def host_variants():
@@ -135,6 +146,7 @@ def host_library(folder: Path) -> ctypes.CDLL:
         raise FileNotFoundError("g++ is not installed")
     src = folder / "kernels.cpp"
     src.write_text("#include <cmath>\n#include <cstddef>\nusing std::sqrt; using std::exp; using std::log;\n"
+                   + HOST_DEVICE_FUNCTIONS
                    + "".join(host_function(*v) for v in host_variants()))
     lib = folder / "kernels.so"
     proc = subprocess.run([gxx, "-O1", "-shared", "-fPIC", "-ffp-contract=off", "-Wall", "-Werror",

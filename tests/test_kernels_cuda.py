@@ -300,13 +300,13 @@ def test_a_backward_with_another_dtype_or_shape_runs_the_reference(host):
         ops.maxpool2d_backward(np.zeros((2, 3, 2, 2), np.float32), ops.maxpool2d_forward(x, 2, 2)[1])
 
 
-@pytest.mark.parametrize("failing", ["im2col", "maxpool_forward", "softmax_xent_rows", "adam_update"])
+@pytest.mark.parametrize("failing", ["im2col", "maxpool_forward", "softmax_xent_step", "adam_update"])
 def test_a_kernel_that_fails_to_compile_switches_the_kernels_off_with_one_warning(host_lib, monkeypatch, failing):
     cp = cuda_host.HostCuPy(host_lib, fail={failing})
     launch.reset()
     monkeypatch.setattr(launch, "cupy", lambda: cp)
     monkeypatch.setattr(launch, "on_gpu", lambda a: isinstance(a, np.ndarray))
-    op = {"im2col": "conv2d", "maxpool_forward": "maxpool2d", "softmax_xent_rows": "softmax_cross_entropy",
+    op = {"im2col": "conv2d", "maxpool_forward": "maxpool2d", "softmax_xent_step": "softmax_cross_entropy",
           "adam_update": "adam"}[failing]
     case = op_cases.CASES[op][0]
     try:
@@ -323,8 +323,7 @@ def test_a_kernel_that_fails_to_compile_switches_the_kernels_off_with_one_warnin
 
 
 @pytest.mark.parametrize("op, failing", [("conv2d", "fold_windows"), ("maxpool2d", "maxpool_backward"),
-                                         ("avgpool2d", "fold_windows"), ("relu", "relu_backward"),
-                                         ("softmax_cross_entropy", "softmax_xent_grad")])
+                                         ("avgpool2d", "fold_windows"), ("relu", "relu_backward")])
 def test_a_backward_kernel_that_fails_after_its_forward_ran_gives_the_reference(host, op, failing):
     case = op_cases.CASES[op][1]
     host.fail = frozenset({failing})
@@ -335,3 +334,40 @@ def test_a_backward_kernel_that_fails_after_its_forward_ran_gives_the_reference(
     assert caches[0][0] == "cuda"  # the forward ran on the kernels
     want, _ = op_cases.run(op, ops, np.asarray, case)
     op_cases.compare(got, want, case["dtype"], _np, where=op)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("checked", [False, True])
+def test_the_loss_adds_the_references_totals_in_one_launch(host, dtype, checked):
+    """``totals`` (float64 (2,)) gains the summed loss and the hits, as the reference's; the
+    whole forward is one kernel launch (and no min/max check with ``checked``), and the
+    first backward with dout = 1 hands out the forward's gradient without a launch."""
+    rng = np.random.default_rng(8)
+    scores = (rng.standard_normal((9, 6)) * 4).astype(dtype)
+    scores[2, 4] = scores[2, 1] = scores[2].max() + 1  # a tie: the first maximum counts
+    labels = rng.integers(0, 6, 9)
+    labels[2] = 4
+    got_totals, want_totals = np.array([0.5, 1.0]), np.array([0.5, 1.0])
+    before = sum(host.launches().values())
+    loss, cache = cuda.softmax_cross_entropy_forward(scores, labels, got_totals, checked)
+    assert sum(host.launches().values()) - before == 1 and cache[0] == "cuda"
+    want_loss, want_cache = ops.softmax_cross_entropy_forward(scores, labels, want_totals, checked)
+    tol = 1e-5 if dtype == "float32" else 1e-12
+    assert loss.dtype == np.dtype(dtype) and loss.shape == ()
+    np.testing.assert_allclose(loss, want_loss, rtol=tol)
+    np.testing.assert_allclose(got_totals, want_totals, rtol=tol)
+    before = sum(host.launches().values())
+    grad = cuda.softmax_cross_entropy_backward(cache)
+    assert sum(host.launches().values()) == before
+    want_grad = ops.softmax_cross_entropy_backward(want_cache)
+    np.testing.assert_allclose(grad, want_grad, rtol=tol, atol=tol)
+    grad *= 7  # the caller's to change: a second backward recomputes
+    np.testing.assert_allclose(cuda.softmax_cross_entropy_backward(cache), want_grad, rtol=tol, atol=tol)
+    np.testing.assert_allclose(cuda.softmax_cross_entropy_backward(cache, 0.5), want_grad * 0.5, rtol=tol, atol=tol)
+
+
+def test_a_bad_totals_array_runs_the_reference(host):
+    scores, labels = np.zeros((3, 4)), np.array([0, 1, 2])
+    totals = np.zeros(2, dtype="float32")  # not float64
+    loss, cache = cuda.softmax_cross_entropy_forward(scores, labels, totals)
+    assert isinstance(cache, ReferenceCache) and totals[1] == 1.0  # the reference's hits: row 0 only

@@ -234,50 +234,65 @@ def test_avgpool_kernel_matches_the_naive_loops(lib, x_shape, kh, kw, stride, pa
     np.testing.assert_allclose(out, naive.avgpool2d(x, kh, kw, stride, pad), rtol=tol, atol=tol)
 
 
+def softmax_step(lib, scores, labels, add_totals=True, totals=None):
+    """Launch ``softmax_xent_step`` over the rows of ``scores``; its outputs as a dict (the
+    ticket checked back at 0)."""
+    n, classes = scores.shape
+    out = {"probs": np.full_like(scores, np.nan), "grad": np.full_like(scores, np.nan),
+           "labels_copy": np.zeros_like(labels), "row_loss": np.full(n, np.nan, scores.dtype),
+           "row_hit": np.full(n, -1, np.int32), "loss": np.full(1, np.nan, scores.dtype),
+           "totals": np.array([1.5, 2.0]) if totals is None else totals}
+    ticket = np.zeros(1, np.int32)
+    call(lib, "softmax_xent_step", scores, labels, classes, n, 1.0 / n, int(add_totals), out["probs"], out["grad"],
+         out["labels_copy"], out["row_loss"], out["row_hit"], out["loss"], out["totals"], ticket, size=n)
+    assert ticket[0] == 0  # reset for the next launch
+    return out
+
+
 @pytest.mark.parametrize("label_dtype", ["int64", "int32", "uint8"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("n, classes", [(7, 10), (1, 3), (33, 1)])
-def test_softmax_cross_entropy_kernels_match_the_naive_loops(lib, n, classes, dtype, label_dtype):
+@pytest.mark.parametrize("n, classes", [(7, 10), (1, 3), (33, 1), (100, 10)])
+def test_softmax_cross_entropy_step_kernel_matches_the_naive_loops(lib, n, classes, dtype, label_dtype):
     rng = np.random.default_rng(5)
     scores = (rng.standard_normal((n, classes)) * 30).astype(dtype)  # large: stability
+    scores[0, -1] = scores[0, 0] = scores[0].max() + 1  # a tie: the first maximum is the prediction
     labels = rng.integers(0, classes, n).astype(label_dtype)
-    probs = np.full_like(scores, np.nan)
-    row_loss = np.full(n, np.nan, dtype=dtype)
-    call(lib, "softmax_xent_rows", scores, labels, classes, probs, row_loss)
+    out = softmax_step(lib, scores, labels)
     want_p = naive.softmax_rows(scores)
     tol = 1e-5 if dtype == np.float32 else 1e-12
-    np.testing.assert_allclose(probs, want_p, rtol=tol, atol=tol)
+    np.testing.assert_allclose(out["probs"], want_p, rtol=tol, atol=tol)
     want_rows = -naive.log_softmax_rows(scores)[np.arange(n), labels]
-    np.testing.assert_allclose(row_loss, want_rows, rtol=tol, atol=tol)
-    grad = np.full_like(scores, np.nan)
-    call(lib, "softmax_xent_grad", probs, labels, classes, 0.5 / n, grad)
-    want_g = (want_p - np.eye(classes)[labels]) * 0.5 / n
-    np.testing.assert_allclose(grad, want_g, rtol=tol, atol=tol)
+    np.testing.assert_allclose(out["row_loss"], want_rows, rtol=tol, atol=tol)
+    np.testing.assert_allclose(out["grad"], (want_p - np.eye(classes)[labels]) / n, rtol=tol, atol=tol)
+    np.testing.assert_array_equal(out["labels_copy"], labels)
+    hits = [int(np.argmax(row) == label) for row, label in zip(scores, labels)]
+    np.testing.assert_array_equal(out["row_hit"], hits)
+    np.testing.assert_allclose(out["loss"][0], want_rows.mean(), rtol=tol, atol=tol)
+    np.testing.assert_allclose(out["totals"], [1.5 + want_rows.sum(), 2.0 + sum(hits)], rtol=tol)
+    unchanged = softmax_step(lib, scores, labels, add_totals=False)["totals"]
+    np.testing.assert_array_equal(unchanged, [1.5, 2.0])
 
 
 @pytest.mark.parametrize("label_dtype", ["int64", "int32", "uint8", "uint64"])
-def test_softmax_cross_entropy_kernels_flag_out_of_range_labels_with_nan(lib, label_dtype):
-    """A label outside 0..K-1 is never read through: its row's loss and gradient are NaN,
-    where a wrapped or clamped label would give a plausible finite number (the Python side
-    refuses such labels before a launch; this is the kernels' own guard)."""
+def test_softmax_cross_entropy_step_kernel_flags_out_of_range_labels_with_nan(lib, label_dtype):
+    """A label outside 0..K-1 is never read through: its row's loss and gradient are NaN and
+    it is no hit, where a wrapped or clamped label would give a plausible finite number (the
+    Python side refuses such labels before a launch; this is the kernel's own guard)."""
     rng = np.random.default_rng(6)
     too_big = {"int64": -1, "int32": -1, "uint8": 255, "uint64": 2**64 - 1}[label_dtype]  # uint64: -1 as long long
     labels = np.array([7, too_big, 4, 5, 0], dtype=label_dtype)
     labels[3] = -12 if np.dtype(label_dtype).kind == "i" else 5
     bad = np.array([True, True, False, True, False])
     scores = rng.standard_normal((5, 5))
-    probs, row_loss = np.empty_like(scores), np.empty(5)
-    call(lib, "softmax_xent_rows", scores, labels, 5, probs, row_loss)
-    assert np.isnan(row_loss[bad]).all()
+    out = softmax_step(lib, scores, labels)
+    assert np.isnan(out["row_loss"][bad]).all() and np.isnan(out["grad"][bad]).all()
+    assert not out["row_hit"][bad].any() and np.isnan(out["loss"][0])
     good = ~bad
     want = -naive.log_softmax_rows(scores)[np.arange(5)[good], labels[good].astype(np.int64)]
-    np.testing.assert_allclose(row_loss[good], want, rtol=1e-12)
-    np.testing.assert_allclose(probs, naive.softmax_rows(scores), rtol=1e-12)  # every row's softmax
-    grad = np.empty_like(scores)
-    call(lib, "softmax_xent_grad", probs, labels, 5, 1.0, grad)
-    assert np.isnan(grad[bad]).all()
-    np.testing.assert_allclose(grad[good], (naive.softmax_rows(scores) - np.eye(5)[labels.astype(np.int64) % 5])[good],
-                               atol=1e-12)
+    np.testing.assert_allclose(out["row_loss"][good], want, rtol=1e-12)
+    np.testing.assert_allclose(out["probs"], naive.softmax_rows(scores), rtol=1e-12)  # every row's softmax
+    onehot = np.eye(5)[labels.astype(np.int64) % 5]
+    np.testing.assert_allclose(out["grad"][good], ((naive.softmax_rows(scores) - onehot) / 5)[good], atol=1e-12)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -19,12 +19,14 @@ class SoftmaxCrossEntropy(Layer):
         super().__init__()
         self._impl = self._cache = None
 
-    def forward(self, scores, labels, train=True):
+    def forward(self, scores, labels, train=True, totals=None, checked=False):
+        """The mean loss; ``totals`` and ``checked`` as ``ops.softmax_cross_entropy_forward``
+        (a training loop's running metrics, and labels it has checked once)."""
         if train:
             self._impl = self._cache = None  # a forward that raises leaves no stale cache
         check_float_input(scores, "SoftmaxCrossEntropy")
         impl = dispatch.implementation("softmax_cross_entropy", device_of(scores))
-        loss, cache = impl.softmax_cross_entropy_forward(scores, labels)
+        loss, cache = impl.softmax_cross_entropy_forward(scores, labels, totals, checked)
         if train:
             self._impl, self._cache = impl, cache
         return loss

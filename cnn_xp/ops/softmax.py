@@ -5,6 +5,12 @@ probability rows (N, K) of any real dtype. The loss is the mean over the batch: 
 on the scores' device. ``check_targets`` is the one rule every implementation applies (the
 CUDA kernels included): scores (N, K) with N, K >= 1, and labels as above; anything else is
 a ValueError saying what is wrong (an out-of-range label is named with its index).
+
+A training loop that has checked its labels once (``fit``) passes ``checked=True`` and skips
+the per-batch range check (a device-to-host copy on the GPU), and may pass ``totals``, a
+float64 array (2,) on the scores' device, to which the forward adds the batch's summed loss
+and its count of rows whose highest score is at the label: the epoch's running metrics
+without reading the device every step.
 """
 from ..backend import to_numpy, xp_of
 
@@ -45,11 +51,12 @@ def first_bad_label(labels, classes: int) -> tuple[int, int] | None:
     return index, int(host[index])
 
 
-def check_targets(scores, labels) -> bool:
+def check_targets(scores, labels, checked: bool = False) -> bool:
     """The loss's input rule, shared by every implementation; True for one-hot / probability
     rows (N, K), False for class indices (N,). ValueError unless scores is (N, K) with
     N >= 1 (the mean over an empty batch is undefined) and K >= 1, and labels are rows of
-    that shape or integer class indices (N,), each in 0..K-1."""
+    that shape or integer class indices (N,), each in 0..K-1 (``checked``: the caller
+    has checked the range, which is then not read again)."""
     if getattr(scores, "ndim", None) != 2:
         raise ValueError(f"softmax cross-entropy: scores must be (N, K), got shape {tuple(getattr(scores, 'shape', ()))}")
     n, classes = scores.shape
@@ -63,28 +70,36 @@ def check_targets(scores, labels) -> bool:
     if labels.dtype.kind not in "iu":
         raise ValueError(f"softmax cross-entropy: class labels (N,) must be of an integer dtype, got {labels.dtype} "
                          f"(one-hot targets are (N, K))")
-    bad = first_bad_label(labels, classes)
+    bad = None if checked else first_bad_label(labels, classes)
     if bad is not None:
         index, label = bad
         raise ValueError(f"softmax cross-entropy: label {label} at index {index} is outside 0..{classes - 1}")
     return False
 
 
-def softmax_cross_entropy_forward(scores, labels):
+def softmax_cross_entropy_forward(scores, labels, totals=None, checked=False):
     """scores (N, K), labels (N,) integer class indices in 0..K-1 or (N, K) target rows ->
     (mean cross-entropy of softmax(scores) against labels, cache), from one log-softmax.
     ValueError (``check_targets``) for an empty batch, float class indices or a label
-    outside 0..K-1. The cache holds its own copy of the labels: changing them after the
-    forward does not change the backward."""
+    outside 0..K-1 (not looked for with ``checked=True``). The cache holds its own copy of
+    the labels: changing them after the forward does not change the backward.
+
+    ``totals``: None, or a float64 array (2,) on the scores' device; adds [the sum of the
+    rows' losses, the number of rows whose first highest score is at the label (for
+    target rows: at their first highest entry)] to it."""
     xp = xp_of(scores)
     n = scores.shape[0]
-    one_hot = check_targets(scores, labels)
+    one_hot = check_targets(scores, labels, checked)
     log_p = log_softmax(scores)
     if one_hot:
-        loss = -(labels.astype(scores.dtype, copy=False) * log_p).sum() / n
+        total = -(labels.astype(scores.dtype, copy=False) * log_p).sum()
     else:
-        loss = -log_p[xp.arange(n), labels].sum() / n
-    return loss, (xp.exp(log_p), labels.copy())
+        total = -log_p[xp.arange(n), labels].sum()
+    if totals is not None:
+        targets = labels.argmax(axis=1) if one_hot else labels
+        totals[0] += total
+        totals[1] += (scores.argmax(axis=1) == targets).sum()
+    return total / n, (xp.exp(log_p), labels.copy())
 
 
 def softmax_cross_entropy_backward(cache, dout=1.0):

@@ -107,8 +107,10 @@ def test_out_of_range_labels_are_refused_before_the_kernels(cp):
                          ([0, 1, 4, -12], "label -12 at index 3 is outside 0..4")):
         with pytest.raises(ValueError, match=text):
             cuda.softmax_cross_entropy_forward(scores, cp.asarray(labels))
-    probs, row_loss = cp.empty_like(scores), cp.empty(4)
-    launch.launch("softmax_xent_rows", scores, cp.asarray([7, -1, 4, 0]), 5, probs, row_loss)
+    labels = cp.asarray([7, -1, 4, 0])
+    probs, grad, row_loss = cp.empty_like(scores), cp.empty_like(scores), cp.empty(4)
+    launch.launch("softmax_xent_step", scores, labels, 5, 4, 0.25, 0, probs, grad, cp.empty_like(labels), row_loss,
+                  cp.empty(4, dtype="int32"), cp.empty(1), cp.zeros(2), cp.zeros(1, dtype="int32"), size=4)
     assert np.isnan(row_loss.get()[:2]).all() and np.isfinite(row_loss.get()[2:]).all()
 
 

@@ -95,6 +95,21 @@ def strided(array):
     return array, strides
 
 
+_constants: dict = {}  # (name, shape, dtype) -> a device array made once per process
+
+
+def constant(name: str, shape, dtype, fill=0):
+    """A device array filled with ``fill`` once per process and reused by every launch
+    that asks for it by ``name`` (a ones vector, a kernel's ticket counter). Callers must
+    leave its values as they found them."""
+    key = (name, tuple(shape) if isinstance(shape, tuple) else (int(shape),), str(dtype))
+    array = _constants.get(key)
+    if array is None:
+        array = cupy().full(key[1], fill, dtype=dtype)
+        _constants[key] = array
+    return array
+
+
 def failure() -> str | None:
     """Why the kernels were switched off in this process (None: they are on)."""
     return _failure
@@ -109,3 +124,4 @@ def reset() -> None:
     """Forget the kernel objects and any recorded failure (for tests)."""
     global _kernels, _failure
     _kernels, _failure = None, None
+    _constants.clear()

@@ -4,16 +4,16 @@
   in one pass instead of a comparison, a cast and a product.
 - Dropout (inverted): the ``dropout_forward`` kernel makes the output and the mask
   (1 / (1 - p) where draws >= p, else 0) in one pass; backward is dout * mask.
-- Softmax cross-entropy with integer labels (N,): ``softmax_xent_rows`` computes each row's
-  softmax (shifted by the row maximum) and its loss in one thread; the loss is their mean.
-  The backward ``softmax_xent_grad`` makes (probs - one_hot(labels)) * dout / N in one
-  pass, leaving the cache as it was. Labels follow the reference's rule
-  (``ops.softmax.check_targets``: integer, in 0..K-1, a non-empty batch), checked before the
-  launch by one min/max reduction, with the reference's ValueError. The kernels themselves
-  read nothing through a label outside 0..K-1 and give its row NaN, should one reach them.
-  One-hot labels run the reference; a ``dout`` that is an array runs the reference's
-  backward on the cached softmax and labels (the cache holds its own copy of the labels, as
-  the reference's does).
+- Softmax cross-entropy with integer labels (N,): ``softmax_xent_step`` computes, in one
+  launch, each row's softmax, loss and gradient (for dout = 1), the cache's copy of the
+  labels, the mean loss, and -- given ``totals`` -- adds the summed loss and the hits to
+  them. The backward hands out that gradient (no launch) at its first call with dout = 1;
+  any other call runs the reference's backward on the cached softmax and labels. Labels
+  follow the reference's rule (``ops.softmax.check_targets``: integer, in 0..K-1, a
+  non-empty batch), checked before the launch by one min/max reduction (skipped with
+  ``checked=True``), with the reference's ValueError. The kernel reads nothing through a
+  label outside 0..K-1 and gives its row NaN, should one reach it. One-hot labels run the
+  reference.
 """
 from __future__ import annotations
 
@@ -74,38 +74,47 @@ def dropout_backward(dout, cache):
 
 # -- softmax cross-entropy ----------------------------------------------------------------
 
-def softmax_cross_entropy_forward(scores, labels):
+def softmax_cross_entropy_forward(scores, labels, totals=None, checked=False):
     """scores (N, K), labels (N,) integer class indices (one-hot (N, K): the reference)
-    -> (mean loss over the batch (0-d, the scores' dtype), cache)."""
+    -> (mean loss over the batch (0-d, the scores' dtype), cache); ``totals`` (float64
+    (2,)): += [summed loss, rows whose first highest score is at the label]. One launch."""
     integer_labels = (getattr(labels, "ndim", None) == 1 and labels.dtype.kind in "iu"
                       and launch.on_gpu(labels))
+    totals_ok = totals is None or (launch.on_gpu(totals) and totals.shape == (2,)
+                                   and totals.dtype.name == "float64" and totals.flags.c_contiguous)
     if not (scores.ndim == 2 and integer_labels and labels.shape[0] == scores.shape[0]
-            and scores.shape[0] > 0 and scores.shape[1] > 0 and launch.serves(scores)):
-        return reference_call("softmax_cross_entropy_forward", scores, labels)
-    check_targets(scores, labels)  # the reference's rule and errors, before any launch
+            and scores.shape[0] > 0 and scores.shape[1] > 0 and totals_ok and launch.serves(scores)
+            and launch.fits(scores.size)):
+        return reference_call("softmax_cross_entropy_forward", scores, labels, totals, checked)
+    check_targets(scores, labels, checked)  # the reference's rule and errors, before any launch
     cp = launch.cupy()
     n, classes = scores.shape
     contiguous = cp.ascontiguousarray(scores)
-    labels = cp.array(labels, order="C", copy=True)  # the cache's own copy, as the reference's
-    probs = cp.empty_like(contiguous)
+    labels_in = cp.ascontiguousarray(labels)
+    probs, grad = cp.empty_like(contiguous), cp.empty_like(contiguous)
+    labels_copy = cp.empty_like(labels_in)  # the cache's own copy, as the reference's
     row_loss = cp.empty(n, dtype=scores.dtype)
-    done = launch.launch("softmax_xent_rows", contiguous, labels, classes, probs, row_loss)
+    row_hit = cp.empty(n, dtype="int32")
+    loss = cp.empty(1, dtype=scores.dtype)
+    sums = totals if totals is not None else launch.constant("unused_totals", 2, "float64")
+    done = launch.launch("softmax_xent_step", contiguous, labels_in, classes, n, 1.0 / n,
+                         int(totals is not None), probs, grad, labels_copy, row_loss, row_hit, loss,
+                         sums, launch.constant("xent_ticket", 1, "int32"), size=n)
     if done is None:
-        return reference_call("softmax_cross_entropy_forward", scores, labels)
-    return row_loss.sum() / n, ("cuda", labels, probs)
+        return reference_call("softmax_cross_entropy_forward", scores, labels, totals, checked)
+    return loss.reshape(()), ("cuda", labels_copy, probs, grad, [False])
 
 
 def softmax_cross_entropy_backward(cache, dout=1.0):
-    """d loss / d scores (N, K) = (softmax(scores) - one_hot(labels)) * dout / N."""
+    """d loss / d scores (N, K) = (softmax(scores) - one_hot(labels)) * dout / N: the
+    forward's gradient itself at the first call with dout = 1 (no launch); the reference's
+    backward on the cached softmax and labels otherwise."""
     if isinstance(cache, ReferenceCache):
         return ops.softmax_cross_entropy_backward(cache.cache, dout)
-    _, labels, probs = cache
-    if isinstance(dout, numbers.Real):
-        n, classes = probs.shape
-        grad = launch.launch("softmax_xent_grad", probs, labels, classes, float(dout) / n,
-                             launch.cupy().empty_like(probs))
-        if grad is not None:
-            return grad
-    # An array dout (or a kernel that failed to compile): the reference's backward on the
-    # kernel's softmax (the reference's cache is (softmax, labels) too). It copies probs.
+    _, labels, probs, grad, handed_out = cache
+    if isinstance(dout, numbers.Real) and float(dout) == 1.0 and not handed_out[0]:
+        handed_out[0] = True  # a caller may change it in place: later calls recompute
+        return grad
+    # The reference's backward on the kernel's softmax (the reference's cache is
+    # (softmax, labels) too). It copies probs.
     return ops.softmax_cross_entropy_backward((probs, labels), dout)

@@ -12,8 +12,9 @@ only when every array has fewer than 2^31 elements (``launch.INDEX_LIMIT``). Poi
 offsets (an index times an int64 element stride) are computed in 64 bits.
 
 Shared window geometry: channels, image (height, width), output (out_h, out_w), kernel
-(k_h, k_w), stride (s_h, s_w), padding (p_h, p_w). No kernel uses atomics: every output
-element is written by one thread, so results are deterministic.
+(k_h, k_w), stride (s_h, s_w), padding (p_h, p_w). Every output
+element is written by one thread, so results are deterministic. The one atomic, the loss
+kernel's ticket, only picks which thread sums the rows, in a fixed order.
 """
 
 GEOMETRY = ("int32 channels, int32 height, int32 width, int32 out_h, int32 out_w, "
@@ -164,41 +165,55 @@ KERNEL_SPECS = {
     out = acc / (T)(k_h * k_w);
 """,
     ),
-    # One thread per row of C-contiguous scores (N, K): probs (N, K) (a raw output, written
-    # through its pointer) = the softmax of the row, shifted by its maximum; row_loss (N,) =
-    # -log probs[label] = log(sum) + max - s[label] (NaN for a label outside 0..K-1, never read).
-    "softmax_xent_rows": (
-        "raw T scores, raw I labels, int32 classes",
-        "raw T probs, T row_loss",
+    # The whole loss of a training step in one launch, one thread per row of C-contiguous
+    # scores (N, K), label I, rows = N:
+    # - probs (N, K): the row's softmax, shifted by its maximum; grad (N, K) = (probs -
+    #   one_hot(label)) * scale (scale = 1 / N: the gradient of the mean loss);
+    #   labels_copy (N,): the label (the cache's own copy); row_loss (N,) = log(sum) + max -
+    #   s[label]; row_hit (N,) = 1 where the row's first maximum (a NaN counts as the
+    #   maximum, as argmax) is at the label. A label outside 0..K-1 gives its row NaN loss
+    #   and gradient, no hit, and reads nothing through it.
+    # - The last row to finish (an atomic ticket, reset to 0 for the next launch; rows made
+    #   visible by __threadfence first) sums row_loss and row_hit in row order -- the same
+    #   order at every launch, so the result is deterministic -- into loss[0] = sum / N and,
+    #   when add_totals, adds (sum, hits) to the float64 totals (2,).
+    "softmax_xent_step": (
+        "raw T scores, raw I labels, int32 classes, int32 rows, T scale, int32 add_totals",
+        "raw T probs, raw T grad, raw I labels_copy, raw T row_loss, raw int32 row_hit, raw T loss, "
+        "raw float64 totals, raw int32 ticket",
         """
     const int row = (int)i;""" + _LABEL + """
     const T* s = &scores[(ptrdiff_t)row * classes];
     T* p = &probs[(ptrdiff_t)row * classes];
+    T* g = &grad[(ptrdiff_t)row * classes];
     T top = s[0];
-    for (int j = 1; j < classes; ++j) top = s[j] > top ? s[j] : top;
+    int best = 0;
+    for (int j = 1; j < classes; ++j) {
+        if (s[j] > top || (s[j] != s[j] && top == top)) { top = s[j]; best = j; }
+    }
     T total = 0;
     for (int j = 0; j < classes; ++j) { p[j] = exp(s[j] - top); total += p[j]; }
     for (int j = 0; j < classes; ++j) p[j] /= total;
-    if (valid) {
-        row_loss = log(total) + top - s[label];
-    } else {
-        T zero = 0;
-        row_loss = zero / zero;  // NaN flags a bad label (a variable: no constant 0/0)
+    T zero = 0;  // NaN flags a bad label (a variable: no constant 0/0)
+    for (int j = 0; j < classes; ++j) {
+        g[j] = valid ? (p[j] - (label == j ? (T)1 : (T)0)) * scale : zero / zero;
     }
-""",
-    ),
-    # Over probs (N, K): grad = (probs - one_hot(label)) * scale, with scale = dout / N (a row
-    # whose label is outside 0..K-1: NaN).
-    "softmax_xent_grad": (
-        "T probs, raw I labels, int32 classes, T scale",
-        "T grad",
-        """
-    const int row = (int)i / classes, j = (int)i % classes;""" + _LABEL + """
-    if (valid) {
-        grad = (probs - (label == j ? (T)1 : (T)0)) * scale;
-    } else {
-        T zero = 0;
-        grad = zero / zero;  // NaN flags a bad label
+    labels_copy[row] = labels[row];
+    row_loss[row] = valid ? log(total) + top - s[label] : zero / zero;
+    row_hit[row] = (valid && best == label) ? 1 : 0;
+    __threadfence();
+    if (atomicAdd(&ticket[(ptrdiff_t)0], 1) == rows - 1) {
+        const volatile T* losses = &row_loss[(ptrdiff_t)0];
+        const volatile int* hits = &row_hit[(ptrdiff_t)0];
+        T sum = 0;
+        int hit_count = 0;
+        for (int r = 0; r < rows; ++r) { sum += losses[r]; hit_count += hits[r]; }
+        loss[(ptrdiff_t)0] = sum / (T)rows;
+        if (add_totals) {
+            totals[(ptrdiff_t)0] += (double)sum;
+            totals[(ptrdiff_t)1] += (double)hit_count;
+        }
+        ticket[(ptrdiff_t)0] = 0;
     }
 """,
     ),
