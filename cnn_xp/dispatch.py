@@ -43,6 +43,7 @@ OPS: dict[str, tuple[str, ...]] = {
     "adagrad": ("adagrad_update",),
     "rmsprop": ("rmsprop_update",),
     "adam": ("adam_update",),
+    "update_all": ("update_all",),  # one step of any rule on every parameter (what optimizers call)
 }
 
 # device -> the module path of its accelerator

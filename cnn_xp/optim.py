@@ -21,8 +21,8 @@ Weight decay (``weight_decay``, default 0: none): every optimizer but AdamW adds
 term to the gradient before its rule, ``g + weight_decay * p`` (PyTorch's ``weight_decay``
 of SGD, Adam, ...); :class:`AdamW` decays the weights apart from the gradient,
 ``p -= lr * weight_decay * p`` before the Adam step (Loshchilov & Hutter, PyTorch's
-``AdamW``). Both are applied here, with ``xp``, before the update rule is called, so every
-accelerator's rule (``cnn_xp.dispatch``) keeps its semantics unchanged. The layers' grads
+``AdamW``). Both are part of the seam's ``update_all`` (``cnn_xp.ops.updates``), which every
+built-in optimizer calls once per step for all its parameters. The layers' grads
 are left as ``backward`` made them. Every parameter decays, biases and BatchNorm's gamma /
 beta included (as PyTorch does unless given parameter groups).
 """
@@ -33,6 +33,7 @@ import math
 
 from . import dispatch, validation
 from .backend import device_of, to_device, to_numpy, xp_of
+from .ops.updates import RULES
 
 
 def _check_lr(value, what: str = "learning rate") -> float:
@@ -116,15 +117,58 @@ class Optimizer:
             per_param[slot] = xp_of(like).zeros_like(like)
         return per_param[slot]
 
+    # The built-in optimizers name their rule (a key of ``cnn_xp.ops.updates.RULES``) and
+    # give its learning rates, hyperparameters and weight decay; one ``update_all`` call
+    # through the seam then updates every parameter (one fused launch on the GPU).
+    RULE: str | None = None
+
     def step(self) -> None:
         """Apply one update to every parameter that has a gradient."""
         self.t += 1
+        names, params, grads = [], [], []
         for name, layer, key in self.model.params_and_grads():
             if key in layer.grads:
-                self.update(name, layer.params[key], layer.grads[key])
+                names.append(name)
+                params.append(layer.params[key])
+                grads.append(layer.grads[key])
+        if names:
+            self.update_all(names, params, grads)
+
+    def update_all(self, names, params, grads) -> None:
+        """Update every parameter ``params[k]`` (named ``names[k]``) from ``grads[k]``: for
+        a built-in optimizer one call of the seam's ``update_all``; for a subclass with its
+        own ``update``, that method per parameter."""
+        if self.RULE is None or type(self).update is not Optimizer.update:
+            for name, param, grad in zip(names, params, grads):
+                self.update(name, param, grad)
+            return
+        slots = RULES[self.RULE][1]
+        states = [tuple(self._slot(name, slot, param) for slot in slots) for name, param in zip(names, params)]
+        impl = dispatch.implementation("update_all", device_of(params[0]))
+        impl.update_all(self.RULE, params, grads, states, self._rates(names), self._rule_hyperparameters(),
+                        self._l2(), self._shrink(names))
 
     def update(self, name: str, param, grad) -> None:
-        raise NotImplementedError
+        """Update one parameter (``update_all`` for one)."""
+        if self.RULE is None:
+            raise NotImplementedError
+        self.update_all([name], [param], [grad])
+
+    def _rates(self, names) -> list[float]:
+        """The rule's learning rate of each parameter this step."""
+        return [self.lr_of(name) for name in names]
+
+    def _rule_hyperparameters(self) -> tuple:
+        """The rule's hyperparameters after the learning rate (``RULES[rule][2]``)."""
+        return ()
+
+    def _l2(self) -> float:
+        """The L2 weight decay added to the gradient."""
+        return self.weight_decay
+
+    def _shrink(self, names):
+        """Factors multiplying each parameter before the rule (decoupled decay), or None."""
+        return None
 
     def decayed(self, param, grad):
         """The gradient with the L2 term: ``grad + weight_decay * param`` (a new array), or
@@ -180,19 +224,13 @@ def _check_decay(value, owner: str) -> float:
     return validation.real(value, "weight_decay", owner, low=0.0)
 
 
-def _rule(op: str, param):
-    """The update function of ``op`` for the device ``param`` lives on (see ``cnn_xp.dispatch``)."""
-    return getattr(dispatch.implementation(op, device_of(param)), f"{op}_update")
-
-
 class SGD(Optimizer):
     """p -= lr * (g + wd * p)"""
 
+    RULE = "sgd"
+
     def __init__(self, model, lr, param_groups=None, weight_decay=0.0):
         super().__init__(model, lr, param_groups, weight_decay)
-
-    def update(self, name, param, grad):
-        _rule("sgd", param)(param, self.decayed(param, grad), self.lr_of(name))
 
 
 class Momentum(Optimizer):
@@ -202,9 +240,10 @@ class Momentum(Optimizer):
         self.momentum = validation.fraction(momentum, "momentum", type(self).__name__)
         super().__init__(model, lr, param_groups, weight_decay)
 
-    def update(self, name, param, grad):
-        _rule("momentum", param)(param, self.decayed(param, grad), self._slot(name, "v", param), self.lr_of(name),
-                                 self.momentum)
+    RULE = "momentum"
+
+    def _rule_hyperparameters(self):
+        return (self.momentum,)
 
     def hyperparameters(self):
         return {"lr": self.lr, "momentum": self.momentum, "weight_decay": self.weight_decay}
@@ -214,9 +253,7 @@ class Nesterov(Momentum):
     """Nesterov's accelerated gradient (Sutskever et al. form), g' = g + wd * p:
     v = m * v - lr * g';  p += m * v - lr * g'"""
 
-    def update(self, name, param, grad):
-        _rule("nesterov", param)(param, self.decayed(param, grad), self._slot(name, "v", param), self.lr_of(name),
-                                 self.momentum)
+    RULE = "nesterov"
 
 
 class AdaGrad(Optimizer):
@@ -226,9 +263,10 @@ class AdaGrad(Optimizer):
         self.eps = validation.positive(eps, "eps", "AdaGrad")
         super().__init__(model, lr, param_groups, weight_decay)
 
-    def update(self, name, param, grad):
-        _rule("adagrad", param)(param, self.decayed(param, grad), self._slot(name, "h", param), self.lr_of(name),
-                                self.eps)
+    RULE = "adagrad"
+
+    def _rule_hyperparameters(self):
+        return (self.eps,)
 
     def hyperparameters(self):
         return {"lr": self.lr, "eps": self.eps, "weight_decay": self.weight_decay}
@@ -242,9 +280,10 @@ class RMSProp(Optimizer):
         self.eps = validation.positive(eps, "eps", "RMSProp")
         super().__init__(model, lr, param_groups, weight_decay)
 
-    def update(self, name, param, grad):
-        _rule("rmsprop", param)(param, self.decayed(param, grad), self._slot(name, "h", param), self.lr_of(name),
-                                self.decay, self.eps)
+    RULE = "rmsprop"
+
+    def _rule_hyperparameters(self):
+        return (self.decay, self.eps)
 
     def hyperparameters(self):
         return {"lr": self.lr, "decay": self.decay, "eps": self.eps, "weight_decay": self.weight_decay}
@@ -262,14 +301,14 @@ class Adam(Optimizer):
         self.eps = validation.positive(eps, "eps", owner)
         super().__init__(model, lr, param_groups, weight_decay)
 
-    def update(self, name, param, grad):
-        self._adam_step(name, param, self.decayed(param, grad))
+    RULE = "adam"
 
-    def _adam_step(self, name, param, grad):
-        lr_t = self.lr_of(name) / (1.0 - self.beta1 ** self.t)
-        v_scale = 1.0 / math.sqrt(1.0 - self.beta2 ** self.t)
-        _rule("adam", param)(param, grad, self._slot(name, "m", param), self._slot(name, "v", param),
-                             lr_t, self.beta1, self.beta2, v_scale, self.eps)
+    def _rates(self, names):
+        correction = 1.0 - self.beta1 ** self.t
+        return [self.lr_of(name) / correction for name in names]  # lr_t: the first moment's bias corrected
+
+    def _rule_hyperparameters(self):
+        return (self.beta1, self.beta2, 1.0 / math.sqrt(1.0 - self.beta2 ** self.t), self.eps)
 
     def hyperparameters(self):
         return {"lr": self.lr, "beta1": self.beta1, "beta2": self.beta2, "eps": self.eps,
@@ -284,10 +323,13 @@ class AdamW(Adam):
     def __init__(self, model, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, param_groups=None, weight_decay=0.01):
         super().__init__(model, lr, beta1, beta2, eps, param_groups, weight_decay)
 
-    def update(self, name, param, grad):
-        if self.weight_decay:
-            param *= 1.0 - self.lr_of(name) * self.weight_decay
-        self._adam_step(name, param, grad)
+    def _l2(self):
+        return 0.0
+
+    def _shrink(self, names):
+        if not self.weight_decay:
+            return None
+        return [1.0 - self.lr_of(name) * self.weight_decay for name in names]
 
 
 OPTIMIZERS = {

@@ -120,6 +120,13 @@ CASES: dict[str, list[dict]] = {
                                            ((12,), "float64", "nchw"),
                                            ((4, 3, 3, 3), "float32", "sliced")])]
        for op in UPDATE_RULES},
+    # every rule of update_all on three parameters (three learning rates), with L2 weight
+    # decay, with AdamW's shrink factors, in both dtypes
+    "update_all": [{"rule": rule, "dtype": dtype, "weight_decay": wd, "shrink": shrink, "seed": i}
+                   for i, (rule, dtype, wd, shrink) in enumerate(
+                       [(r, d, 0.0, False) for r in UPDATE_RULES for d in ("float32", "float64")]
+                       + [(r, "float32", 0.01, False) for r in UPDATE_RULES]
+                       + [("adam", "float32", 0.0, True), ("adam", "float64", 0.0, True)])],
 }
 
 
@@ -276,10 +283,36 @@ def _update(op):
     return run
 
 
+UPDATE_ALL_SHAPES = ((30, 7), (12,), (4, 3, 3, 3))
+
+
+def run_update_all(impl, put, case, mutate=False):  # no cache: nothing to mutate
+    """Three steps of ``update_all`` on three C-contiguous parameters with their own rates."""
+    rule, dtype = case["rule"], case["dtype"]
+    rng = np.random.default_rng(case["seed"])
+    slots = UPDATE_RULES[rule][0]
+    params = [put(rng.standard_normal(s).astype(dtype)) for s in UPDATE_ALL_SHAPES]
+    states = [tuple(put(np.zeros(s, dtype)) for _ in range(slots)) for s in UPDATE_ALL_SHAPES]
+    rates = [0.05, 0.1, 0.02]
+    for t in range(1, 4):
+        grads = [put((rng.uniform(0.1, 1.0, s) * rng.choice([-1.0, 1.0], s)).astype(dtype)) for s in UPDATE_ALL_SHAPES]
+        if rule != "adam":
+            lrs, hyper = rates, UPDATE_RULES[rule][1][1:]
+        else:
+            b1, b2 = 0.9, 0.999
+            lrs, hyper = [r / (1 - b1 ** t) for r in rates], (b1, b2, 1 / math.sqrt(1 - b2 ** t), 1e-8)
+        shrink = [1.0 - r * 0.01 for r in rates] if case["shrink"] else None
+        assert impl.update_all(rule, params, grads, states, lrs, hyper, case["weight_decay"], shrink) is None
+    out = {f"param{k}": p for k, p in enumerate(params)}
+    out.update({f"state{k}_{i}": s for k, st in enumerate(states) for i, s in enumerate(st)})
+    return out, []
+
+
 RUNNERS = {
     "conv2d": run_conv2d, "maxpool2d": _pool("max"), "avgpool2d": _pool("avg"),
     "relu": run_relu, "dropout": run_dropout, "softmax_cross_entropy": run_softmax_cross_entropy,
     **{op: _update(op) for op in UPDATE_RULES},
+    "update_all": run_update_all,
 }
 
 

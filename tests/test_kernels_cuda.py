@@ -371,3 +371,48 @@ def test_a_bad_totals_array_runs_the_reference(host):
     totals = np.zeros(2, dtype="float32")  # not float64
     loss, cache = cuda.softmax_cross_entropy_forward(scores, labels, totals)
     assert isinstance(cache, ReferenceCache) and totals[1] == 1.0  # the reference's hits: row 0 only
+
+
+def test_update_all_takes_one_launch_per_32_parameters(host):
+    rng = np.random.default_rng(9)
+    shapes = [(int(rng.integers(1, 9)), 3) for _ in range(70)]
+    params = [rng.standard_normal(s).astype("float32") for s in shapes]
+    want = [p.copy() for p in params]
+    grads = [rng.standard_normal(s).astype("float32") for s in shapes]
+    states = [(np.zeros(s, "float32"),) for s in shapes]
+    want_states = [(np.zeros(s, "float32"),) for s in shapes]
+    lrs = list(rng.uniform(0.01, 0.1, 70))
+    cuda.update_all("momentum", params, grads, states, lrs, (0.9,), 0.001)
+    assert host.launches() == {"momentum_update_all": 3}
+    ops.update_all("momentum", want, grads, want_states, lrs, (0.9,), 0.001)
+    for got, ref, s, ref_s in zip(params, want, states, want_states):
+        np.testing.assert_allclose(got, ref, rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(s[0], ref_s[0], rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("problem", ["strided", "repeated", "shape", "dtype"])
+def test_update_all_that_the_kernel_cannot_serve_runs_the_reference(host, problem):
+    rng = np.random.default_rng(10)
+    params = [rng.standard_normal((4, 6)).astype("float32") for _ in range(2)]
+    grads = [rng.standard_normal((4, 6)).astype("float32") for _ in range(2)]
+    if problem == "strided":
+        params[1] = rng.standard_normal((4, 12)).astype("float32")[:, ::2]
+    elif problem == "repeated":
+        params[1] = params[0]
+    elif problem == "shape":
+        grads[1] = grads[1].reshape(6, 4)
+    else:
+        grads[1] = grads[1].astype("float64")
+    want = [p.copy() for p in params]
+    if problem == "repeated":
+        want[1] = want[0]
+    if problem != "shape":
+        ops.update_all("sgd", want, grads, [(), ()], [0.1, 0.2], ())
+    try:
+        cuda.update_all("sgd", params, grads, [(), ()], [0.1, 0.2], ())
+    except ValueError:
+        assert problem == "shape"  # the reference's own error
+    else:
+        for got, ref in zip(params, want):
+            np.testing.assert_allclose(got, ref, rtol=1e-6)
+    assert not host.launches()

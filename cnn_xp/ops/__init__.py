@@ -11,7 +11,7 @@ from .pool import avgpool2d_backward, avgpool2d_forward, maxpool2d_backward, max
 from .softmax import (cross_entropy, cross_entropy_backward, log_softmax, softmax, softmax_cross_entropy_backward,
                       softmax_cross_entropy_forward)
 from .updates import (adagrad_update, adam_update, momentum_update, nesterov_update, rmsprop_update,
-                      sgd_update)
+                      sgd_update, update_all)
 
 NAME = "reference"
 
@@ -23,4 +23,5 @@ __all__ = [
     "softmax", "log_softmax", "cross_entropy", "cross_entropy_backward", "softmax_cross_entropy_forward",
     "softmax_cross_entropy_backward",
     "sgd_update", "momentum_update", "nesterov_update", "adagrad_update", "rmsprop_update", "adam_update",
+    "update_all",
 ]

@@ -49,3 +49,31 @@ def adam_update(param, grad, m, v, lr_t, beta1, beta2, v_scale, eps):
     m += (1.0 - beta1) * (grad - m)
     v += (1.0 - beta2) * (grad * grad - v)
     param -= lr_t * m / (xp.sqrt(v) * v_scale + eps)
+
+
+# rule -> (its update function, the names of its state arrays, of its hyperparameters after lr)
+RULES = {
+    "sgd": (sgd_update, (), ()),
+    "momentum": (momentum_update, ("v",), ("momentum",)),
+    "nesterov": (nesterov_update, ("v",), ("momentum",)),
+    "adagrad": (adagrad_update, ("h",), ("eps",)),
+    "rmsprop": (rmsprop_update, ("h",), ("decay", "eps")),
+    "adam": (adam_update, ("m", "v"), ("beta1", "beta2", "v_scale", "eps")),
+}
+
+
+def update_all(rule, params, grads, states, lrs, hyper, weight_decay=0.0, shrink=None):
+    """One optimizer step of ``rule`` (a key of ``RULES``) on every parameter, in order:
+    ``params[k]`` and its state arrays ``states[k]`` (a tuple, the rule's slots) in place,
+    from ``grads[k]``, with learning rate ``lrs[k]`` (Adam: its ``lr_t``) and the rule's
+    other hyperparameters ``hyper`` (a tuple, ``RULES[rule][2]``). Before the rule:
+    ``shrink`` (None, or a factor per parameter: decoupled weight decay, AdamW's
+    ``1 - lr * wd``) multiplies the parameter; ``weight_decay`` > 0 adds the L2 term to
+    the gradient, ``g + weight_decay * p`` (a new array; the grads are left as they are)."""
+    update = RULES[rule][0]
+    for k, (param, grad) in enumerate(zip(params, grads)):
+        if shrink is not None:
+            param *= shrink[k]
+        if weight_decay:
+            grad = grad + weight_decay * param
+        update(param, grad, *states[k], lrs[k], *hyper)

@@ -16,6 +16,7 @@ relu                        backward in one kernel
 dropout                     output and mask in one kernel
 softmax_cross_entropy       one thread per row for softmax and loss; gradient in one kernel
 sgd ... adam                one fused kernel per update of a parameter and its state
+update_all                  every parameter of a step in one launch (32 per launch)
 ==========================  ===============================================================
 
 A call the kernels cannot serve -- another dtype than float32/float64, mixed dtypes, an
@@ -35,11 +36,11 @@ from .pointwise import (dropout_backward, dropout_forward, relu_backward, relu_f
 from .pool import avgpool2d_backward, avgpool2d_forward, maxpool2d_backward, maxpool2d_forward
 from .sources import KERNEL_SPECS
 from .updates import (adagrad_update, adam_update, momentum_update, nesterov_update,
-                      rmsprop_update, sgd_update)
+                      rmsprop_update, sgd_update, update_all)
 
 NAME = "cuda"
 OPS = ("conv2d", "maxpool2d", "avgpool2d", "relu", "dropout", "softmax_cross_entropy",
-       "sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam")
+       "sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "update_all")
 
 
 def status() -> tuple[bool, str]:
@@ -71,5 +72,5 @@ __all__ = [
     "relu_forward", "relu_backward", "dropout_forward", "dropout_backward",
     "softmax_cross_entropy_forward", "softmax_cross_entropy_backward",
     "sgd_update", "momentum_update", "nesterov_update", "adagrad_update", "rmsprop_update",
-    "adam_update",
+    "adam_update", "update_all",
 ]

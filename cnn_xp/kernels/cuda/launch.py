@@ -76,6 +76,13 @@ def launch(name: str, *args, **kwargs):
         return None
 
 
+def address(array) -> int:
+    """The device address of a CuPy array's first element (a NumPy array's, on the host
+    emulation of the tests)."""
+    data = array.data
+    return int(data.ptr) if hasattr(data, "ptr") else int(array.ctypes.data)
+
+
 def element_strides(array) -> list[int] | None:
     """The strides of ``array`` in elements, or None when one is negative or not a whole
     number of elements (the caller then hands over a contiguous copy)."""

@@ -244,3 +244,55 @@ KERNEL_SPECS = {
         "m += one_minus_beta1 * (g - m); v += one_minus_beta2 * (g * g - v);"
         " p -= lr_t * m / (sqrt(v) * v_scale + eps);"),
 }
+
+# -- every parameter's update in one launch -------------------------------------------------
+# ``<rule>_update_all`` updates up to UPDATE_SLOTS parameters of one dtype in one launch, one
+# thread per element of all of them (the launch's size is their total): slot k's tensors are
+# C-contiguous arrays passed by address (int64 p<k>, g<k>, and the rule's state arrays a<k>,
+# b<k>), its elements are the launch indices end<k-1> <= i < end<k>, and lr<k>, shrink<k>
+# are its learning rate and decoupled-decay factor (1 for none). Unused slots have end<k> =
+# the total. The rule is that of ``cnn_xp.ops.updates`` after ``p *= shrink`` and, when
+# weight_decay != 0, ``g + weight_decay * p``; the parameter and its state are read once
+# and written once.
+UPDATE_SLOTS = 32
+
+# rule -> (state arrays, hyperparameters after lr, the update of pj from gj)
+_UPDATE_RULES = {
+    "sgd": ((), "", "pj -= lr * gj;"),
+    "momentum": (("a",), "T momentum",
+                 "T v = a[j]; v = momentum * v - lr * gj; a[j] = v; pj += v;"),
+    "nesterov": (("a",), "T momentum",
+                 "T v = a[j]; v = momentum * v - lr * gj; a[j] = v; pj += momentum * v - lr * gj;"),
+    "adagrad": (("a",), "T eps",
+                "T h = a[j]; h += gj * gj; a[j] = h; pj -= lr * gj / (sqrt(h) + eps);"),
+    "rmsprop": (("a",), "T decay, T one_minus_decay, T eps",
+                "T h = a[j]; h = decay * h + one_minus_decay * gj * gj; a[j] = h;"
+                " pj -= lr * gj / (sqrt(h) + eps);"),
+    "adam": (("a", "b"), "T one_minus_beta1, T one_minus_beta2, T v_scale, T eps",
+             "T m = a[j], v = b[j]; m += one_minus_beta1 * (gj - m); v += one_minus_beta2 * (gj * gj - v);"
+             " a[j] = m; b[j] = v; pj -= lr * m / (sqrt(v) * v_scale + eps);"),
+}
+
+
+def _update_all_spec(states: tuple, hyper: str, rule: str) -> tuple[str, str, str]:
+    arrays = ("p", "g", *states)
+    slots = ", ".join(", ".join(f"int64 {a}{k}" for a in arrays) + f", int32 end{k}, T lr{k}, T shrink{k}"
+                      for k in range(UPDATE_SLOTS))
+    in_params = slots + ", T weight_decay" + (", " + hyper if hyper else "")
+    declare = "".join(f" long long {a.upper()};" for a in arrays)
+    select = []
+    for k in range(UPDATE_SLOTS):
+        test = "" if k == UPDATE_SLOTS - 1 else f"if (e < end{k}) "
+        start = "0" if k == 0 else f"end{k - 1}"
+        assign = " ".join(f"{a.upper()} = {a}{k};" for a in arrays)
+        select.append(f"    {'else ' if k else ''}{test}{{ {assign} lr = lr{k}; shrink = shrink{k}; start = {start}; }}")
+    pointers = " ".join(f"T* {a} = (T*){a.upper()};" for a in ("p", *states)) + " const T* g = (const T*)G;"
+    body = ("\n    const int e = (int)i;\n   " + declare + " T lr, shrink; int start;\n" + "\n".join(select)
+            + f"\n    {pointers}\n    const int j = e - start;\n"
+            "    T pj = p[j] * shrink;\n"
+            "    const T gj = weight_decay != (T)0 ? g[j] + weight_decay * pj : g[j];\n"
+            f"    {rule}\n    p[j] = pj;\n")
+    return in_params, "raw T unused", body
+
+
+KERNEL_SPECS.update({f"{name}_update_all": _update_all_spec(*spec) for name, spec in _UPDATE_RULES.items()})

@@ -1,5 +1,7 @@
-"""Optimizer updates on the GPU: one fused kernel per step of one parameter, updating the
-parameter and its state arrays in place (the reference takes three to six launches).
+"""Optimizer updates on the GPU: ``update_all``, what the optimizers call, updates every
+parameter of a step in one launch (per UPDATE_SLOTS parameters), weight decay included;
+the per-parameter rules are one fused kernel per parameter, updating the parameter and its
+state arrays in place (the reference takes three to six launches).
 Hyperparameters are Python floats, cast to the parameter's dtype (no upcast). The rules are
 those of ``cnn_xp.ops.updates``; a call the kernels cannot serve (another dtype, mixed
 shapes, a CPU array) runs the reference.
@@ -8,6 +10,7 @@ from __future__ import annotations
 
 from ... import ops
 from . import launch
+from .sources import UPDATE_SLOTS
 
 
 def _fused(name: str, param, grad, state: tuple, scalars: tuple) -> bool:
@@ -57,3 +60,66 @@ def adam_update(param, grad, m, v, lr_t, beta1, beta2, v_scale, eps):
     scalars = (1.0 - float(beta1), 1.0 - float(beta2), float(lr_t), float(v_scale), float(eps))
     if not _fused("adam_update", param, grad, (m, v), scalars):
         ops.adam_update(param, grad, m, v, lr_t, beta1, beta2, v_scale, eps)
+
+
+def _kernel_hyperparameters(rule: str, hyper: tuple) -> tuple:
+    """The reference's hyperparameters (``ops.updates.RULES``) as the kernel takes them."""
+    if rule == "rmsprop":
+        decay, eps = hyper
+        return float(decay), 1.0 - float(decay), float(eps)
+    if rule == "adam":
+        beta1, beta2, v_scale, eps = hyper
+        return 1.0 - float(beta1), 1.0 - float(beta2), float(v_scale), float(eps)
+    return tuple(float(h) for h in hyper)
+
+
+def _launch_groups(sizes: list[int]) -> list[list[int]]:
+    """Parameter indices in launches of at most UPDATE_SLOTS tensors and 2^31 - 1 elements."""
+    groups, current, total = [], [], 0
+    for k, size in enumerate(sizes):
+        if current and (len(current) == UPDATE_SLOTS or not launch.fits(total + size)):
+            groups.append(current)
+            current, total = [], 0
+        current.append(k)
+        total += size
+    return groups + ([current] if current else [])
+
+
+def _servable(params, grads, states) -> bool:
+    arrays = [*params, *grads, *(s for st in states for s in st)]
+    if not (arrays and launch.serves(*arrays) and all(a.flags.c_contiguous for a in arrays)):
+        return False
+    if any(g.shape != p.shape or any(s.shape != p.shape for s in st) for p, g, st in zip(params, grads, states)):
+        return False
+    written = [launch.address(a) for a in (*params, *(s for st in states for s in st)) if a.size]
+    return len(set(written)) == len(written)  # no array updated twice in one launch
+
+
+def update_all(rule, params, grads, states, lrs, hyper, weight_decay=0.0, shrink=None):
+    """One step of ``rule`` on every parameter (``cnn_xp.ops.updates.update_all``): one
+    ``<rule>_update_all`` launch per UPDATE_SLOTS parameters, weight decay and ``shrink``
+    included. Parameters, grads and states: C-contiguous CuPy arrays of one float dtype,
+    no parameter or state given twice; any other call runs the reference."""
+    params, grads, states = list(params), list(grads), [tuple(s) for s in states]
+    if not _servable(params, grads, states):
+        return ops.update_all(rule, params, grads, states, lrs, hyper, weight_decay, shrink)
+    scalars = _kernel_hyperparameters(rule, hyper)
+    unused = launch.constant("update_all_unused", 1, params[0].dtype)
+    for done, group in enumerate(_launch_groups([p.size for p in params])):
+        args, end = [], 0
+        for slot in range(UPDATE_SLOTS):
+            if slot < len(group):
+                k = group[slot]
+                end += params[k].size
+                addresses = [launch.address(a) for a in (params[k], grads[k], *states[k])]
+                factor = 1.0 if shrink is None else float(shrink[k])
+                args += [*addresses, end, float(lrs[k]), factor]
+            else:
+                args += [0] * (2 + len(states[0])) + [end, 0.0, 1.0]
+        if end and launch.launch(f"{rule}_update_all", *args, float(weight_decay), *scalars, unused,
+                                 size=end) is None:
+            rest = [k for later in _launch_groups([p.size for p in params])[done:] for k in later]
+            pick = (lambda seq: [seq[k] for k in rest])
+            ops.update_all(rule, pick(params), pick(grads), pick(states), pick(list(lrs)), hyper, weight_decay,
+                           None if shrink is None else pick(list(shrink)))
+            return
