@@ -14,7 +14,7 @@ strengths named as in torchvision's ``RandomAffine``:
 The parameters are drawn on the host from a seeded NumPy Generator (the same draws on CPU
 and GPU); its state is ``state_dict()`` (JSON-able) for checkpoints, so a restored
 augmenter continues with the same distortions. The images are resampled by
-:func:`affine_resample`: each output pixel is mapped back into its source image (the
+:func:`affine_resample` (an op of ``cnn_xp.dispatch``: one kernel per batch on the GPU): each output pixel is mapped back into its source image (the
 inverse map) and read there by bilinear interpolation, with zeros outside the image. It is
 written once against ``xp`` (array ops over the whole batch, no loop over images) and
 keeps the batch's dtype and device. At zero strength the output equals the input exactly.
@@ -34,8 +34,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import validation
-from .backend import device_of, to_device, xp_of
+from . import dispatch, validation
+from .backend import device_of
+from .ops.resample import affine_resample, crop_flip  # noqa: F401 (the reference, public here too)
 
 # strength -> (largest allowed value, what it means)
 STRENGTHS = {
@@ -89,44 +90,6 @@ def parse_spec(text: str) -> dict | None:
             raise ValueError(f"augmentation {name} given twice")
         strengths[name] = number
     return check_strengths(strengths)
-
-
-def affine_resample(x, inverse):
-    """Resample images ``x`` (N, C, H, W) through per-image affine maps.
-
-    ``inverse`` (N, 2, 3) maps an output pixel's centred coordinates ``(u, v, 1)``
-    (u = column - (W-1)/2, v = row - (H-1)/2) to the centred coordinates of the point in
-    the input it is read from (bilinear interpolation, zeros outside). Returns a new array
-    of x's shape, dtype and device. An identity ``inverse`` returns ``x`` exactly."""
-    xp = xp_of(x)
-    n, c, h, w = x.shape
-    dtype = x.dtype
-    inv = to_device(np.asarray(inverse, dtype=dtype), device_of(x))
-    cols = xp.arange(w, dtype=dtype) - (w - 1) / 2.0
-    rows = xp.arange(h, dtype=dtype) - (h - 1) / 2.0
-    a = inv[:, :, :, None, None]  # (N, 2, 3, 1, 1)
-    # source coordinates in the zero-padded image (one pixel of zeros on every side)
-    sx = a[:, 0, 0] * cols + a[:, 0, 1] * rows[:, None] + a[:, 0, 2] + ((w - 1) / 2.0 + 1.0)
-    sy = a[:, 1, 0] * cols + a[:, 1, 1] * rows[:, None] + a[:, 1, 2] + ((h - 1) / 2.0 + 1.0)
-    sx = xp.clip(sx, 0.0, w + 1.0)  # beyond the padding reads the zero border
-    sy = xp.clip(sy, 0.0, h + 1.0)
-    x0 = xp.minimum(xp.floor(sx), float(w)).astype(xp.int64)
-    y0 = xp.minimum(xp.floor(sy), float(h)).astype(xp.int64)
-    wx = (sx - x0.astype(dtype)).reshape(n, 1, h * w)
-    wy = (sy - y0.astype(dtype)).reshape(n, 1, h * w)
-    padded = xp.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1))).reshape(-1)
-    # flat index of each output pixel's upper-left source neighbour, per (image, channel)
-    plane = (h + 2) * (w + 2)
-    base = (xp.arange(n * c) * plane).reshape(n, c, 1)
-    top = base + (y0 * (w + 2) + x0).reshape(n, 1, h * w)
-
-    def read(offset):
-        return xp.take(padded, top + offset)
-
-    upper = (1 - wx) * read(0) + wx * read(1)
-    lower = (1 - wx) * read(w + 2) + wx * read(w + 3)
-    out = (1 - wy) * upper + wy * lower
-    return out.reshape(n, c, h, w).astype(dtype, copy=False)
 
 
 class _PCG64State:
@@ -184,27 +147,10 @@ class RandomAffine(_PCG64State):
 
     def __call__(self, x):
         n, _, h, w = x.shape
-        return affine_resample(x, self.draw(n, h, w))
+        return dispatch.implementation("affine_resample", device_of(x)).affine_resample(x, self.draw(n, h, w))
 
     def __repr__(self) -> str:
         return "RandomAffine(" + ", ".join(f"{k}={v:g}" for k, v in self.config().items()) + ")"
-
-
-def crop_flip(x, rows, cols, flips, pad: int):
-    """Crops of ``x`` (N, C, H, W) padded with ``pad`` zeros on every side: image i is cut
-    at row offset ``rows[i]`` and column offset ``cols[i]`` (each in 0..2*pad, in the padded
-    image) back to H x W, and mirrored left-right where ``flips[i]``. ``rows``, ``cols``,
-    ``flips``: host arrays (N,). Returns a new array of x's shape, dtype and device."""
-    xp = xp_of(x)
-    n, c, h, w = x.shape
-    padded = xp.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad))) if pad else x
-    row_index = np.asarray(rows, dtype=np.int64)[:, None] + np.arange(h)            # (N, H)
-    col_index = np.asarray(cols, dtype=np.int64)[:, None] + np.arange(w)            # (N, W)
-    col_index = np.where(np.asarray(flips, dtype=bool)[:, None], col_index[:, ::-1], col_index)
-    device = device_of(x)
-    row_index, col_index = to_device(row_index, device), to_device(col_index, device)
-    return padded[xp.arange(n)[:, None, None, None], xp.arange(c)[None, :, None, None],
-                  row_index[:, None, :, None], col_index[:, None, None, :]]
 
 
 class RandomCropFlip(_PCG64State):
@@ -246,7 +192,7 @@ class RandomCropFlip(_PCG64State):
 
     def __call__(self, x):
         rows, cols, flips = self.draw(x.shape[0])
-        return crop_flip(x, rows, cols, flips, self.pad)
+        return dispatch.implementation("crop_flip", device_of(x)).crop_flip(x, rows, cols, flips, self.pad)
 
     def __repr__(self) -> str:
         return f"RandomCropFlip(pad={self.pad}, flip={self.flip})"

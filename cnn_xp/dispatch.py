@@ -43,7 +43,9 @@ OPS: dict[str, tuple[str, ...]] = {
     "adagrad": ("adagrad_update",),
     "rmsprop": ("rmsprop_update",),
     "adam": ("adam_update",),
-    "update_all": ("update_all",),  # one step of any rule on every parameter (what optimizers call)
+    "update_all": ("update_all",),
+    "affine_resample": ("affine_resample",),  # data augmentation (cnn_xp.augment)
+    "crop_flip": ("crop_flip",),  # one step of any rule on every parameter (what optimizers call)
 }
 
 # device -> the module path of its accelerator

@@ -64,7 +64,7 @@ def indexed_beyond_zero(body: str, var: str) -> bool:
 
 RAW_NDIM = {"windows": 6, "x": 4, "dout": 4, "argmax": 4, "scores": 2, "labels": 1, "probs": 2,
             "col": 2, "grad": 2, "labels_copy": 1, "row_loss": 1, "row_hit": 1, "loss": 1, "totals": 1,
-            "ticket": 1, "unused": 1}
+            "ticket": 1, "unused": 1, "src": 4, "inv": 3, "draws": 2}
 
 
 def cuda_source(name: str, ctype: str) -> str:
@@ -145,7 +145,7 @@ def host_library(folder: Path) -> ctypes.CDLL:
     if gxx is None:
         raise FileNotFoundError("g++ is not installed")
     src = folder / "kernels.cpp"
-    src.write_text("#include <cmath>\n#include <cstddef>\nusing std::sqrt; using std::exp; using std::log;\n"
+    src.write_text("#include <cmath>\n#include <cstddef>\nusing std::sqrt; using std::exp; using std::log; using std::floor;\n"
                    + HOST_DEVICE_FUNCTIONS
                    + "".join(host_function(*v) for v in host_variants()))
     lib = folder / "kernels.so"

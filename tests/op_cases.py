@@ -127,6 +127,17 @@ CASES: dict[str, list[dict]] = {
                        [(r, d, 0.0, False) for r in UPDATE_RULES for d in ("float32", "float64")]
                        + [(r, "float32", 0.01, False) for r in UPDATE_RULES]
                        + [("adam", "float32", 0.0, True), ("adam", "float64", 0.0, True)])],
+    # augmentation: random maps (identity, strong, beyond the image) and crops / flips
+    "affine_resample": [{"shape": s, "dtype": d, "order": o, "strength": k, "seed": i}
+                        for i, (s, d, o, k) in enumerate([((3, 1, 28, 28), "float32", "nchw", 1.0),
+                                                          ((2, 3, 7, 9), "float64", "nhwc", 0.0),
+                                                          ((2, 2, 8, 6), "float32", "sliced", 3.0),
+                                                          ((4, 3, 5, 5), "float64", "cnhw", 1.0)])],
+    "crop_flip": [{"shape": s, "dtype": d, "order": o, "pad": pad, "seed": i}
+                  for i, (s, d, o, pad) in enumerate([((5, 3, 8, 8), "float32", "nchw", 2),
+                                                      ((3, 1, 6, 9), "float64", "nhwc", 4),
+                                                      ((4, 2, 5, 5), "float32", "sliced", 0),
+                                                      ((6, 3, 4, 4), "float32", "cnhw", 1)])],
 }
 
 
@@ -308,11 +319,37 @@ def run_update_all(impl, put, case, mutate=False):  # no cache: nothing to mutat
     return out, []
 
 
+def run_affine_resample(impl, put, case, mutate=False):  # no cache
+    """Per-image maps: rotation, shear, zoom and shift scaled by the case's strength (0:
+    the identity, which returns x exactly; 3: reads far outside the image)."""
+    rng = np.random.default_rng(case["seed"])
+    n, _, h, w = case["shape"]
+    x = laid_out(rng.standard_normal(case["shape"]).astype(case["dtype"]), case["order"], put)
+    k = case["strength"]
+    angle, shear, zoom = rng.uniform(-0.5, 0.5, n) * k, rng.uniform(-0.3, 0.3, n) * k, 1 + rng.uniform(-0.2, 0.2, n) * k
+    inverse = np.zeros((n, 2, 3))
+    inverse[:, 0, 0], inverse[:, 0, 1] = np.cos(angle) / zoom, (np.sin(angle) - shear) / zoom
+    inverse[:, 1, 0], inverse[:, 1, 1] = -np.sin(angle) / zoom, np.cos(angle) / zoom
+    inverse[:, 0, 2], inverse[:, 1, 2] = rng.uniform(-0.3, 0.3, n) * w * k, rng.uniform(-0.3, 0.3, n) * h * k
+    return {"out": impl.affine_resample(x, inverse)}, []
+
+
+def run_crop_flip(impl, put, case, mutate=False):  # no cache
+    rng = np.random.default_rng(case["seed"])
+    n, pad = case["shape"][0], case["pad"]
+    x = laid_out(rng.standard_normal(case["shape"]).astype(case["dtype"]), case["order"], put)
+    rows, cols = rng.integers(0, 2 * pad + 1, n), rng.integers(0, 2 * pad + 1, n)
+    flips = rng.random(n) < 0.5
+    return {"out": impl.crop_flip(x, rows, cols, flips, pad)}, []
+
+
 RUNNERS = {
     "conv2d": run_conv2d, "maxpool2d": _pool("max"), "avgpool2d": _pool("avg"),
     "relu": run_relu, "dropout": run_dropout, "softmax_cross_entropy": run_softmax_cross_entropy,
     **{op: _update(op) for op in UPDATE_RULES},
     "update_all": run_update_all,
+    "affine_resample": run_affine_resample,
+    "crop_flip": run_crop_flip,
 }
 
 

@@ -7,6 +7,7 @@ branches live here. ``cnn_xp.dispatch`` lists the ops (groups of these functions
 from .activation import dropout_backward, dropout_forward, relu_backward, relu_forward
 from .conv import conv2d_backward, conv2d_forward
 from .im2col import col2im, im2col, output_shape, pad_image, pair
+from .resample import affine_resample, crop_flip
 from .pool import avgpool2d_backward, avgpool2d_forward, maxpool2d_backward, maxpool2d_forward
 from .softmax import (cross_entropy, cross_entropy_backward, log_softmax, softmax, softmax_cross_entropy_backward,
                       softmax_cross_entropy_forward)
@@ -23,5 +24,5 @@ __all__ = [
     "softmax", "log_softmax", "cross_entropy", "cross_entropy_backward", "softmax_cross_entropy_forward",
     "softmax_cross_entropy_backward",
     "sgd_update", "momentum_update", "nesterov_update", "adagrad_update", "rmsprop_update", "adam_update",
-    "update_all",
+    "update_all", "affine_resample", "crop_flip",
 ]

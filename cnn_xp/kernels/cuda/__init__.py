@@ -17,6 +17,7 @@ dropout                     output and mask in one kernel
 softmax_cross_entropy       one thread per row for softmax and loss; gradient in one kernel
 sgd ... adam                one fused kernel per update of a parameter and its state
 update_all                  every parameter of a step in one launch (32 per launch)
+affine_resample, crop_flip  a batch's augmentation in one kernel (its draws: one copy)
 ==========================  ===============================================================
 
 A call the kernels cannot serve -- another dtype than float32/float64, mixed dtypes, an
@@ -34,13 +35,15 @@ from .conv import conv2d_backward, conv2d_forward
 from .pointwise import (dropout_backward, dropout_forward, relu_backward, relu_forward,
                         softmax_cross_entropy_backward, softmax_cross_entropy_forward)
 from .pool import avgpool2d_backward, avgpool2d_forward, maxpool2d_backward, maxpool2d_forward
+from .resample import affine_resample, crop_flip
 from .sources import KERNEL_SPECS
 from .updates import (adagrad_update, adam_update, momentum_update, nesterov_update,
                       rmsprop_update, sgd_update, update_all)
 
 NAME = "cuda"
 OPS = ("conv2d", "maxpool2d", "avgpool2d", "relu", "dropout", "softmax_cross_entropy",
-       "sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "update_all")
+       "sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "update_all",
+       "affine_resample", "crop_flip")
 
 
 def status() -> tuple[bool, str]:
@@ -72,5 +75,5 @@ __all__ = [
     "relu_forward", "relu_backward", "dropout_forward", "dropout_backward",
     "softmax_cross_entropy_forward", "softmax_cross_entropy_backward",
     "sgd_update", "momentum_update", "nesterov_update", "adagrad_update", "rmsprop_update",
-    "adam_update", "update_all",
+    "adam_update", "update_all", "affine_resample", "crop_flip",
 ]

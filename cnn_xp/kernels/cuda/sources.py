@@ -217,6 +217,51 @@ KERNEL_SPECS = {
     }
 """,
     ),
+    # Data augmentation (cnn_xp.ops.resample), one thread per pixel of the (N, C, H, W)
+    # output, src any strided (N, C, H, W) view. affine_resample: inv (N, 2, 3) C-contiguous
+    # maps the output pixel's centred coordinates (u, v) = (col - half_w, row - half_h) to
+    # the point read in the input padded with one zero pixel on every side (padded
+    # coordinates: + off_w / off_h), clipped to the padding, bilinear -- the reference's
+    # arithmetic in its order.
+    "affine_resample": (
+        "raw T src, raw T inv, int32 channels, int32 height, int32 width, T half_w, T half_h, T off_w, T off_h, "
+        + _STRIDES_X,
+        "T out",
+        _DECODE_PIXEL + """
+    const int c = nc % channels, n = nc / channels;
+    const T* a = &inv[(ptrdiff_t)0] + n * 6;
+    const T* base = &src[(ptrdiff_t)0] + n * xs0 + c * xs1;
+    const T u = (T)x - half_w, v = (T)y - half_h;
+    T sx = a[0] * u + a[1] * v + a[2] + off_w;
+    T sy = a[3] * u + a[4] * v + a[5] + off_h;
+    sx = sx < (T)0 ? (T)0 : (sx > (T)(width + 1) ? (T)(width + 1) : sx);
+    sy = sy < (T)0 ? (T)0 : (sy > (T)(height + 1) ? (T)(height + 1) : sy);
+    const int x0 = (int)(floor(sx) < (T)width ? floor(sx) : (T)width);
+    const int y0 = (int)(floor(sy) < (T)height ? floor(sy) : (T)height);
+    const T wx = sx - (T)x0, wy = sy - (T)y0;
+    T near[4];  // padded pixels (y0, x0), (y0, x0 + 1), (y0 + 1, x0), (y0 + 1, x0 + 1)
+    for (int k = 0; k < 4; ++k) {
+        const int yy = y0 + k / 2 - 1, xx = x0 + k % 2 - 1;  // in the unpadded image
+        near[k] = (yy >= 0 && yy < height && xx >= 0 && xx < width) ? base[yy * xs2 + xx * xs3] : (T)0;
+    }
+    const T upper = ((T)1 - wx) * near[0] + wx * near[1];
+    const T lower = ((T)1 - wx) * near[2] + wx * near[3];
+    out = ((T)1 - wy) * upper + wy * lower;
+""",
+    ),
+    # crop_flip: draws (N, 3) int32 C-contiguous: row offset, column offset (in the image
+    # padded with pad zeros) and flip (1: mirrored left-right) of each image; a copy.
+    "crop_flip": (
+        "raw T src, raw int32 draws, int32 channels, int32 height, int32 width, int32 pad, " + _STRIDES_X,
+        "T out",
+        _DECODE_PIXEL + """
+    const int c = nc % channels, n = nc / channels;
+    const int* d = &draws[(ptrdiff_t)0] + n * 3;
+    const T* base = &src[(ptrdiff_t)0] + n * xs0 + c * xs1;
+    const int py = d[0] + y - pad, px = d[1] + (d[2] ? width - 1 - x : x) - pad;
+    out = (py >= 0 && py < height && px >= 0 && px < width) ? base[py * xs2 + px * xs3] : (T)0;
+""",
+    ),
     # ReLU backward in one pass: dout * (out > 0), the reference's formula (NaN included).
     "relu_backward": ("T dout, T out", "T dx", "dx = dout * (T)(out > (T)0);"),
     # Inverted dropout from uniform draws u in [0, 1): mask = scale (= 1 / (1 - p)) where
