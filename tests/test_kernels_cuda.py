@@ -222,7 +222,10 @@ def test_conv_outputs_are_views_of_nhwc_memory_and_backward_reads_them_for_free(
     W = rng.standard_normal((5, 3, 3, 3)).astype(np.float32)
     out, cache = cuda.conv2d_forward(x, W, np.zeros(5, np.float32), 1, 1)
     assert out.shape == (2, 5, 8, 8) and out.transpose(0, 2, 3, 1).flags.c_contiguous
-    assert cache[4].shape == (2 * 8 * 8, 3 * 3 * 3) and cache[4].flags.c_contiguous  # the book's col
+    col = cache[4]  # the book's col and a column of ones (the bias in the product)
+    assert col.shape == (2 * 8 * 8, 3 * 3 * 3 + 1) and col.flags.c_contiguous
+    np.testing.assert_array_equal(col[:, :-1], ops.im2col(x, 3, 3, 1, 1))
+    assert (col[:, -1] == 1).all()
 
 
 def test_index_limit_sends_large_calls_to_the_reference(host, monkeypatch):

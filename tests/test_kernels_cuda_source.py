@@ -132,12 +132,19 @@ def test_im2col_kernel_matches_the_naive_loops(lib, x_shape, kh, kw, stride, pad
     x = nhwc_view(rng, x_shape, np.float32)
     want = naive.im2col(x.astype(np.float64), kh, kw, stride, pad).astype(np.float32)
     rows, width_col = want.shape
+    ld = width_col + 1
+    oc = 4
+    W = rng.standard_normal((oc, width_col)).astype(np.float32)
+    b = rng.standard_normal(oc).astype(np.float32)
     for per_thread in (1, 2, 3, 8, rows + 5):  # whole and partial last groups of rows
-        col = np.full(want.shape, np.nan, np.float32)
-        threads = -(-rows // per_thread) * width_col
-        call(lib, "im2col", x, *geometry(x_shape, kh, kw, stride, pad), rows, per_thread,
-             *element_strides(x), col, size=threads)
-        np.testing.assert_array_equal(col, want)
+        col = np.full((rows, ld), np.nan, np.float32)
+        w_aug = np.full((oc, ld), np.nan, np.float32)
+        col_threads = -(-rows // per_thread) * ld
+        call(lib, "im2col", x, *geometry(x_shape, kh, kw, stride, pad), rows, per_thread, ld,
+             *element_strides(x), W, b, col_threads, col, w_aug, size=col_threads + oc * ld)
+        np.testing.assert_array_equal(col[:, :-1], want)
+        np.testing.assert_array_equal(col[:, -1], np.ones(rows, np.float32))
+        np.testing.assert_array_equal(w_aug, np.concatenate([W, b[:, None]], axis=1))
 
 
 def test_rows_per_thread_keeps_enough_threads():

@@ -1,8 +1,10 @@
 """Shuffled mini-batches that live on the compute device.
 
 The whole data set is copied to the device once; each epoch a permutation is drawn on the
-host from a seeded NumPy Generator (same order on CPU and GPU), copied once, and batches are
-gathered on the device by fancy indexing.
+host from a seeded NumPy Generator (same order on CPU and GPU) and copied once. On the CPU
+each batch is gathered by fancy indexing; on the GPU the whole set is gathered once per
+epoch (a second copy of the data while the epoch runs) and batches are slices of it, so a
+training step launches no gather.
 """
 from __future__ import annotations
 
@@ -55,6 +57,13 @@ class BatchIterator:
             return
         order = backend.to_device(self._rng.permutation(n), self.device)
         self.epochs_drawn += 1
+        if self.device == "gpu":
+            # One gather of the whole set per epoch, then batches are slices (views): no
+            # launch per step. The permuted copy lives while the epoch runs.
+            x, t = self.x[order], self.t[order]
+            for start in range(0, stop, b):
+                yield x[start:start + b], t[start:start + b]
+            return
         for start in range(0, stop, b):
             idx = order[start:start + b]
             yield self.x[idx], self.t[idx]

@@ -82,8 +82,9 @@ def test_every_im2col_launch_geometry_builds_the_reference_columns(cp, monkeypat
     rng = np.random.default_rng(1)
     for shape, k, stride, pad in [((3, 4, 9, 11), 3, (2, 1), (1, 2)), ((2, 5, 8, 8), 2, 2, 0)]:
         x = nhwc(cp, rng, shape, "float32")
-        np.testing.assert_array_equal(cuda_conv.im2col(x, k, k, stride, pad).get(),
-                                      ops.im2col(x, k, k, stride, pad).get())
+        col, _ = cuda_conv.im2col(x, k, k, stride, pad)
+        np.testing.assert_array_equal(col[:, :-1].get(), ops.im2col(x, k, k, stride, pad).get())
+        assert (col[:, -1] == 1).all()
 
 
 def test_float16_and_oversized_calls_run_the_reference(cp, monkeypatch):

@@ -76,6 +76,40 @@ def launch(name: str, *args, **kwargs):
         return None
 
 
+def channels_last(array) -> bool:
+    """True for an (N, C, H, W) view of NHWC memory (what the conv forward returns and the
+    element-wise ops keep); decided from the strides, no copy."""
+    return array.ndim == 4 and array.transpose(0, 2, 3, 1).flags.c_contiguous and not array.flags.c_contiguous
+
+
+def empty_nchw(shape, dtype, nhwc_memory: bool):
+    """A new (N, C, H, W) array, laid out as NHWC memory when ``nhwc_memory`` (so that a
+    backward hands its gradient on in the layout its forward received: no transpose copy
+    downstream), else C-contiguous."""
+    cp = cupy()
+    if not nhwc_memory:
+        return cp.empty(shape, dtype=dtype)
+    n, c, h, w = shape
+    return cp.empty((n, h, w, c), dtype=dtype).transpose(0, 3, 1, 2)
+
+
+def row_layout(array) -> tuple[int, int] | None:
+    """(cols, ld): ``array`` as rows of ``cols`` contiguous elements ``ld`` elements apart
+    (C-contiguous: (size, size)); None when its memory is laid out otherwise."""
+    if array.flags.c_contiguous:
+        return max(array.size, 1), max(array.size, 1)
+    strides = element_strides(array)
+    if strides is None or array.ndim == 0:
+        return None
+    cols = 1
+    for extent, stride in zip(reversed(array.shape[1:]), reversed(strides[1:])):
+        if extent != 1 and stride != cols:
+            return None
+        cols *= extent
+    ld = strides[0] if array.shape[0] > 1 else cols
+    return (cols, ld) if ld >= cols else None
+
+
 def address(array) -> int:
     """The device address of a CuPy array's first element (a NumPy array's, on the host
     emulation of the tests)."""

@@ -6,8 +6,9 @@ row-major offset of the first maximum in the window; a NaN counts as the maximum
 pixel sums the upstream gradients of the windows whose argmax points at it (no one-hot
 temporaries, no atomics). Average pooling: ``avgpool_forward`` sums each window (zero
 padding counts) and divides by KH*KW; its backward folds the share dout / (KH*KW),
-broadcast over each window, with the ``fold_windows`` gather kernel. Outputs are NCHW
-(C-contiguous) memory.
+broadcast over each window, with the ``fold_windows`` gather kernel. Forward outputs are NCHW
+(C-contiguous) memory; max pooling's dx has the memory layout of the forward's x (NHWC
+memory after a convolution, so the conv's backward reads it without a copy).
 """
 from __future__ import annotations
 
@@ -42,21 +43,21 @@ def maxpool2d_forward(x, kh, kw, stride=None, pad=0, train=True):
     if not train:
         return out, None
     # x's shape, not x: the backward reads only argmax (the forward's own), so changing x
-    # after the forward changes nothing, as in the reference.
-    return out, ("cuda", tuple(x.shape), argmax, kh, kw, stride, pad)
+    # after the forward changes nothing, as in the reference. dx takes x's memory layout.
+    return out, ("cuda", tuple(x.shape), argmax, kh, kw, stride, pad, launch.channels_last(x))
 
 
 def maxpool2d_backward(dout, cache):
     """dout (N, C, OH, OW) -> dx (N, C, H, W)."""
     if isinstance(cache, ReferenceCache):
         return ops.maxpool2d_backward(dout, cache.cache)
-    _, x_shape, argmax, kh, kw, stride, pad = cache
+    _, x_shape, argmax, kh, kw, stride, pad, nhwc = cache
     if not launch.serves(dout) or tuple(dout.shape) != tuple(argmax.shape):
         return _max_recomputed(dout, cache)
     n, c, h, w = x_shape
     oh, ow = dout.shape[2:]
     cp = launch.cupy()
-    dx = cp.empty((n, c, h, w), dtype=dout.dtype)
+    dx = launch.empty_nchw((n, c, h, w), dout.dtype, nhwc)
     if dx.size == 0:
         return dx
     if dout.size == 0:
@@ -71,7 +72,7 @@ def _max_recomputed(dout, cache):
     """The reference's backward on the forward's argmax, for a call the kernel cannot
     finish: the kernel's (N, C, OH, OW) window offsets, in the reference's (n, oh, ow, c)
     order, are the reference's cache."""
-    _, x_shape, argmax, kh, kw, stride, pad = cache
+    _, x_shape, argmax, kh, kw, stride, pad, _ = cache
     windows = argmax.transpose(0, 2, 3, 1).reshape(-1)
     return ops.maxpool2d_backward(dout, (x_shape, windows, kh, kw, stride, pad))
 

@@ -67,26 +67,39 @@ _STRIDES_W = "int64 ws0, int64 ws1, int64 ws2, int64 ws3, int64 ws4, int64 ws5"
 
 KERNEL_SPECS = {
     # x: any strided (N, C, H, W) view, xs0..xs3 its element strides. Output col
-    # (N*OH*OW, C*KH*KW), C-contiguous: rows (n, oh, ow), columns (c, i, j), zero padding.
-    # One thread per column entry q of rows_per_thread consecutive rows (output pixels): its
-    # integer divisions happen once per thread, and neighbouring threads still write
-    # neighbouring entries of each row.
+    # (N*OH*OW, ld), C-contiguous: rows (n, oh, ow), columns (c, i, j), zero padding; ld =
+    # C*KH*KW + 1, the last column all ones, so that col @ w_aug^T adds the bias and
+    # dout^T @ col gives dW and db in one product. One thread per column entry q of
+    # rows_per_thread consecutive rows (output pixels): its integer divisions happen once
+    # per thread, and neighbouring threads still write neighbouring entries of each row.
+    # The threads from col_threads on pack the weights: w_aug (OC, ld) = [W (OC, C*KH*KW) |
+    # b (OC,)], both C-contiguous.
     "im2col": (
-        "raw T x, " + GEOMETRY + ", int32 rows, int32 rows_per_thread, " + _STRIDES_X,
-        "raw T col",
+        "raw T x, " + GEOMETRY + ", int32 rows, int32 rows_per_thread, int32 ld, " + _STRIDES_X
+        + ", raw T W, raw T b, int32 col_threads",
+        "raw T col, raw T w_aug",
         """
     const int width_col = channels * k_h * k_w;
-    const int q = (int)i % width_col, first = (int)i / width_col * rows_per_thread;
-    const int last = first + rows_per_thread < rows ? first + rows_per_thread : rows;
-    const int kj = q % k_w, ki = (q / k_w) % k_h, c = q / (k_w * k_h);
-    int ow = first % out_w, oh = (first / out_w) % out_h, n = first / (out_w * out_h);
-    const T* xc = &x[(ptrdiff_t)0] + c * xs1;
-    T* out = &col[(ptrdiff_t)0] + q;
-    for (int row = first; row < last; ++row) {
-        const int y = oh * s_h - p_h + ki, xx = ow * s_w - p_w + kj;
-        out[(ptrdiff_t)row * width_col] = (y >= 0 && y < height && xx >= 0 && xx < width)
-                                          ? xc[n * xs0 + y * xs2 + xx * xs3] : (T)0;
-        if (++ow == out_w) { ow = 0; if (++oh == out_h) { oh = 0; ++n; } }
+    if ((int)i >= col_threads) {
+        const int k = (int)i - col_threads, o = k / ld, j = k % ld;
+        w_aug[k] = j < width_col ? W[(ptrdiff_t)o * width_col + j] : b[o];
+    } else {
+        const int q = (int)i % ld, first = (int)i / ld * rows_per_thread;
+        const int last = first + rows_per_thread < rows ? first + rows_per_thread : rows;
+        T* out = &col[(ptrdiff_t)0] + q;
+        if (q == width_col) {
+            for (int row = first; row < last; ++row) out[(ptrdiff_t)row * ld] = (T)1;
+        } else {
+            const int kj = q % k_w, ki = (q / k_w) % k_h, c = q / (k_w * k_h);
+            int ow = first % out_w, oh = (first / out_w) % out_h, n = first / (out_w * out_h);
+            const T* xc = &x[(ptrdiff_t)0] + c * xs1;
+            for (int row = first; row < last; ++row) {
+                const int y = oh * s_h - p_h + ki, xx = ow * s_w - p_w + kj;
+                out[(ptrdiff_t)row * ld] = (y >= 0 && y < height && xx >= 0 && xx < width)
+                                           ? xc[n * xs0 + y * xs2 + xx * xs3] : (T)0;
+                if (++ow == out_w) { ow = 0; if (++oh == out_h) { oh = 0; ++n; } }
+            }
+        }
     }
 """,
     ),
@@ -293,8 +306,11 @@ KERNEL_SPECS = {
 # -- every parameter's update in one launch -------------------------------------------------
 # ``<rule>_update_all`` updates up to UPDATE_SLOTS parameters of one dtype in one launch, one
 # thread per element of all of them (the launch's size is their total): slot k's tensors are
-# C-contiguous arrays passed by address (int64 p<k>, g<k>, and the rule's state arrays a<k>,
-# b<k>), its elements are the launch indices end<k-1> <= i < end<k>, and lr<k>, shrink<k>
+# passed by address (int64 p<k>, g<k>, and the rule's state arrays a<k>, b<k>), all
+# C-contiguous but the gradient, whose element j is at (j / gcols) * gld + j % gcols (rows
+# of gcols contiguous elements gld apart: a view of a wider matrix, as the conv's dW and db
+# of its one product; gcols = gld: contiguous); its elements are the launch indices
+# end<k-1> <= i < end<k>, and lr<k>, shrink<k>
 # are its learning rate and decoupled-decay factor (1 for none). Unused slots have end<k> =
 # the total. The rule is that of ``cnn_xp.ops.updates`` after ``p *= shrink`` and, when
 # weight_decay != 0, ``g + weight_decay * p``; the parameter and its state are read once
@@ -321,21 +337,24 @@ _UPDATE_RULES = {
 
 def _update_all_spec(states: tuple, hyper: str, rule: str) -> tuple[str, str, str]:
     arrays = ("p", "g", *states)
-    slots = ", ".join(", ".join(f"int64 {a}{k}" for a in arrays) + f", int32 end{k}, T lr{k}, T shrink{k}"
+    slots = ", ".join(", ".join(f"int64 {a}{k}" for a in arrays)
+                      + f", int32 end{k}, int32 gcols{k}, int32 gld{k}, T lr{k}, T shrink{k}"
                       for k in range(UPDATE_SLOTS))
     in_params = slots + ", T weight_decay" + (", " + hyper if hyper else "")
-    declare = "".join(f" long long {a.upper()};" for a in arrays)
+    declare = "".join(f" long long {a.upper()};" for a in arrays) + " int gcols, gld;"
     select = []
     for k in range(UPDATE_SLOTS):
         test = "" if k == UPDATE_SLOTS - 1 else f"if (e < end{k}) "
         start = "0" if k == 0 else f"end{k - 1}"
         assign = " ".join(f"{a.upper()} = {a}{k};" for a in arrays)
-        select.append(f"    {'else ' if k else ''}{test}{{ {assign} lr = lr{k}; shrink = shrink{k}; start = {start}; }}")
+        select.append(f"    {'else ' if k else ''}{test}{{ {assign} gcols = gcols{k}; gld = gld{k}; lr = lr{k};"
+                      f" shrink = shrink{k}; start = {start}; }}")
     pointers = " ".join(f"T* {a} = (T*){a.upper()};" for a in ("p", *states)) + " const T* g = (const T*)G;"
     body = ("\n    const int e = (int)i;\n   " + declare + " T lr, shrink; int start;\n" + "\n".join(select)
             + f"\n    {pointers}\n    const int j = e - start;\n"
+            "    const T gv = g[gcols == gld ? j : j / gcols * gld + j % gcols];\n"
             "    T pj = p[j] * shrink;\n"
-            "    const T gj = weight_decay != (T)0 ? g[j] + weight_decay * pj : g[j];\n"
+            "    const T gj = weight_decay != (T)0 ? gv + weight_decay * pj : gv;\n"
             f"    {rule}\n    p[j] = pj;\n")
     return in_params, "raw T unused", body
 

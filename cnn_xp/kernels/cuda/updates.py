@@ -87,7 +87,9 @@ def _launch_groups(sizes: list[int]) -> list[list[int]]:
 
 def _servable(params, grads, states) -> bool:
     arrays = [*params, *grads, *(s for st in states for s in st)]
-    if not (arrays and launch.serves(*arrays) and all(a.flags.c_contiguous for a in arrays)):
+    written = [*params, *(s for st in states for s in st)]
+    if not (arrays and launch.serves(*arrays) and all(a.flags.c_contiguous for a in written)
+            and all(launch.row_layout(g) is not None for g in grads)):
         return False
     if any(g.shape != p.shape or any(s.shape != p.shape for s in st) for p, g, st in zip(params, grads, states)):
         return False
@@ -98,8 +100,9 @@ def _servable(params, grads, states) -> bool:
 def update_all(rule, params, grads, states, lrs, hyper, weight_decay=0.0, shrink=None):
     """One step of ``rule`` on every parameter (``cnn_xp.ops.updates.update_all``): one
     ``<rule>_update_all`` launch per UPDATE_SLOTS parameters, weight decay and ``shrink``
-    included. Parameters, grads and states: C-contiguous CuPy arrays of one float dtype,
-    no parameter or state given twice; any other call runs the reference."""
+    included. Parameters and states: C-contiguous CuPy arrays of one float dtype, none
+    given twice; grads: the same, or rows of a wider matrix (``launch.row_layout``); any
+    other call runs the reference."""
     params, grads, states = list(params), list(grads), [tuple(s) for s in states]
     if not _servable(params, grads, states):
         return ops.update_all(rule, params, grads, states, lrs, hyper, weight_decay, shrink)
@@ -113,9 +116,9 @@ def update_all(rule, params, grads, states, lrs, hyper, weight_decay=0.0, shrink
                 end += params[k].size
                 addresses = [launch.address(a) for a in (params[k], grads[k], *states[k])]
                 factor = 1.0 if shrink is None else float(shrink[k])
-                args += [*addresses, end, float(lrs[k]), factor]
+                args += [*addresses, end, *launch.row_layout(grads[k]), float(lrs[k]), factor]
             else:
-                args += [0] * (2 + len(states[0])) + [end, 0.0, 1.0]
+                args += [0] * (2 + len(states[0])) + [end, 1, 1, 0.0, 1.0]
         if end and launch.launch(f"{rule}_update_all", *args, float(weight_decay), *scalars, unused,
                                  size=end) is None:
             rest = [k for later in _launch_groups([p.size for p in params])[done:] for k in later]
