@@ -257,3 +257,83 @@ def test_sigterm_writes_the_summary_and_kills_the_cpu_runs(tmp_path):
     assert summary["exit"] == "SIGTERM" and summary["finished"] is False and summary["ok"] is False
     time.sleep(0.5)
     assert _processes_naming(str(work)) == [], "a child outlived the check"
+
+
+# -- the bare GPU machine: only what a CUDA image has and the carried wheels ---------------------
+
+# What a CUDA image with CuPy offers (numpy, pytest and pytest's own dependencies; cupy does not
+# import without a GPU, so the dry run leaves it out) and the wheels the check carries in
+# .carry/wheels (idx2numpy with its dependency six, pooch, platformdirs; see docs/gpu.md).
+IMAGE_DISTS = ("numpy", "pytest", "pluggy", "iniconfig", "packaging", "pygments")
+CARRIED_DISTS = ("idx2numpy", "six", "pooch", "platformdirs")
+ABSENT = ("matplotlib", "PIL", "tqdm", "hypothesis", "threadpoolctl", "cupy")
+
+
+def _link_distribution(name, site):
+    """Symlink the top-level files and folders of installed distribution ``name`` into ``site``."""
+    from importlib import metadata
+
+    dist = metadata.distribution(name)
+    tops = {Path(str(f)).parts[0] for f in dist.files or () if not str(f).startswith("..")}
+    for top in sorted(tops - {"__pycache__", "bin"}):
+        source = Path(dist.locate_file(top))
+        if source.exists() and not (site / top).exists():
+            (site / top).symlink_to(source)
+
+
+@pytest.fixture(scope="module")
+def bare_python(tmp_path_factory):
+    """(python, env): a virtual environment without pip or site-packages whose PYTHONPATH holds
+    only IMAGE_DISTS, CARRIED_DISTS (links to this environment's copies) and the repository.
+    Offline: nothing is downloaded. Skips where a venv cannot be made or a package is missing."""
+    from importlib import metadata
+
+    missing = []
+    for name in IMAGE_DISTS + CARRIED_DISTS:
+        try:
+            metadata.distribution(name)
+        except metadata.PackageNotFoundError:
+            missing.append(name)
+    if missing:
+        pytest.skip(f"not installed here, so not in the bare set: {', '.join(missing)}")
+    root = tmp_path_factory.mktemp("bare")
+    made = subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(root / "venv")],
+                          capture_output=True, text=True, timeout=120)
+    if made.returncode != 0:
+        pytest.skip(f"cannot make a virtual environment: {made.stderr.strip().splitlines()[-1:]}")
+    site = root / "site"
+    site.mkdir()
+    for name in IMAGE_DISTS + CARRIED_DISTS:
+        _link_distribution(name, site)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
+    env.update(PYTHONPATH=f"{site}{os.pathsep}{ROOT}", PYTHONNOUSERSITE="1")
+    python = root / "venv" / "bin" / "python"
+    return python, env
+
+
+def test_the_bare_set_lacks_what_a_bare_gpu_machine_lacks(bare_python):
+    python, env = bare_python
+    probe = ("import importlib.util as u, sys; "
+             f"print(','.join(m for m in {ABSENT!r} if u.find_spec(m)))")
+    proc = subprocess.run([str(python), "-c", probe], capture_output=True, text=True, env=env, timeout=60)
+    assert proc.returncode == 0 and proc.stdout.strip() == "", proc.stdout + proc.stderr
+
+
+def test_dry_run_passes_with_only_the_bare_set(bare_python, tmp_path):
+    """Every step imports nothing beyond the bare set: no missing import, no broken flag."""
+    python, env = bare_python
+    out = tmp_path / "out"
+    proc = subprocess.run([str(python), str(SCRIPT), str(out), "--device", "cpu", "--quick"], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=300)
+    summary = json.loads((out / "summary.json").read_text())
+    bad = {s["name"]: s for s in summary["steps"] if s["status"] != "ok"}
+    assert proc.returncode == 0 and summary["ok"] and not bad, f"{bad}\n{proc.stderr[-3000:]}"
+    assert [s["name"] for s in summary["steps"]] == STEPS
+
+
+def test_gpu_suite_dry_run_passes_with_only_the_bare_set(bare_python):
+    """tests/gpu with the CPU standing in: what the suite runs on a GPU imports only the bare set."""
+    python, env = bare_python
+    proc = subprocess.run([str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/gpu"], cwd=ROOT,
+                          env=dict(env, CNN_XP_GPU_DRY_RUN="1"), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
