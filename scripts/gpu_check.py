@@ -4,46 +4,59 @@
     python scripts/gpu_check.py OUTDIR [--device gpu|cpu] [--data-dir DIR] [--quick] [--budget S]
 
 Steps (each a subprocess with its own timeout, all inside one overall budget, so the check
-never hangs; a missing or failing step is recorded and the next one runs). "Reference"
+never hangs; a missing or failing step is recorded and the next one runs). The numbers come
+first and the long test suite last, so a short budget is spent on the numbers. "Reference"
 is the kernel mode ``CNN_XP_KERNELS=reference`` (cnn_xp.ops on either device), "auto" the
 default (the device's accelerator where it implements an op):
 
   doctor     ``cnn-xp doctor``: versions, devices, which implementation runs each op
                                                                           -> doctor.txt
-  train      simple_convnet on Fashion-MNIST (60,000 / 10,000) with ``cnn-xp train``: 5
-             epochs on --device (auto), 1 epoch on --device (reference)   -> train.txt
+  warmup     one training step and one evaluation of every zoo model, and every op of the
+             seam, in float32 and float64, in both kernel modes, on --device: every kernel
+             is compiled (CuPy keeps the binaries in its disk cache, so the later steps'
+             processes load them), its own wall time reported      -> summary.json
   mnist      real MNIST (``.carry/mnist``): MNIST_MODEL with its zoo recipe on --device
              (auto), the 10,000 test images evaluated after every epoch: test accuracy and
-             time to 99%; and a parity run (dropout off, the first PARITY_IMAGES training
-             images, one pass) whose per-step losses, weights and test accuracy are
+             time to 99%, measured warm (after the warm-up, and after one batch of the recipe
+             in the same process); and a parity run (dropout off, the first PARITY_IMAGES
+             training images, one pass) whose per-step losses, weights and test accuracy are
              compared with the same run on the CPU (reference)            -> train.txt
+  train      simple_convnet on Fashion-MNIST (60,000 / 10,000) with ``cnn-xp train``: 5
+             epochs on --device (auto), 1 epoch on --device (reference)   -> train.txt
   kernels    every op of the seam on zoo-sized inputs: the implementation it uses
-             (``dispatch.table``), GPU reference and GPU auto timed (median), each compared
-             with the CPU reference                                       -> kernels.json
-  pytest     ``pytest -m gpu tests``: the GPU suite, both kernel modes    -> pytest.txt
+             (``dispatch.table``), device reference and device auto timed (median), each
+             compared with the CPU reference                             -> kernels.json
   train_cpu  waits for the CPU reference runs started at the beginning (Fashion-MNIST 1
              epoch; the MNIST parity run), which ran beside the device steps with their
              threads capped; first-epoch losses and the MNIST parity compared -> train.txt
   bench      ``cnn-xp bench --kernels both``: every zoo model, float32, batch 100 and 1000,
-             reference and auto, ours vs PyTorch on the same device      -> bench.json, bench.md
+             reference and auto, ours vs PyTorch on the same device where PyTorch is
+             installed                                                  -> bench.json, bench.md
+  pytest     ``pytest tests/gpu``: the GPU suite, both kernel modes      -> pytest.txt
 
-summary.json (rewritten after every step) lists each step's status (ok / failed / timeout /
-skipped), wall time and headline numbers. Seven small flat files: the device tool brings
-back at most eight.
+summary.json lists each step's status (ok / failed / timeout / skipped), wall time, headline
+numbers and, for a step that failed, the error's class and message (an exception in the check
+itself included: it never stops the check). It is written at the start, after every step and
+on every exit (the end, an exception, SIGTERM, SIGINT, SIGHUP), when the CPU runs still going
+are killed with their process groups. Seven small flat files: the device tool brings back at
+most eight.
 
-``--device cpu --quick`` is the dry run CI uses: tiny generated data sets (IDX files written
-with idx2numpy, named as Fashion-MNIST and MNIST), 1 epoch, a tiny benchmark; "the device"
-is then the CPU and "auto" its accelerator. On the GPU machine run it through
-scripts/gpu_check.sh, which installs the carried idx2numpy wheel and sets PYTHONPATH.
+``--device cpu --quick`` is the dry run CI uses: tiny generated data sets (IDX files named as
+Fashion-MNIST and MNIST), 1 epoch, a tiny benchmark; "the device" is then the CPU and "auto"
+its accelerator. The check and everything it runs import only the standard library, numpy,
+cupy, pytest and the wheels carried in ``.carry/wheels`` (see docs/gpu.md). On the GPU machine
+run it through scripts/gpu_check.sh, which installs the carried wheels and sets PYTHONPATH.
 """
 from __future__ import annotations
 
 import argparse
+import atexit
 import csv
 import json
 import math
 import os
 import platform
+import re
 import shutil
 import signal
 import statistics
@@ -51,23 +64,35 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 STATUSES = ("ok", "failed", "timeout", "skipped")
 LOG_LIMIT = 60_000  # characters kept per log file (head and tail)
 KERNELS_ENV = "CNN_XP_KERNELS"
+DTYPES = ("float32", "float64")
+EXIT_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
-MNIST_MODEL = "deep_convnet"  # seed 004's net and recipe (He, AdaGrad lr 0.01, batch 500, 8 epochs)
+MNIST_MODEL = "fast_mnist"    # the zoo's time-to-99% recipe (Adam, one-cycle, batch 256, 1 epoch)
 TARGET_ACCURACY = 0.99
 PARITY_IMAGES = 6000          # training images of the CPU <-> device parity run (one pass)
 
 # Per-step timeouts (seconds) for the full GPU run; the overall budget caps them all.
-TIMEOUTS = {"doctor": 60, "train": 150, "mnist": 120, "kernels": 90, "pytest": 200,
-            "train_cpu": 300, "bench": 200}
-QUICK_TIMEOUTS = {"doctor": 60, "train": 60, "mnist": 60, "kernels": 60, "pytest": 120,
-                  "train_cpu": 120, "bench": 60}
-STEPS = ("doctor", "train", "mnist", "kernels", "pytest", "train_cpu", "bench")
+TIMEOUTS = {"doctor": 60, "warmup": 120, "mnist": 120, "train": 150, "kernels": 90,
+            "train_cpu": 300, "bench": 200, "pytest": 240}
+QUICK_TIMEOUTS = {"doctor": 60, "warmup": 90, "mnist": 60, "train": 60, "kernels": 60,
+                  "train_cpu": 120, "bench": 60, "pytest": 120}
+STEPS = ("doctor", "warmup", "mnist", "train", "kernels", "train_cpu", "bench", "pytest")
+MIN_STEP_S = {"bench": 10.0}  # a step given less time than this is skipped (others: 1 s)
+
+
+class Interrupted(BaseException):
+    """A signal that ends the check (SIGTERM, SIGINT, SIGHUP)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
 
 
 class Check:
@@ -77,12 +102,13 @@ class Check:
         self.out, self.device, self.quick = out, device, quick
         self.started = time.time()
         self.deadline = time.monotonic() + budget
+        self.closed = False
         self.summary = {
             "device": device, "quick": quick, "budget_s": budget,
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "host": {"python": platform.python_version(), "platform": platform.platform(),
                      "cpus": os.cpu_count()},
-            "steps": [], "results": {},
+            "finished": False, "steps": [], "results": {},
         }
         self.timeouts = QUICK_TIMEOUTS if quick else TIMEOUTS
 
@@ -92,19 +118,53 @@ class Check:
     def timeout_for(self, step: str) -> float:
         return max(0.0, min(self.timeouts[step], self.remaining() - 5.0))
 
+    def no_time_for(self, step: str) -> bool:
+        """Records ``step`` as skipped (and says True) where the budget leaves it too little."""
+        if self.timeout_for(step) >= MIN_STEP_S.get(step, 1.0):
+            return False
+        self.record(step, "skipped", 0.0, "no time left in the budget")
+        return True
+
     def record(self, name, status, wall, detail="", **extra):
         assert status in STATUSES
         entry = {"name": name, "status": status, "wall_s": round(wall, 2), "detail": detail}
-        entry.update(extra)
+        entry.update({k: v for k, v in extra.items() if v is not None})
         self.summary["steps"].append(entry)
         print(f"[gpu_check] {name:8s} {status:8s} {wall:7.1f}s  {detail}", flush=True)
         self.write_summary()
+
+    def guarded(self, name: str, step, *args):
+        """``step(*args)``; an exception it raises is recorded as step ``name`` failing (the
+        error's class and message) instead of stopping the check. Returns the step's value or
+        None."""
+        tic = time.monotonic()
+        try:
+            return step(*args)
+        except Exception as exc:  # noqa: BLE001 -- every error is a result here
+            traceback.print_exc()
+            self.record(name, "failed", time.monotonic() - tic, one_line(exc), error=error_of(exc))
+            return None
 
     def write_summary(self):
         self.summary["wall_s"] = round(time.time() - self.started, 2)
         self.summary["files"] = sorted(p.name for p in self.out.iterdir() if p.is_file()
                                        and p.name != "summary.json") + ["summary.json"]
         write_atomic(self.out / "summary.json", json.dumps(self.summary, indent=2) + "\n")
+
+    def close(self, exit_reason: str, error: BaseException | None = None) -> None:
+        """The last summary (once): how the check ended, the steps that did not run, ok."""
+        if self.closed:
+            return
+        self.closed = True
+        kill_children()
+        ran = [s["name"] for s in self.summary["steps"]]
+        self.summary.update(finished=exit_reason == "end", exit=exit_reason,
+                            not_run=[s for s in STEPS if s not in ran])
+        if error is not None:
+            self.summary["error"] = error_of(error)
+        self.summary["ok"] = (exit_reason == "end" and not self.summary["not_run"]
+                              and all(s["status"] == "ok" for s in self.summary["steps"]))
+        self.write_summary()
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -113,6 +173,55 @@ def write_atomic(path: Path, text: str) -> None:
         fh.write(text)
     os.chmod(tmp, 0o644)
     os.replace(tmp, path)
+
+
+# -- errors --------------------------------------------------------------------------------------
+
+def error_of(exc: BaseException) -> dict:
+    """{"class", "module", "message"} of an exception (CuPy's included), JSON-able."""
+    kind = type(exc)
+    return {"class": kind.__name__, "module": kind.__module__, "message": first_line(str(exc))}
+
+
+def one_line(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {first_line(str(exc))}"
+
+
+def first_line(text: str) -> str:
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[0][:300] if lines else ""
+
+
+def error_in_log(log: Path) -> dict | None:
+    """{"class", "module", "message"} of the last Python traceback in ``log`` (a child's
+    error: its last line, "module.Class: message"), or None."""
+    if not log.exists():
+        return None
+    lines = log.read_text(encoding="utf-8", errors="replace").splitlines()
+    starts = [i for i, line in enumerate(lines) if line.startswith("Traceback (most recent call last)")]
+    if not starts:
+        return None
+    for line in lines[starts[-1] + 1:]:
+        if line and not line[0].isspace():
+            name, _, message = line.partition(":")
+            if not re.fullmatch(r"[A-Za-z_][\w.]*", name):
+                return None
+            module, _, cls = name.rpartition(".")
+            return {"class": cls, "module": module or "builtins", "message": message.strip()[:300]}
+    return None
+
+
+def read_json(path: Path) -> dict:
+    """A child's JSON file, or {} where it is missing or broken."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+# -- child processes -----------------------------------------------------------------------------
+
+_children: set = set()  # every child started and not yet waited for (killed on exit)
 
 
 def child_env(extra: dict | None = None) -> dict:
@@ -133,7 +242,28 @@ def start(cmd, log: Path, env=None) -> subprocess.Popen:
                             stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                             start_new_session=True)
     proc.log_handle = fh
+    _children.add(proc)
     return proc
+
+
+def kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL the process group of ``proc`` (what is left of it) and reap ``proc``."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        pass
+    proc.log_handle.close()
+    _children.discard(proc)
+
+
+def kill_children() -> None:
+    """Kill every child still running, with its process group (the CPU runs on an early exit)."""
+    for proc in list(_children):
+        kill_group(proc)
 
 
 def finish(proc: subprocess.Popen, timeout: float) -> tuple[int | None, bool]:
@@ -142,10 +272,8 @@ def finish(proc: subprocess.Popen, timeout: float) -> tuple[int | None, bool]:
         rc = proc.wait(timeout=max(timeout, 0.1))
         timed_out = False
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
         rc, timed_out = None, True
-    proc.log_handle.close()
+    kill_group(proc)  # on expiry, and whatever the child left behind in its group
     return rc, timed_out
 
 
@@ -175,15 +303,23 @@ def status_of(rc, timed_out) -> str:
 
 
 CNN_XP = [sys.executable, "-m", "cnn_xp"]
+SELF = [sys.executable, Path(__file__).resolve()]
 
 
 # -- data --------------------------------------------------------------------------------------
 
+def write_idx(path: Path, array) -> None:
+    """``array`` (uint8) as an IDX file: magic (0, 0, type 0x08, ndim), big-endian dims, data."""
+    import numpy as np
+
+    header = bytes([0, 0, 0x08, array.ndim]) + np.asarray(array.shape, dtype=">u4").tobytes()
+    path.write_bytes(header + np.ascontiguousarray(array, dtype=np.uint8).tobytes())
+
+
 def make_tiny_dataset(folder: Path, n_train=600, n_test=200, seed=0) -> Path:
-    """Write small learnable look-alikes of Fashion-MNIST and MNIST as IDX files
-    (idx2numpy) into ``folder``/fashion-mnist and ``folder``/mnist: each class a bright band
-    at its own rows, plus noise. Returns the folder to pass as --data-dir."""
-    import idx2numpy
+    """Write small learnable look-alikes of Fashion-MNIST and MNIST as IDX files into
+    ``folder``/fashion-mnist and ``folder``/mnist: each class a bright band at its own rows,
+    plus noise. Returns the folder to pass as --data-dir."""
     import numpy as np
 
     rng = np.random.default_rng(seed)
@@ -200,8 +336,8 @@ def make_tiny_dataset(folder: Path, n_train=600, n_test=200, seed=0) -> Path:
         for prefix, n in (("train", n_train), ("t10k", n_test)):
             labels = (np.arange(n) % 10).astype(np.uint8)
             rng.shuffle(labels)
-            idx2numpy.convert_to_file(str(target / f"{prefix}-images-idx3-ubyte"), images(labels))
-            idx2numpy.convert_to_file(str(target / f"{prefix}-labels-idx1-ubyte"), labels)
+            write_idx(target / f"{prefix}-images-idx3-ubyte", images(labels))
+            write_idx(target / f"{prefix}-labels-idx1-ubyte", labels)
     return folder
 
 
@@ -271,8 +407,10 @@ def step_train(check: "Check", data_dir: Path, work: Path, out: Path):
     epochs = 1 if check.quick else 5
     log = out / "train.txt"
     tic = time.monotonic()
-    rc, timed_out, _ = run(train_cmd(check.device, epochs, data_dir, work / "run_device"), log,
-                           check.timeout_for("train"), child_env({KERNELS_ENV: "auto"}))
+    rc, timed_out, _ = run(train_cmd(check.device, epochs, data_dir, work / "run_device"),
+                           work / "train_device.log", check.timeout_for("train"),
+                           child_env({KERNELS_ENV: "auto"}))
+    append_log(log, f"=== {check.device}, kernel mode auto, {epochs} epoch(s) ===", work / "train_device.log")
     ref_log = work / "train_ref.log"
     left = max(0.0, check.timeouts["train"] - (time.monotonic() - tic))
     rc_ref, timed_out_ref, _ = run(train_cmd(check.device, 1, data_dir, work / "run_device_ref"),
@@ -287,7 +425,8 @@ def step_train(check: "Check", data_dir: Path, work: Path, out: Path):
     status = status_of(rc, timed_out)
     if status == "ok":
         status = status_of(rc_ref, timed_out_ref)
-    check.record("train", status, time.monotonic() - tic, detail, rc=rc, rc_reference=rc_ref,
+    error = None if status == "ok" else (error_in_log(work / "train_device.log") or error_in_log(ref_log))
+    check.record("train", status, time.monotonic() - tic, detail, rc=rc, rc_reference=rc_ref, error=error,
                  command=" ".join(train_cmd(check.device, epochs, data_dir, "RUN_DIR")[1:]))
 
 
@@ -300,7 +439,7 @@ def append_log(target: Path, title: str, source: Path) -> None:
 # -- mnist (in a child process: --mnist-run) ------------------------------------------------------
 
 def mnist_cmd(device, data_dir, out_json, quick, parity_only=False, model=MNIST_MODEL, epochs=None):
-    cmd = [sys.executable, Path(__file__).resolve(), "MNIST", "--device", device,
+    cmd = SELF + ["MNIST", "--device", device,
            "--data-dir", data_dir, "--mnist-run", out_json, "--mnist-model", model]
     if epochs is not None:
         cmd += ["--mnist-epochs", str(epochs)]
@@ -333,6 +472,20 @@ def _fit(model, opt, x, t, recipe, epochs, device, validation=None, record_steps
     return history.rows, per_step, clocks
 
 
+def _warm_in_process(model, opt, recipe, x, t, x_test, t_test, device) -> float:
+    """Two batches of ``recipe`` (schedule, augmentation, dropout) and an evaluation of the
+    test set with a throwaway model: the timed run after it in this process starts warm
+    (kernels loaded, memory pool grown). Returns its wall seconds."""
+    from cnn_xp import backend
+
+    tic = time.perf_counter()
+    n = min(2 * recipe.batch_size, x.shape[0])
+    one = recipe.replace(epochs=1, schedule_epochs=1 if recipe.schedule != "constant" else None)
+    _fit(model, opt, x[:n], t[:n], one, 1, device, validation=(x_test, t_test))
+    backend.synchronize(device)
+    return round(time.perf_counter() - tic, 3)
+
+
 def mnist_run(device: str, data_dir: Path, out_json: Path, model_name: str, epochs, quick: bool,
               parity_only: bool) -> int:
     """The MNIST runs of one device, written to ``out_json``:
@@ -343,7 +496,7 @@ def mnist_run(device: str, data_dir: Path, out_json: Path, model_name: str, epoc
     - ``run`` (unless ``parity_only``): the zoo recipe on all 60,000 images, shuffled per
       epoch from the seed; after every epoch the 10,000 test images are evaluated; the time
       to TARGET_ACCURACY counts training and every evaluation up to the first epoch that
-      reaches it."""
+      reaches it. It runs warm: after the parity run and ``_warm_in_process``."""
 
     sys.path.insert(0, str(ROOT))
     from cnn_xp import Recipe, backend, data, dispatch, evaluate, layers, models
@@ -386,6 +539,9 @@ def mnist_run(device: str, data_dir: Path, out_json: Path, model_name: str, epoc
         return 0
 
     epochs = epochs or (1 if quick else recipe.epochs)
+    warm_model, warm_opt = fresh(dropout=True)
+    result["warm_seconds"] = _warm_in_process(warm_model, warm_opt, recipe, x_train, t_train, x_test,
+                                              t_test, device)
     model, opt = fresh(dropout=True)
     rows, _, clocks = _fit(model, opt, x_train, t_train, recipe.replace(epochs=epochs,
                            schedule_epochs=epochs if recipe.schedule != "constant" else None), epochs, device,
@@ -440,14 +596,16 @@ def step_mnist(check: "Check", data_dir: Path, work: Path, out: Path):
     rc, timed_out, wall = run(mnist_cmd(check.device, data_dir, out_json, check.quick), log,
                               check.timeout_for("mnist"), child_env({KERNELS_ENV: "auto"}))
     append_log(out / "train.txt", f"=== MNIST, {MNIST_MODEL}, {check.device}, kernel mode auto ===", log)
-    found = json.loads(out_json.read_text()) if out_json.exists() else {}
+    found = read_json(out_json)
     check.summary["results"]["mnist"] = {k: v for k, v in found.items() if k != "parity"}
     check.summary["results"]["mnist_device_parity_run"] = _parity_summary(found)
     run_ = found.get("run", {})
     reached = run_.get("time_to_target")
     detail = (f"test accuracy {run_.get('test_accuracy')}, time to {TARGET_ACCURACY:.0%}: "
               + (f"{reached['seconds']} s (epoch {reached['epoch']})" if reached else "not reached"))
-    check.record("mnist", status_of(rc, timed_out), wall, detail if run_ else trim_log(log), rc=rc)
+    status = status_of(rc, timed_out)
+    error = None if status == "ok" else (found.get("error") or error_in_log(log))
+    check.record("mnist", status, wall, detail if run_ else trim_log(log), rc=rc, error=error)
     return found
 
 
@@ -456,13 +614,16 @@ def _parity_summary(found: dict) -> dict:
     return {k: v for k, v in parity.items() if k not in ("weights", "losses")}
 
 
-def finish_cpu_runs(check: "Check", cpu: dict, work: Path, out: Path, mnist_device: dict):
+def finish_cpu_runs(check: "Check", cpu: dict, work: Path, out: Path):
+    """Wait for the CPU reference runs (killed when their time is up) and compare them with
+    the device's runs."""
     results = check.summary["results"]
-    statuses = []
+    statuses, errors = [], []
     for name, (proc, log) in cpu["runs"].items():
         waited = max(0.0, check.timeouts["train_cpu"] - (time.monotonic() - cpu["tic"]))
         rc, timed_out = finish(proc, min(waited, max(check.remaining() - 5.0, 0.1)))
         statuses.append(status_of(rc, timed_out))
+        errors.append(error_in_log(log) if statuses[-1] == "failed" else None)
         title = ("=== CPU reference run (Fashion-MNIST, kernel mode reference) ===" if name == "fashion"
                  else f"=== CPU reference run (MNIST parity, {MNIST_MODEL}, kernel mode reference) ===")
         append_log(out / "train.txt", title, log)
@@ -471,9 +632,8 @@ def finish_cpu_runs(check: "Check", cpu: dict, work: Path, out: Path, mnist_devi
     results["first_epoch_loss"] = compare_first_epoch(results.get("train_device", {}), results["train_cpu"])
     results["first_epoch_loss_reference"] = compare_first_epoch(
         results.get("train_device_reference", {}), results["train_cpu"])
-    cpu_json = work / "mnist_cpu.json"
-    mnist_cpu = json.loads(cpu_json.read_text()) if cpu_json.exists() else {}
-    results["mnist_parity"] = compare_parity(mnist_device, mnist_cpu)
+    results["mnist_parity"] = compare_parity(read_json(work / "mnist_device.json"),
+                                             read_json(work / "mnist_cpu.json"))
     cmp, par = results["first_epoch_loss"], results["mnist_parity"]
     detail = (f"Fashion first-epoch loss rel diff {cmp['rel_diff']:.3g}" if "rel_diff" in cmp
               else cmp.get("error", ""))
@@ -483,19 +643,20 @@ def finish_cpu_runs(check: "Check", cpu: dict, work: Path, out: Path, mnist_devi
     status = next((s for s in statuses if s != "ok"), "ok")
     if status == "ok" and not par.get("agree", False):
         status = "failed"
-    check.record("train_cpu", status, time.monotonic() - cpu["tic"], detail)
+    check.record("train_cpu", status, time.monotonic() - cpu["tic"], detail,
+                 error=next((e for e in errors if e), None))
 
 
 # -- kernels: every op, GPU reference and GPU auto against the CPU reference -----------------------
 
-def kernel_cases(n: int, params: int) -> dict:
-    """op -> (host inputs builder, runner(impl, inputs) -> list of outputs)."""
+def kernel_cases(n: int, params: int, dtype: str = "float32") -> dict:
+    """op -> (host inputs builder, runner(impl, inputs) -> list of outputs), in ``dtype``."""
     import numpy as np
 
     rng = np.random.default_rng(0)
 
     def normal(*shape, scale=1.0):
-        return (rng.standard_normal(shape) * scale).astype(np.float32)
+        return (rng.standard_normal(shape) * scale).astype(dtype)
 
     def conv(impl, x, W, b, dout):
         out, cache = impl.conv2d_forward(x, W, b, 1, 1)
@@ -532,7 +693,7 @@ def kernel_cases(n: int, params: int) -> dict:
         "maxpool2d": (lambda: [normal(n, 30, 24, 24), normal(n, 30, 12, 12)], pool("max")),
         "avgpool2d": (lambda: [normal(n, 30, 24, 24), normal(n, 30, 12, 12)], pool("avg")),
         "relu": (lambda: [normal(n, 30, 24, 24), normal(n, 30, 24, 24)], relu),
-        "dropout": (lambda: [normal(n, 4320), rng.random((n, 4320), dtype=np.float32),
+        "dropout": (lambda: [normal(n, 4320), rng.random((n, 4320)).astype(dtype),
                              normal(n, 4320)], dropout),
         "softmax_cross_entropy": (lambda: [normal(n, 10, scale=3.0), rng.integers(0, 10, n)], loss),
         "sgd": update("sgd", 0, (0.01,)),
@@ -543,6 +704,88 @@ def kernel_cases(n: int, params: int) -> dict:
         "adam": update("adam", 2, (1e-3 / (1 - 0.9), 0.9, 0.999, 1 / math.sqrt(1 - 0.999), 1e-8)),
     }
     return cases
+
+
+# -- warm-up: every kernel compiled before anything is timed ---------------------------------------
+
+def warm_model(name: str, dtype: str, device: str, batch: int) -> None:
+    """One training step of zoo model ``name``'s recipe (its optimizer, schedule, augmentation
+    and dropout) and one evaluation, on ``batch`` random images in ``dtype`` on ``device``."""
+    import numpy as np
+
+    from cnn_xp import Recipe, evaluate, fit, models
+
+    model = models.build(name, seed=0, device=device, dtype=dtype)
+    recipe = Recipe.create(name, seed=0)
+    rng = np.random.default_rng(0)
+    x = rng.random((batch, *model.input_shape)).astype(dtype)
+    t = rng.integers(0, 10, batch)
+    fit(model, models.build_optimizer(name, model), (x, t), epochs=1, batch_size=batch,
+        schedule=recipe.replace(epochs=1, schedule_epochs=1 if recipe.schedule != "constant" else None)
+        .schedule_spec(), augment=recipe.augment, seed=0, verbose=False)
+    evaluate(model, (x, t))
+
+
+def warm_ops(dtype: str, device: str) -> None:
+    """Every op of the seam, forward and backward or update, in the current kernel mode."""
+    from cnn_xp import backend, dispatch
+
+    for op, (inputs, go) in kernel_cases(4, 1000, dtype).items():
+        go(dispatch.implementation(op, device), *[backend.to_device(a, device) for a in inputs()])
+
+
+def warmup(device: str, out_json: Path, quick: bool) -> int:
+    """Compile every kernel the check times: each zoo model (``warm_model``) and each op
+    (``warm_ops``) in both float dtypes and both kernel modes, on ``device``; CuPy keeps the
+    binaries in its disk cache (``~/.cupy/kernel_cache``, ``CUPY_CACHE_DIR``), where the later
+    steps' processes find them. Writes each part's seconds (or error) and the total to
+    ``out_json``; runs in its own process."""
+    sys.path.insert(0, str(ROOT))
+    from cnn_xp import backend, dispatch, models
+
+    tic = time.perf_counter()
+    parts, failed = {}, False
+    for mode in ("auto", "reference"):
+        dispatch.reset()
+        dispatch.set_mode(mode)
+        for dtype in DTYPES:
+            jobs = [(f"{mode}/{dtype}/{name}", warm_model, (name, dtype, device, 4 if quick else 32))
+                    for name in models.MODELS]
+            jobs.append((f"{mode}/{dtype}/ops", warm_ops, (dtype, device)))
+            for key, job, job_args in jobs:
+                start_s = time.perf_counter()
+                try:
+                    job(*job_args)
+                    backend.synchronize(device)
+                    parts[key] = {"seconds": round(time.perf_counter() - start_s, 3)}
+                except Exception as exc:  # noqa: BLE001 -- one broken part must not hide the others
+                    parts[key] = {"error": error_of(exc)}
+                    failed = True
+                print(key, parts[key], flush=True)
+    dispatch.set_mode("auto")
+    found = {"device": device, "seconds": round(time.perf_counter() - tic, 3), "parts": parts,
+             "ops": dispatch.table(device), "accelerator": _details(dispatch, device)}
+    write_atomic(out_json, json.dumps(found, indent=2) + "\n")
+    return 1 if failed else 0
+
+
+def step_warmup(check: "Check", work: Path):
+    log, out_json = work / "warmup.log", work / "warmup.json"
+    rc, timed_out, wall = run(SELF + ["WARMUP", "--device", check.device, "--warmup", out_json]
+                              + (["--quick"] if check.quick else []), log, check.timeout_for("warmup"))
+    found = read_json(out_json)
+    errors = {k: v["error"] for k, v in found.get("parts", {}).items() if "error" in v}
+    check.summary["results"]["warmup"] = {"seconds": found.get("seconds"), "wall_s": round(wall, 2),
+                                          "parts": len(found.get("parts", {})), "errors": errors,
+                                          "accelerator": found.get("accelerator")}
+    status = status_of(rc, timed_out)
+    error = None
+    if status != "ok":
+        error = found.get("error") or next(iter(errors.values()), None) or error_in_log(log)
+    detail = (f"every kernel compiled in {found['seconds']} s ({len(found['parts'])} parts, "
+              f"{len(errors)} failed)" if "seconds" in found else trim_log(log))
+    check.record("warmup", status, wall, detail, rc=rc, error=error)
+
 
 
 def kernel_timing(device: str, out_json: Path, quick: bool) -> int:
@@ -602,7 +845,7 @@ def kernel_timing(device: str, out_json: Path, quick: bool) -> int:
                                  entry["auto_max_rel_diff_vs_cpu_reference"]) <= 1e-4
             failed |= not entry["match"]
         except Exception as exc:  # one broken case must not hide the others
-            entry["error"] = f"{type(exc).__name__}: {exc}"
+            entry["error"] = error_of(exc)
             failed = True
         results["cases"][op] = entry
         print(op, entry, flush=True)
@@ -620,9 +863,121 @@ def _details(dispatch, device):
     return module.details()
 
 
-# -- the check ---------------------------------------------------------------------------------
+# -- the steps in the parent -------------------------------------------------------------------
 
-def main(argv=None) -> int:
+def step_doctor(check: "Check", out: Path):
+    log = out / "doctor.txt"
+    rc, timed_out, wall = run(CNN_XP + ["doctor"], log, check.timeout_for("doctor"),
+                              child_env({KERNELS_ENV: "auto"}))
+    status = status_of(rc, timed_out)
+    check.record("doctor", status, wall, trim_log(log), rc=rc,
+                 error=None if status == "ok" else error_in_log(log))
+
+
+def step_kernels(check: "Check", work: Path, out: Path):
+    log, out_json = work / "kernels.log", out / "kernels.json"
+    rc, timed_out, wall = run(SELF + [out, "--device", check.device, "--kernel-timing", out_json]
+                              + (["--quick"] if check.quick else []), log, check.timeout_for("kernels"))
+    status = status_of(rc, timed_out)
+    found = read_json(out_json)
+    if not found:
+        write_atomic(out_json, json.dumps({"error": error_in_log(log) or "kernel timing did not finish",
+                                           "log": trim_log(log)}) + "\n")
+    check.summary["results"]["ops"] = found.get("ops")
+    errors = {op: e["error"] for op, e in found.get("cases", {}).items() if "error" in e}
+    error = None if status == "ok" else (next(iter(errors.values()), None) or error_in_log(log))
+    check.record("kernels", status, wall, trim_log(log), rc=rc, error=error)
+
+
+def bench_cmd(device: str, out: Path, quick: bool) -> list:
+    cmd = CNN_XP + ["bench", "--device", device, "--json", out / "bench.json",
+                    "--markdown", out / "bench.md", "--kernels", "both"]
+    if quick:
+        return cmd + ["--models", "simple_convnet", "--dtypes", "float32", "--batch-sizes", "8",
+                      "--steps", "1", "--repeats", "3", "--peer", "none"]
+    return cmd + ["--dtypes", "float32", "--batch-sizes", "100", "1000", "--peer", "auto"]
+
+
+def step_bench(check: "Check", work: Path, out: Path):
+    """ours (reference and auto) vs PyTorch where it is installed, interleaved."""
+    log = work / "bench.log"
+    rc, timed_out, wall = run(bench_cmd(check.device, out, check.quick), log, check.timeout_for("bench"))
+    last = trim_log(log)
+    if not (out / "bench.md").exists():  # keep the log where the table would be
+        (out / "bench.md").write_text(log.read_text(encoding="utf-8", errors="replace"))
+    status = status_of(rc, timed_out)
+    check.record("bench", status, wall, last, rc=rc, error=None if status == "ok" else error_in_log(log))
+
+
+def step_pytest(check: "Check", out: Path):
+    """The GPU suite: tests/gpu only (the GPU tests all live there)."""
+    log = out / "pytest.txt"
+    cmd = [sys.executable, "-m", "pytest", "tests/gpu", "-q", "-rfEs", "--durations=15",
+           "-p", "no:cacheprovider"]
+    rc, timed_out, wall = run(cmd, log, check.timeout_for("pytest"))
+    status = status_of(rc, timed_out)
+    check.record("pytest", status, wall, trim_log(log), rc=rc,
+                 error=None if status == "ok" else error_in_log(log))
+
+
+def prepare_data(args, work: Path) -> Path:
+    """The folder of fashion-mnist/ and mnist/: --data-dir, else generated (--quick) or .carry."""
+    if args.data_dir is not None:
+        return args.data_dir
+    return make_tiny_dataset(work / "data") if args.quick else ROOT / ".carry"
+
+
+def run_steps(args, check: "Check", out: Path, work: Path) -> None:
+    """Every step in order: the numbers first (warm-up, MNIST, Fashion-MNIST, ops, the CPU
+    comparisons, the benchmark), the GPU suite last."""
+    data_dir = check.guarded("data", prepare_data, args, work) or ROOT / ".carry"
+    check.summary["data_dir"] = str(data_dir)
+
+    # the CPU reference runs start first and run beside the device steps
+    cpu = check.guarded("train_cpu", start_cpu_runs, check, data_dir, work, args.cpu_epochs)
+    steps = [
+        ("doctor", step_doctor, (check, out)),
+        ("warmup", step_warmup, (check, work)),
+        ("mnist", step_mnist, (check, data_dir, work, out)),
+        ("train", step_train, (check, data_dir, work, out)),
+        ("kernels", step_kernels, (check, work, out)),
+        ("train_cpu", finish_cpu_runs, (check, cpu, work, out)),
+        ("bench", step_bench, (check, work, out)),
+        ("pytest", step_pytest, (check, out)),
+    ]
+    assert tuple(name for name, _, _ in steps) == STEPS
+    for name, step, step_args in steps:
+        if name == "train_cpu" and cpu is None:
+            continue  # recorded as failed when they could not start
+        if name != "train_cpu" and check.no_time_for(name):
+            continue
+        check.guarded(name, step, *step_args)
+
+
+# -- the command line -----------------------------------------------------------------------------
+
+def child_main(args) -> int:
+    """The check's own child processes: --warmup, --kernel-timing, --mnist-run. An error is
+    written into the child's JSON file with its class, and its traceback goes to the log."""
+    if args.warmup is not None:
+        target, job = args.warmup, lambda: warmup(args.device, args.warmup, args.quick)
+    elif args.kernel_timing is not None:
+        target, job = args.kernel_timing, lambda: kernel_timing(args.device, args.kernel_timing, args.quick)
+    else:
+        target, job = args.mnist_run, lambda: mnist_run(args.device, args.data_dir, args.mnist_run,
+                                                        args.mnist_model, args.mnist_epochs, args.quick,
+                                                        args.parity_only)
+    try:
+        return job()
+    except Exception as exc:  # noqa: BLE001 -- reported to the parent with its class
+        traceback.print_exc()
+        found = read_json(target)
+        found["error"] = error_of(exc)
+        write_atomic(target, json.dumps(found) + "\n")
+        return 1
+
+
+def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("outdir", type=Path)
     p.add_argument("--device", choices=("gpu", "cpu"), default="gpu")
@@ -634,15 +989,21 @@ def main(argv=None) -> int:
     p.add_argument("--cpu-epochs", type=int, default=1, help="epochs of the CPU reference run")
     p.add_argument("--mnist-model", default=MNIST_MODEL, help=argparse.SUPPRESS)
     p.add_argument("--mnist-epochs", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--warmup", type=Path, default=None, help=argparse.SUPPRESS)
     p.add_argument("--kernel-timing", type=Path, default=None, help=argparse.SUPPRESS)
     p.add_argument("--mnist-run", type=Path, default=None, help=argparse.SUPPRESS)
     p.add_argument("--parity-only", action="store_true", help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
-    if args.kernel_timing is not None:
-        return kernel_timing(args.device, args.kernel_timing, args.quick)
-    if args.mnist_run is not None:
-        return mnist_run(args.device, args.data_dir, args.mnist_run, args.mnist_model,
-                         args.mnist_epochs, args.quick, args.parity_only)
+    return p.parse_args(argv)
+
+
+def on_signal(signum, frame):
+    raise Interrupted(signum)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.warmup or args.kernel_timing or args.mnist_run:
+        return child_main(args)
 
     out = args.outdir
     try:
@@ -652,76 +1013,27 @@ def main(argv=None) -> int:
         return 2
     budget = args.budget or (240.0 if args.quick else 465.0)
     check = Check(out, args.device, args.quick, budget)
+    check.write_summary()
+    atexit.register(check.close, "exit")  # a path the handlers below miss still leaves a summary
+    previous = {signum: signal.signal(signum, on_signal) for signum in EXIT_SIGNALS}
     work = Path(tempfile.mkdtemp(prefix="cnn_xp_gpu_check_"))
     try:
-        return run_steps(args, check, out, work)
+        run_steps(args, check, out, work)
+        check.close("end")
+    except Interrupted as exc:
+        print(f"gpu_check: stopped by {exc}", file=sys.stderr)
+        check.close(str(exc))
+        return 128 + exc.signum
+    except BaseException as exc:  # a bug in the check itself: still a summary, with the error
+        traceback.print_exc()
+        check.close("error", exc)
+        return 1
     finally:
+        kill_children()
         shutil.rmtree(work, ignore_errors=True)
-
-
-def run_steps(args, check: "Check", out: Path, work: Path) -> int:
-    if args.quick:
-        data_dir = make_tiny_dataset(work / "data") if args.data_dir is None else args.data_dir
-    else:
-        data_dir = args.data_dir or ROOT / ".carry"
-    check.summary["data_dir"] = str(data_dir)
-
-    # 0. the CPU reference runs start first and run beside the device steps
-    cpu = start_cpu_runs(check, data_dir, work, args.cpu_epochs)
-
-    # 1. doctor (mode auto: it names the implementation of every op)
-    rc, timed_out, wall = run(CNN_XP + ["doctor"], out / "doctor.txt", check.timeout_for("doctor"),
-                              child_env({KERNELS_ENV: "auto"}))
-    check.record("doctor", status_of(rc, timed_out), wall, trim_log(out / "doctor.txt"), rc=rc)
-
-    # 2. Fashion-MNIST on the device, auto and reference
-    step_train(check, data_dir, work, out)
-
-    # 3. MNIST on the device: accuracy, time to 99%, the parity run
-    mnist_device = step_mnist(check, data_dir, work, out)
-
-    # 4. every op: GPU reference and GPU auto against the CPU reference
-    rc, timed_out, wall = run([sys.executable, Path(__file__).resolve(), out, "--device",
-                               args.device, "--kernel-timing", out / "kernels.json"]
-                              + (["--quick"] if args.quick else []),
-                              work / "kernels.log", check.timeout_for("kernels"))
-    check.record("kernels", status_of(rc, timed_out), wall, trim_log(work / "kernels.log"), rc=rc)
-    if not (out / "kernels.json").exists():
-        write_atomic(out / "kernels.json", json.dumps(
-            {"error": "kernel timing did not finish", "log": trim_log(work / "kernels.log")}) + "\n")
-    kernels = json.loads((out / "kernels.json").read_text())
-    check.summary["results"]["ops"] = kernels.get("ops")
-
-    # 5. the GPU test suite
-    pytest_cmd = [sys.executable, "-m", "pytest", "-m", "gpu", "tests", "-q", "-rfEs",
-                  "--durations=15", "-p", "no:cacheprovider"]
-    rc, timed_out, wall = run(pytest_cmd, out / "pytest.txt", check.timeout_for("pytest"))
-    check.record("pytest", status_of(rc, timed_out), wall, trim_log(out / "pytest.txt"), rc=rc)
-
-    # 6. the CPU reference runs must be done before the benchmark takes the machine
-    finish_cpu_runs(check, cpu, work, out, mnist_device)
-
-    # 7. benchmark, ours (reference and auto) vs PyTorch, interleaved
-    bench_cmd = CNN_XP + ["bench", "--device", args.device, "--json", out / "bench.json",
-                          "--markdown", out / "bench.md", "--kernels", "both"]
-    if args.quick:
-        bench_cmd += ["--models", "simple_convnet", "--dtypes", "float32", "--batch-sizes", "8",
-                      "--steps", "1", "--repeats", "3", "--peer", "none"]
-    else:
-        bench_cmd += ["--dtypes", "float32", "--batch-sizes", "100", "1000", "--peer", "torch"]
-    timeout = check.timeout_for("bench")
-    if timeout < 10:
-        check.record("bench", "skipped", 0.0, "no time left in the budget")
-    else:
-        rc, timed_out, wall = run(bench_cmd, work / "bench.log", timeout)
-        last = trim_log(work / "bench.log")
-        if not (out / "bench.md").exists():  # keep the log where the table would be
-            (out / "bench.md").write_text((work / "bench.log").read_text(errors="replace"))
-        check.record("bench", status_of(rc, timed_out), wall, last, rc=rc)
-
-    statuses = [s["status"] for s in check.summary["steps"]]
-    check.summary["ok"] = all(s == "ok" for s in statuses)
-    check.write_summary()
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        atexit.unregister(check.close)
     print(json.dumps(check.summary, indent=1), flush=True)
     return 0 if check.summary["ok"] else 1
 

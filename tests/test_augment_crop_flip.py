@@ -112,18 +112,6 @@ def test_same_seed_same_crops_and_state_resumes_the_next_batch():
         c.load_state_dict(dict(saved, bit_generator="MT19937"))
 
 
-def test_works_on_the_gpu_when_there_is_one():
-    from cnn_xp import backend
-
-    if not backend.gpu_available():
-        pytest.skip(f"no GPU: {backend.gpu_status()[1]}")
-    x = images(n=8)
-    host = RandomCropFlip(pad=3, seed=5)(x)
-    out = RandomCropFlip(pad=3, seed=5)(backend.to_device(x, "gpu"))
-    assert backend.device_of(out) == "gpu" and out.dtype == x.dtype
-    np.testing.assert_array_equal(backend.to_numpy(out), host)  # host draws: the same crops
-
-
 @pytest.mark.parametrize("kwargs, message", [
     (dict(pad=-1), "pad must be an integer >= 0"),
     (dict(pad=2.5), "pad must be an integer"),

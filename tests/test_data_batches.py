@@ -111,16 +111,3 @@ def test_bad_arguments():
         BatchIterator(x, t, 0)
     with pytest.raises(ValueError, match="unknown device"):
         BatchIterator(x, t, 2, device="tpu")
-
-
-@pytest.mark.gpu
-@pytest.mark.skipif(not backend.gpu_available(), reason="no usable CUDA GPU")
-def test_gpu_batches_match_cpu():
-    x, t = _data(23)
-    cpu = _epoch(BatchIterator(x, t, 6, seed=5))
-    gpu_it = BatchIterator(x, t, 6, seed=5, device="gpu")
-    assert backend.device_of(gpu_it.x) == "gpu"
-    gpu = [(backend.to_numpy(xb), backend.to_numpy(tb)) for xb, tb in gpu_it]
-    for (cx, ct), (gx, gt) in zip(cpu, gpu):
-        np.testing.assert_array_equal(cx, gx)
-        np.testing.assert_array_equal(ct, gt)

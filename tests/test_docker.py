@@ -48,14 +48,14 @@ def exec_form(arg):
     return value if isinstance(value, list) and all(isinstance(v, str) for v in value) else None
 
 
-def gpu_extra_cuda_major():
-    """CUDA major of the cupy-cudaNNx wheel in pyproject's `gpu` extra."""
+def gpu_extra_cuda_major(extra="gpu"):
+    """CUDA major of the cupy-cudaNNx wheel in pyproject's ``extra``."""
     text = (ROOT / "pyproject.toml").read_text()
     try:
         import tomllib
     except ModuleNotFoundError:  # Python 3.10
         tomllib = pytest.importorskip("tomli")
-    extras = tomllib.loads(text)["project"]["optional-dependencies"]["gpu"]
+    extras = tomllib.loads(text)["project"]["optional-dependencies"][extra]
     majors = {int(m.group(1)) for req in extras if (m := re.match(r"cupy-cuda(\d+)x\b", req))}
     assert len(majors) == 1, f"expected exactly one cupy-cudaNNx in the gpu extra, got {extras}"
     return majors.pop()
@@ -117,9 +117,10 @@ def _pip_install_targets(path):
     return targets
 
 
-def test_gpu_image_installs_package_with_gpu_extra():
+def test_gpu_image_installs_package_with_gpu_ctk_extra():
+    """The runtime image lacks the CUDA headers: CuPy with the toolkit's wheels (``gpu-ctk``)."""
     targets = _pip_install_targets(GPU_FILE)
-    assert ".[gpu]" in targets, targets
+    assert ".[gpu-ctk]" in targets, targets
     # CuPy comes through the extra only (so pyproject.toml stays the one place that pins it).
     assert not any(t.startswith("cupy") for t in targets), targets
 
@@ -134,7 +135,7 @@ def test_gpu_image_cuda_major_matches_cupy_wheel():
     image = next(arg for w, arg in parse(GPU_FILE) if w == "FROM").split()[0]
     match = re.fullmatch(r"nvidia/cuda:(\d+)\.(\d+)(?:\.\d+)?-(?:cudnn\d*-)?runtime-ubuntu\d+\.\d+", image)
     assert match, f"expected an nvidia/cuda:X.Y.Z-runtime-ubuntuNN.NN image, got {image}"
-    assert int(match.group(1)) == gpu_extra_cuda_major()
+    assert int(match.group(1)) == gpu_extra_cuda_major() == gpu_extra_cuda_major("gpu-ctk")
 
 
 def test_cpu_image_is_python_slim_without_cuda():

@@ -1,12 +1,15 @@
 """Every accelerator op against the reference, on the same random cases.
 
-For each device whose accelerator is usable here (``cnn_xp.kernels.cpu`` where the
-extension is built; ``cnn_xp.kernels.cuda`` on a GPU) and each op it implements, the same
-inputs go through the accelerator's functions and the reference's (``cnn_xp.ops``):
-random shapes, strides, pads, both dtypes and every memory order of the inputs. Results
+For the CPU accelerator (``cnn_xp.kernels.cpu``, where the extension is built) and each op it
+implements, the same inputs go through the accelerator's functions and the reference's
+(``cnn_xp.ops``): random shapes, strides, pads, both dtypes and every memory order of the
+inputs. Results
 agree to float rounding; max pooling's argmax routing (ties, NaN) agrees exactly. And the
 caches keep the reference's semantics: overwriting a forward's input before its backward
 changes nothing (op_cases' ``mutate``, on every case of every cached op).
+
+The ``check_*`` functions take the device and the accelerator; tests/gpu/test_gpu_equivalence.py
+runs them with the GPU and ``cnn_xp.kernels.cuda``.
 """
 import numpy as np
 import op_cases
@@ -14,13 +17,11 @@ import pytest
 
 from cnn_xp import backend, dispatch, ops
 
-DEVICES = ["cpu", pytest.param("gpu", marks=pytest.mark.gpu)]
 TOL = {"float64": dict(rtol=1e-10, atol=1e-10), "float32": dict(rtol=2e-4, atol=2e-5)}
 
 
 def accelerator_or_skip(device, op):
-    if device == "gpu" and not backend.gpu_available():
-        pytest.skip("no usable GPU: " + backend.gpu_status()[1])
+    """The accelerator of ``device`` that implements ``op``; skips the test where there is none."""
     module, reason = dispatch.accelerator(device)
     if module is None:
         pytest.skip(f"no {device} accelerator here: {reason}")
@@ -69,11 +70,7 @@ def conv_case(seed):
 CONV_SEEDS = range(24)
 
 
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("dtype", ["float64", "float32"])
-@pytest.mark.parametrize("seed", CONV_SEEDS)
-def test_conv2d(device, dtype, seed):
-    accel = accelerator_or_skip(device, "conv2d")
+def check_conv2d(device, accel, dtype, seed):
     rng, n, c, h, w, oc, (kh, kw), stride, pad = conv_case(seed)
     order_x, order_d = ["nchw", "nhwc", "cnhw"][seed % 3], ["nchw", "nhwc", "cnhw"][(seed // 3) % 3]
     x = in_memory_order(rng.standard_normal((n, c, h, w)).astype(dtype), order_x)
@@ -100,6 +97,12 @@ def test_conv2d(device, dtype, seed):
             close(g, r, dtype)
 
 
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("seed", CONV_SEEDS)
+def test_conv2d(dtype, seed):
+    check_conv2d("cpu", accelerator_or_skip("cpu", "conv2d"), dtype, seed)
+
+
 def pool_case(seed):
     rng = np.random.default_rng(1000 + seed)
     kh, kw = (int(k) for k in rng.integers(1, 5, 2))
@@ -109,13 +112,9 @@ def pool_case(seed):
     return rng, int(rng.integers(1, 4)), c, int(rng.integers(kh, kh + 9)), int(rng.integers(kw, kw + 9)), (kh, kw), stride, pad
 
 
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("dtype", ["float64", "float32"])
-@pytest.mark.parametrize("seed", range(16))
-def test_maxpool2d(device, dtype, seed):
+def check_maxpool2d(device, accel, dtype, seed):
     """Integer-valued inputs (ties in most windows) and a few NaNs: the gradient goes to
     the same (first) maximum in both."""
-    accel = accelerator_or_skip(device, "maxpool2d")
     rng, n, c, h, w, (kh, kw), stride, pad = pool_case(seed)
     x = rng.integers(-2, 3, (n, c, h, w)).astype(dtype)
     if seed % 4 == 1:
@@ -133,10 +132,13 @@ def test_maxpool2d(device, dtype, seed):
     close(accel.maxpool2d_backward(dout, cache), ops.maxpool2d_backward(dout, ref_cache), dtype)
 
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
-def test_relu(device, dtype):
-    accel = accelerator_or_skip(device, "relu")
+@pytest.mark.parametrize("seed", range(16))
+def test_maxpool2d(dtype, seed):
+    check_maxpool2d("cpu", accelerator_or_skip("cpu", "maxpool2d"), dtype, seed)
+
+
+def check_relu(device, accel, dtype):
     rng = np.random.default_rng(3)
     x = in_memory_order(rng.standard_normal((3, 5, 7, 6)).astype(dtype), "nhwc")
     dout = rng.standard_normal((3, 5, 7, 6)).astype(dtype)
@@ -147,10 +149,12 @@ def test_relu(device, dtype):
     np.testing.assert_array_equal(host(accel.relu_backward(dout, cache)), host(ops.relu_backward(dout, ref_cache)))
 
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
-def test_dropout(device, dtype):
-    accel = accelerator_or_skip(device, "dropout")
+def test_relu(dtype):
+    check_relu("cpu", accelerator_or_skip("cpu", "relu"), dtype)
+
+
+def check_dropout(device, accel, dtype):
     rng = np.random.default_rng(4)
     x = rng.standard_normal((6, 40)).astype(dtype)
     draws = rng.random((6, 40)).astype(dtype)
@@ -162,11 +166,12 @@ def test_dropout(device, dtype):
     close(accel.dropout_backward(dout, cache), ops.dropout_backward(dout, ref_cache), dtype)
 
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
-@pytest.mark.parametrize("one_hot", [False, True], ids=["indices", "one_hot"])
-def test_softmax_cross_entropy(device, dtype, one_hot):
-    accel = accelerator_or_skip(device, "softmax_cross_entropy")
+def test_dropout(dtype):
+    check_dropout("cpu", accelerator_or_skip("cpu", "dropout"), dtype)
+
+
+def check_softmax_cross_entropy(device, accel, dtype, one_hot):
     rng = np.random.default_rng(5)
     scores = (rng.standard_normal((37, 10)) * 4).astype(dtype)
     labels = rng.integers(0, 10, 37)
@@ -179,6 +184,12 @@ def test_softmax_cross_entropy(device, dtype, one_hot):
     close(accel.softmax_cross_entropy_backward(cache, 0.7), ops.softmax_cross_entropy_backward(ref_cache, 0.7), dtype)
 
 
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("one_hot", [False, True], ids=["indices", "one_hot"])
+def test_softmax_cross_entropy(dtype, one_hot):
+    check_softmax_cross_entropy("cpu", accelerator_or_skip("cpu", "softmax_cross_entropy"), dtype, one_hot)
+
+
 UPDATES = {
     "sgd": (lambda p, g, s: (p, g, 0.1), 0),
     "momentum": (lambda p, g, s: (p, g, s[0], 0.1, 0.9), 1),
@@ -189,11 +200,7 @@ UPDATES = {
 }
 
 
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("dtype", ["float64", "float32"])
-@pytest.mark.parametrize("op", sorted(UPDATES))
-def test_optimizer_updates(device, dtype, op):
-    accel = accelerator_or_skip(device, op)
+def check_optimizer_updates(device, accel, dtype, op):
     arguments, slots = UPDATES[op]
     rng = np.random.default_rng(6)
     start = [rng.standard_normal((7, 13)).astype(dtype) for _ in range(2)]
@@ -209,23 +216,24 @@ def test_optimizer_updates(device, dtype, op):
         close(got, want, dtype)
 
 
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("op", sorted(UPDATES))
+def test_optimizer_updates(dtype, op):
+    check_optimizer_updates("cpu", accelerator_or_skip("cpu", op), dtype, op)
+
+
 # -- caches: a backward never reads the caller's input ----------------------------------------
 
 MUTATE_CASES = [(op, case) for op in op_cases.CACHED_OPS for case in op_cases.CASES[op]]
 
 
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("op, case", MUTATE_CASES, ids=[op_cases.case_id(o, c) for o, c in MUTATE_CASES])
-def test_changing_the_input_after_the_forward_changes_no_backward(device, op, case):
+def check_input_change(device, accel, op, case):
     """The reference's caches hold their own copy of what the backward needs (im2col's
     columns, argmax, the softmax and the labels), so overwriting the forward's inputs in
     place (x, draws, scores, labels: op_cases' ``mutate``) before the backward changes
-    nothing; the accelerator must keep those semantics, even where its kernels read the
-    input in place (an unpadded conv on NHWC memory). Compared with the reference run on
-    untouched inputs, for the accelerator and for the reference itself."""
-    if device == "gpu" and not backend.gpu_available():
-        pytest.skip("no usable GPU: " + backend.gpu_status()[1])
-    accel, _ = dispatch.accelerator(device)
+    nothing; the accelerator ``accel`` (None: none here) must keep those semantics, even where
+    its kernels read the input in place (an unpadded conv on NHWC memory). Compared with the
+    reference run on untouched inputs, for the accelerator and for the reference itself."""
     modules = [ops] + ([accel] if accel is not None and op in accel.OPS else [])
     put = np.asarray if device == "cpu" else (lambda a: backend.to_device(a, device))
     want, _ = op_cases.run(op, ops, put, case)
@@ -233,3 +241,8 @@ def test_changing_the_input_after_the_forward_changes_no_backward(device, op, ca
         got, _ = op_cases.run(op, module, put, case, mutate=True)
         op_cases.compare(got, want, case["dtype"], backend.to_numpy,
                          where=f"{op} ({dispatch.implementation_name(module)}, input changed after the forward)")
+
+
+@pytest.mark.parametrize("op, case", MUTATE_CASES, ids=[op_cases.case_id(o, c) for o, c in MUTATE_CASES])
+def test_changing_the_input_after_the_forward_changes_no_backward(op, case):
+    check_input_change("cpu", dispatch.accelerator("cpu")[0], op, case)

@@ -6,7 +6,6 @@ learns it in a few epochs, so end-to-end runs finish in seconds.
 from __future__ import annotations
 
 import numpy as np
-from PIL import Image, ImageDraw
 
 import data_helpers
 
@@ -34,6 +33,8 @@ def write_dataset(folder, n_train: int = 200, n_test: int = 100, seed: int = 0, 
 
 def draw_digit_one(path, size=(240, 320), dark_on_light: bool = True, offset=(0, 0), fmt=None) -> str:
     """A thick, slanted stroke like a handwritten "1" (with a small flag), anywhere on a canvas."""
+    from PIL import Image, ImageDraw  # here: the IDX helpers above run without Pillow (tests/gpu)
+
     w, h = size
     ink, paper = (20, 255) if dark_on_light else (245, 10)
     img = Image.new("L", size, paper)
@@ -48,6 +49,8 @@ def draw_digit_one(path, size=(240, 320), dark_on_light: bool = True, offset=(0,
 
 def tiny_digits(folder, count: int) -> list[str]:
     """``count`` small PNG strokes (16x16, a few hundred bytes each), written fast."""
+    from PIL import Image
+
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for i in range(count):

@@ -1,5 +1,8 @@
 """What a finished run leaves besides its checkpoint: the test result, the plots and summary.json.
 
+The plots need matplotlib; without it (the source tree on a bare machine) the run has none
+and summary.json says so under ``plots``.
+
 summary.json holds ``recipe`` (every field of ``cnn_xp.Recipe``), the device, the epochs
 trained, ``test_accuracy`` (0..1), ``test_loss``, ``per_class_accuracy`` (by class name),
 the timings, the parameter count, the run folder, and the package versions.
@@ -38,21 +41,34 @@ def package_versions(device: str) -> dict:
     return versions
 
 
+def load_plots():
+    """cnn_xp.app.plots, or None where matplotlib is not installed (the source tree run on a
+    bare machine): the run then has no figures."""
+    try:
+        from . import plots
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").partition(".")[0] != "matplotlib":
+            raise
+        return None
+    return plots
+
+
 def write_results(run_dir, recipe, model, history_rows, data, filters_before, *, device: str,
                   wall_seconds: float, extra: dict | None = None) -> dict:
-    """Test the model, draw the plots, write summary.json; return the summary."""
-    from . import plots
-
+    """Test the model, draw the plots (where matplotlib is installed), write summary.json;
+    return the summary."""
+    plots = load_plots()
     result = evaluate(model, (data.x_test, data.t_test), num_classes=len(data.class_names))
     title = f"{recipe.model} on {recipe.dataset}"
-    if history_rows:
-        plots.plot_curves(history_rows, run_dir / "curves.png", title=title,
-                          validation_label="test" if data.validation == "test" else "validation")
-    if filters_before is not None:
-        plots.plot_filters(filters_before, first_conv_weights(model), run_dir / "filters.png")
     accuracy = result["accuracy"]
-    plots.plot_confusion(result["confusion"], run_dir / "confusion.png", data.class_names,
-                         title=f"{title}: test accuracy {accuracy:.4f}")
+    if plots is not None:
+        if history_rows:
+            plots.plot_curves(history_rows, run_dir / "curves.png", title=title,
+                              validation_label="test" if data.validation == "test" else "validation")
+        if filters_before is not None:
+            plots.plot_filters(filters_before, first_conv_weights(model), run_dir / "filters.png")
+        plots.plot_confusion(result["confusion"], run_dir / "confusion.png", data.class_names,
+                             title=f"{title}: test accuracy {accuracy:.4f}")
     train_seconds = sum(float(r["seconds"]) for r in history_rows)
     summary = {
         "recipe": recipe.to_dict(), "model": recipe.model, "dataset": recipe.dataset, "device": device,
@@ -64,6 +80,7 @@ def write_results(run_dir, recipe, model, history_rows, data, filters_before, *,
         "seconds_per_epoch": round(train_seconds / len(history_rows), 3) if history_rows else None,
         "parameters": model.num_params(), "run_dir": str(run_dir),
         "finished": datetime.now().isoformat(timespec="seconds"), "versions": package_versions(device),
+        **({} if plots is not None else {"plots": "none: matplotlib is not installed"}),
         **(extra or {}),
     }
     try:

@@ -56,10 +56,34 @@ def build_kernels(cp) -> dict:
             for name, (in_params, out_params, body) in KERNEL_SPECS.items()}
 
 
+# CuPy's errors of a kernel launch that mean "these kernels cannot run here", as paths below
+# the cupy module, looked up with getattr (a CuPy without one still works): NVRTC's compile
+# errors, then the driver's and the runtime's (a PTX newer than the driver, a launch asking
+# for too many resources). cupy.cuda's driver, runtime and nvrtc are cupy_backends.cuda's
+# api.driver, api.runtime and libs.nvrtc re-exported: the same classes. Not OutOfMemoryError
+# (a MemoryError): it says nothing about the kernels (the reference needs that memory too),
+# so it propagates instead of switching the kernels off for the whole process.
+COMPILE_ERRORS = ("cuda.compiler.CompileException", "cuda.nvrtc.NVRTCError")
+LAUNCH_ERRORS = ("cuda.driver.CUDADriverError", "cuda.runtime.CUDARuntimeError")
+
+
+def _classes(module, paths) -> tuple:
+    """The exception classes at the dotted ``paths`` below ``module`` that exist."""
+    found = []
+    for path in paths:
+        value = module
+        for part in path.split("."):
+            value = getattr(value, part, None)
+        if isinstance(value, type) and issubclass(value, BaseException):
+            found.append(value)
+    return tuple(found)
+
+
 def launch(name: str, *args, **kwargs):
     """Run kernel ``name`` on ``args`` (inputs, then outputs) and return its result; None
-    when it failed to compile (the kernels are then off for this process) or the kernels
-    are already off."""
+    when it failed with one of COMPILE_ERRORS or LAUNCH_ERRORS (the kernels are then off
+    for this process, ``failure()`` naming the error's class) or the kernels are already
+    off."""
     global _kernels, _failure
     if _failure is not None:
         return None
@@ -68,9 +92,13 @@ def launch(name: str, *args, **kwargs):
         _kernels = build_kernels(cp)
     try:
         return _kernels[name](*args, **kwargs)
-    except cp.cuda.compiler.CompileException as exc:
-        lines = str(exc).strip().splitlines() or [type(exc).__name__]
-        _failure = f"CUDA kernel {name} failed to compile: {lines[0]}"
+    except Exception as exc:
+        compile_errors = (cp.cuda.compiler.CompileException, *_classes(cp, COMPILE_ERRORS[1:]))
+        if not isinstance(exc, compile_errors + _classes(cp, LAUNCH_ERRORS)):
+            raise
+        lines = str(exc).strip().splitlines() or [""]
+        verb = "compile" if isinstance(exc, compile_errors) else "launch"
+        _failure = f"CUDA kernel {name} failed to {verb} ({type(exc).__name__}): {lines[0]}"
         warnings.warn(f"cnn_xp: {_failure}; running the reference ops on the GPU instead",
                       RuntimeWarning, stacklevel=3)
         return None
