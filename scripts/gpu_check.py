@@ -687,6 +687,25 @@ def kernel_cases(n: int, params: int, dtype: str = "float32") -> dict:
         inputs = lambda: [normal(params), normal(params)] + [np.abs(normal(params)) for _ in range(slots)]
         return inputs, go
 
+    def update_all(impl, p1, p2, g1, g2, m1, m2, v1, v2):
+        # Adam, two parameters with their own rates (what an optimizer step calls)
+        impl.update_all("adam", [p1, p2], [g1, g2], [(m1, v1), (m2, v2)], [1e-2, 1e-3],
+                        (0.9, 0.999, 1 / math.sqrt(1 - 0.999), 1e-8))
+        return [p1, p2, m1, m2, v1, v2]
+
+    angle = rng.uniform(-0.3, 0.3, n)
+    inverse = np.zeros((n, 2, 3))
+    inverse[:, 0, 0], inverse[:, 0, 1], inverse[:, 0, 2] = np.cos(angle), np.sin(angle), rng.uniform(-3, 3, n)
+    inverse[:, 1, 0], inverse[:, 1, 1], inverse[:, 1, 2] = -np.sin(angle), np.cos(angle), rng.uniform(-3, 3, n)
+    offsets = rng.integers(0, 9, (2, n))
+    flips = rng.random(n) < 0.5
+
+    def affine(impl, x):
+        return [impl.affine_resample(x, inverse)]
+
+    def cropped(impl, x):
+        return [impl.crop_flip(x, offsets[0], offsets[1], flips, 4)]
+
     cases = {
         "conv2d": (lambda: [normal(n, 16, 28, 28), normal(32, 16, 3, 3, scale=0.1), normal(32),
                             normal(n, 32, 28, 28)], conv),
@@ -702,6 +721,10 @@ def kernel_cases(n: int, params: int, dtype: str = "float32") -> dict:
         "adagrad": update("adagrad", 1, (0.01, 1e-7)),
         "rmsprop": update("rmsprop", 1, (0.01, 0.99, 1e-7)),
         "adam": update("adam", 2, (1e-3 / (1 - 0.9), 0.9, 0.999, 1 / math.sqrt(1 - 0.999), 1e-8)),
+        "update_all": (lambda: [normal(params), normal(params // 4), normal(params), normal(params // 4)]
+                       + [np.abs(normal(s)) for s in (params, params // 4, params, params // 4)], update_all),
+        "affine_resample": (lambda: [normal(n, 1, 28, 28)], affine),
+        "crop_flip": (lambda: [normal(n, 3, 32, 32)], cropped),
     }
     return cases
 
