@@ -32,6 +32,7 @@ MODES = ("auto", "reference")
 # op -> the functions an implementation of it provides
 OPS: dict[str, tuple[str, ...]] = {
     "conv2d": ("conv2d_forward", "conv2d_backward"),
+    "affine": ("affine_forward", "affine_backward"),
     "maxpool2d": ("maxpool2d_forward", "maxpool2d_backward"),
     "avgpool2d": ("avgpool2d_forward", "avgpool2d_backward"),
     "relu": ("relu_forward", "relu_backward"),

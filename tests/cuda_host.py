@@ -64,7 +64,7 @@ def indexed_beyond_zero(body: str, var: str) -> bool:
 
 RAW_NDIM = {"windows": 6, "x": 4, "dout": 4, "argmax": 4, "scores": 2, "labels": 1, "probs": 2,
             "col": 2, "grad": 2, "labels_copy": 1, "row_loss": 1, "row_hit": 1, "loss": 1, "totals": 1,
-            "ticket": 1, "unused": 1, "src": 4, "inv": 3, "draws": 2, "W": 2, "b": 1, "w_aug": 2}
+            "ticket": 1, "unused": 1, "src": 4, "inv": 3, "draws": 2, "W": 2, "b": 1, "w_aug": 2, "x_aug": 2}
 
 
 def cuda_source(name: str, ctype: str) -> str:

@@ -127,6 +127,13 @@ CASES: dict[str, list[dict]] = {
                        [(r, d, 0.0, False) for r in UPDATE_RULES for d in ("float32", "float64")]
                        + [(r, "float32", 0.01, False) for r in UPDATE_RULES]
                        + [("adam", "float32", 0.0, True), ("adam", "float64", 0.0, True)])],
+    # the fully connected op: 2-D and 4-D inputs in every memory order, with and without dx
+    "affine": [{"shape": s, "out": k, "dtype": d, "order": o, "need_dx": nd, "seed": i}
+               for i, (s, k, d, o, nd) in enumerate([((6, 20), 7, "float32", "nchw", True),
+                                                     ((5, 3, 4, 4), 10, "float64", "nhwc", True),
+                                                     ((4, 2, 3, 5), 3, "float32", "cnhw", False),
+                                                     ((3, 12), 1, "float64", "sliced", True),
+                                                     ((100, 16, 4, 4), 10, "float32", "sliced", True)])],
     # augmentation: random maps (identity, strong, beyond the image) and crops / flips
     "affine_resample": [{"shape": s, "dtype": d, "order": o, "strength": k, "seed": i}
                         for i, (s, d, o, k) in enumerate([((3, 1, 28, 28), "float32", "nchw", 1.0),
@@ -319,6 +326,20 @@ def run_update_all(impl, put, case, mutate=False):  # no cache: nothing to mutat
     return out, []
 
 
+def run_affine(impl, put, case, mutate=False):
+    rng = np.random.default_rng(case["seed"])
+    shape, dtype = case["shape"], case["dtype"]
+    d = int(np.prod(shape[1:]))
+    x = laid_out(rng.standard_normal(shape).astype(dtype), case["order"], put)
+    W = put((rng.standard_normal((d, case["out"])) * 0.3).astype(dtype))
+    b = put(rng.standard_normal(case["out"]).astype(dtype))
+    dout = put(rng.standard_normal((shape[0], case["out"])).astype(dtype))
+    out, cache = impl.affine_forward(x, W, b)
+    infer_out, infer_cache = impl.affine_forward(x, W, b, train=False)
+    dx, dW, db = impl.affine_backward(dout, cache, case["need_dx"])
+    return {"out": out, "infer_out": infer_out, "infer_cache": infer_cache, "dx": dx, "dW": dW, "db": db}, [cache]
+
+
 def run_affine_resample(impl, put, case, mutate=False):  # no cache
     """Per-image maps: rotation, shear, zoom and shift scaled by the case's strength (0:
     the identity, which returns x exactly; 3: reads far outside the image)."""
@@ -348,6 +369,7 @@ RUNNERS = {
     "relu": run_relu, "dropout": run_dropout, "softmax_cross_entropy": run_softmax_cross_entropy,
     **{op: _update(op) for op in UPDATE_RULES},
     "update_all": run_update_all,
+    "affine": run_affine,
     "affine_resample": run_affine_resample,
     "crop_flip": run_crop_flip,
 }

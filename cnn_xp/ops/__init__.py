@@ -4,6 +4,7 @@ This is what both devices run in reference mode (``CNN_XP_KERNELS=reference``), 
 every accelerator in ``cnn_xp.kernels`` is tested against. No device, layout or accelerator
 branches live here. ``cnn_xp.dispatch`` lists the ops (groups of these functions).
 """
+from .affine import affine_backward, affine_forward
 from .activation import dropout_backward, dropout_forward, relu_backward, relu_forward
 from .conv import conv2d_backward, conv2d_forward
 from .im2col import col2im, im2col, output_shape, pad_image, pair
@@ -24,5 +25,5 @@ __all__ = [
     "softmax", "log_softmax", "cross_entropy", "cross_entropy_backward", "softmax_cross_entropy_forward",
     "softmax_cross_entropy_backward",
     "sgd_update", "momentum_update", "nesterov_update", "adagrad_update", "rmsprop_update", "adam_update",
-    "update_all", "affine_resample", "crop_flip",
+    "update_all", "affine_resample", "crop_flip", "affine_forward", "affine_backward",
 ]

@@ -10,6 +10,7 @@ op                          how (see the submodules)
 ==========================  ===============================================================
 conv2d                      the book's im2col layout by one kernel + one GEMM; db one GEMV;
                             dx the transposed column gradient folded by a gather kernel
+affine                      one kernel packs [x | 1] and [W; b]: one GEMM forward, two backward
 maxpool2d                   max + argmax in one kernel; backward a gather from the argmax
 avgpool2d                   one kernel; backward the gather kernel over a broadcast share
 relu                        backward in one kernel
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 from ... import backend
 from . import launch
+from .affine import affine_backward, affine_forward
 from .conv import conv2d_backward, conv2d_forward
 from .pointwise import (dropout_backward, dropout_forward, relu_backward, relu_forward,
                         softmax_cross_entropy_backward, softmax_cross_entropy_forward)
@@ -41,7 +43,7 @@ from .updates import (adagrad_update, adam_update, momentum_update, nesterov_upd
                       rmsprop_update, sgd_update, update_all)
 
 NAME = "cuda"
-OPS = ("conv2d", "maxpool2d", "avgpool2d", "relu", "dropout", "softmax_cross_entropy",
+OPS = ("conv2d", "affine", "maxpool2d", "avgpool2d", "relu", "dropout", "softmax_cross_entropy",
        "sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "update_all",
        "affine_resample", "crop_flip")
 
@@ -70,7 +72,7 @@ def details() -> dict:
 
 __all__ = [
     "NAME", "OPS", "status", "details",
-    "conv2d_forward", "conv2d_backward",
+    "conv2d_forward", "conv2d_backward", "affine_forward", "affine_backward",
     "maxpool2d_forward", "maxpool2d_backward", "avgpool2d_forward", "avgpool2d_backward",
     "relu_forward", "relu_backward", "dropout_forward", "dropout_backward",
     "softmax_cross_entropy_forward", "softmax_cross_entropy_backward",

@@ -103,6 +103,31 @@ KERNEL_SPECS = {
     }
 """,
     ),
+    # The affine layer's operands in one launch, so that one GEMM gives x2d @ W + b and one
+    # gives [dW; db]: x_aug (N, D + 1) = [x2d | 1], x2d the C-order flattening of src (any
+    # strided (N, C, H, W) view, D = C*H*W; a 2-D x is (N, D, 1, 1)), by the first
+    # x_threads threads; w_aug (D + 1, K) = [W; b] (W (D, K), b (K,) C-contiguous) by the
+    # rest. Both outputs C-contiguous.
+    "affine_pack": (
+        "raw T src, int32 channels, int32 height, int32 width, " + _STRIDES_X
+        + ", raw T W, raw T b, int32 classes, int32 x_threads",
+        "raw T x_aug, raw T w_aug",
+        """
+    const int features = channels * height * width, ld = features + 1;
+    if ((int)i < x_threads) {
+        const int n = (int)i / ld, k = (int)i % ld;
+        if (k == features) {
+            x_aug[i] = (T)1;
+        } else {
+            const int c = k / (height * width), y = (k / width) % height, xx = k % width;
+            x_aug[i] = (&src[(ptrdiff_t)0])[n * xs0 + c * xs1 + y * xs2 + xx * xs3];
+        }
+    } else {
+        const int k = (int)i - x_threads, row = k / classes, j = k % classes;
+        w_aug[k] = row < features ? W[(ptrdiff_t)row * classes + j] : b[j];
+    }
+""",
+    ),
     # The adjoint of the windows of an image, as a GATHER: each pixel of the (N, C, H, W)
     # output sums the window entries that touch it, kernel offsets in row-major order.
     # windows: any strided (N, C, OH, OW, KH, KW) view, ws0..ws5 its element strides (zero
