@@ -700,6 +700,10 @@ def kernel_cases(n: int, params: int, dtype: str = "float32") -> dict:
     offsets = rng.integers(0, 9, (2, n))
     flips = rng.random(n) < 0.5
 
+    def fully_connected(impl, x, W, b, dout):
+        out, cache = impl.affine_forward(x, W, b)
+        return [out, *impl.affine_backward(dout, cache)]
+
     def affine(impl, x):
         return [impl.affine_resample(x, inverse)]
 
@@ -723,6 +727,8 @@ def kernel_cases(n: int, params: int, dtype: str = "float32") -> dict:
         "adam": update("adam", 2, (1e-3 / (1 - 0.9), 0.9, 0.999, 1 / math.sqrt(1 - 0.999), 1e-8)),
         "update_all": (lambda: [normal(params), normal(params // 4), normal(params), normal(params // 4)]
                        + [np.abs(normal(s)) for s in (params, params // 4, params, params // 4)], update_all),
+        "affine": (lambda: [normal(n, 30, 12, 12), normal(30 * 12 * 12, 100, scale=0.05), normal(100),
+                            normal(n, 100)], fully_connected),
         "affine_resample": (lambda: [normal(n, 1, 28, 28)], affine),
         "crop_flip": (lambda: [normal(n, 3, 32, 32)], cropped),
     }

@@ -5,8 +5,6 @@ dtype and device kept.
 """
 from __future__ import annotations
 
-import numpy as np
-
 from ..backend import xp_of
 
 
@@ -20,7 +18,7 @@ def affine_resample(x, inverse):
     xp = xp_of(x)
     n, c, h, w = x.shape
     dtype = x.dtype
-    inv = xp.asarray(np.asarray(inverse, dtype=dtype))
+    inv = xp.asarray(inverse, dtype=dtype)
     cols = xp.arange(w, dtype=dtype) - (w - 1) / 2.0
     rows = xp.arange(h, dtype=dtype) - (h - 1) / 2.0
     a = inv[:, :, :, None, None]  # (N, 2, 3, 1, 1)
@@ -56,9 +54,8 @@ def crop_flip(x, rows, cols, flips, pad: int):
     xp = xp_of(x)
     n, c, h, w = x.shape
     padded = xp.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad))) if pad else x
-    row_index = np.asarray(rows, dtype=np.int64)[:, None] + np.arange(h)            # (N, H)
-    col_index = np.asarray(cols, dtype=np.int64)[:, None] + np.arange(w)            # (N, W)
-    col_index = np.where(np.asarray(flips, dtype=bool)[:, None], col_index[:, ::-1], col_index)
-    row_index, col_index = xp.asarray(row_index), xp.asarray(col_index)
+    row_index = xp.asarray(rows, dtype=xp.int64)[:, None] + xp.arange(h)            # (N, H)
+    col_index = xp.asarray(cols, dtype=xp.int64)[:, None] + xp.arange(w)            # (N, W)
+    col_index = xp.where(xp.asarray(flips, dtype=bool)[:, None], col_index[:, ::-1], col_index)
     return padded[xp.arange(n)[:, None, None, None], xp.arange(c)[None, :, None, None],
                   row_index[:, None, :, None], col_index[:, None, None, :]]
