@@ -36,7 +36,7 @@ OPS: dict[str, tuple[str, ...]] = {
     "maxpool2d": ("maxpool2d_forward", "maxpool2d_backward"),
     "avgpool2d": ("avgpool2d_forward", "avgpool2d_backward"),
     "relu": ("relu_forward", "relu_backward"),
-    "dropout": ("dropout_forward", "dropout_backward"),
+    "dropout": ("dropout_forward", "dropout_forward_philox", "dropout_backward"),
     "softmax_cross_entropy": ("softmax_cross_entropy_forward", "softmax_cross_entropy_backward"),
     "sgd": ("sgd_update",),
     "momentum": ("momentum_update",),

@@ -30,7 +30,7 @@ FLOAT_TYPES = {"float32": "float", "float64": "double"}
 INT_TYPES = {"int8": "signed char", "int16": "short", "int32": "int", "int64": "long long",
              "uint8": "unsigned char", "uint16": "unsigned short", "uint32": "unsigned int",
              "uint64": "unsigned long long"}
-SCALAR_CTYPES = {"int32": "int", "int64": "long long"}
+SCALAR_CTYPES = {"int32": "int", "int64": "long long", "uint32": "unsigned int"}
 # C types of the fixed-type (not T / I) raw arrays a kernel may take.
 RAW_CTYPES = {"int32": "int", "int64": "long long", "float32": "float", "float64": "double"}
 PLACEHOLDERS = {"T", "I"}

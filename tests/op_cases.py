@@ -254,12 +254,17 @@ def run_dropout(impl, put, case, mutate=False):
     draws = put(np.random.default_rng(seed + 1).random(case["shape"]).astype(dtype))
     out, cache = impl.dropout_forward(x, draws, p)
     infer, infer_cache = impl.dropout_forward(x, draws, p, train=False)
+    # the counter-based draws (the layer's): a 64-bit seed, a counter past 2^32 blocks
+    keyed, keyed_cache = impl.dropout_forward_philox(x, 2**40 + 977 * seed, 2**33 + seed, p)
+    keyed = keyed.copy()  # p = 0: x itself
     if mutate:
         out = out.copy()  # p = 0: out is x itself
         infer = infer.copy()
         scribble(x, draws)
     dout = put(_normal(case["shape"], seed + 2, dtype))
+    keyed_dx = impl.dropout_backward(dout, keyed_cache)
     return {"out": out, "out_infer": infer, "dx": impl.dropout_backward(dout, cache),
+            "philox_out": keyed, "philox_dx": keyed_dx,
             "infer_cache": infer_cache}, [cache]
 
 

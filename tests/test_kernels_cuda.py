@@ -419,3 +419,14 @@ def test_update_all_that_the_kernel_cannot_serve_runs_the_reference(host, proble
         for got, ref in zip(params, want):
             np.testing.assert_allclose(got, ref, rtol=1e-6)
     assert not host.launches()
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_the_dropout_kernel_draws_the_references_mask_bit_for_bit(host, dtype):
+    x = np.random.default_rng(11).standard_normal((7, 33)).astype(dtype)
+    seed, counter = 2**35 + 12345, 2**32 + 7
+    out, cache = cuda.dropout_forward_philox(x, seed, counter, 0.3)
+    assert host.launches() == {"dropout_philox": 1} and cache[0] == "cuda"
+    want, want_mask = ops.dropout_forward_philox(x, seed, counter, 0.3)
+    np.testing.assert_array_equal(cache[1], want_mask)
+    np.testing.assert_array_equal(out, want)

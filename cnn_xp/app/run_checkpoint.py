@@ -140,7 +140,10 @@ def _check_batches_state(state, where: str) -> None:
 def _check_layer_rng(state, where: str) -> None:
     state = _object(state, where)
     _int(state.get("seed"), f"{where}.seed", 0, (1 << 63) - 1)
-    _int(state.get("draws"), f"{where}.draws", 0, (1 << 40))
+    if "counter" in state:  # the counter-based stream
+        _int(state.get("counter"), f"{where}.counter", 0, (1 << 62))
+        return
+    _int(state.get("draws"), f"{where}.draws", 0, (1 << 40))  # a state saved before it
     if "bit_generator" in state:
         _check_pcg64(state["bit_generator"], f"{where}.bit_generator")
 

@@ -1,14 +1,17 @@
 """Dropout (inverted): in training each unit is kept with probability 1-p and scaled by
 1/(1-p), so inference is the identity and needs no rescaling."""
 from .. import dispatch
-from ..backend import RandomSource, device_of
+from ..backend import device_of
+from ..ops.random import blocks
 from ..validation import check_float_input, fraction, integer
 from .base import Layer
 
 
 class Dropout(Layer):
-    """Any shape in, same shape out. ``seed`` fixes the mask stream; its state is saved
-    in checkpoints (``rng_state`` / ``set_rng_state``) so a resumed run draws the same masks.
+    """Any shape in, same shape out. ``seed`` fixes the mask stream: a counter-based one
+    (Philox, ``cnn_xp.ops.random``), so the masks are the same on every device and the
+    state is (seed, counter), saved in checkpoints (``rng_state`` / ``set_rng_state``) so a
+    resumed run draws the same masks. On the GPU the draws are made inside the kernel.
     ``p`` is a number in [0, 1) and ``seed`` an int >= 0 (ValueError naming the argument
     otherwise); ``forward`` takes float32 or float64 input only."""
 
@@ -17,7 +20,8 @@ class Dropout(Layer):
     def __init__(self, p=0.5, seed=0):
         super().__init__()
         self.p = fraction(p, "p (the dropout probability)", "Dropout")
-        self.rng = RandomSource(integer(seed, "seed", "Dropout", minimum=0), "cpu")
+        self.seed = integer(seed, "seed", "Dropout", minimum=0)
+        self.counter = 0  # the stream's next block (4 draws a block)
         self._impl = self._cache = None
 
     def forward(self, x, train=True):
@@ -26,11 +30,9 @@ class Dropout(Layer):
             if train:
                 self._impl, self._cache = None, None
             return x
-        device = device_of(x)
-        if self.rng.device != device:
-            self.rng.to(device)
-        impl = dispatch.implementation("dropout", device)
-        out, self._cache = impl.dropout_forward(x, self.rng.uniform(x.shape, x.dtype), self.p, train)
+        impl = dispatch.implementation("dropout", device_of(x))
+        out, self._cache = impl.dropout_forward_philox(x, self.seed, self.counter, self.p, train)
+        self.counter += blocks(x.size)
         self._impl = impl
         return out
 
@@ -39,16 +41,14 @@ class Dropout(Layer):
             return dout
         return self._impl.dropout_backward(dout, self._cache)
 
-    def to(self, device):
-        super().to(device)
-        self.rng.to(device)
-        return self
-
     def rng_state(self) -> dict:
-        return self.rng.state()
+        return {"seed": self.seed, "counter": self.counter}
 
     def set_rng_state(self, state: dict) -> None:
-        self.rng.set_state(state)
+        """Continue the stream ``state`` describes. A state saved before the counter-based
+        stream (seed, draws, ...) continues at a block of its own for each draw count."""
+        self.seed = int(state["seed"])
+        self.counter = int(state["counter"]) if "counter" in state else int(state.get("draws", 0)) << 40
 
     def __repr__(self) -> str:
         return f"Dropout(p={self.p})"

@@ -1,5 +1,6 @@
 """ReLU and inverted dropout as forward/backward pairs (any shape, dtype preserved)."""
 from ..backend import xp_of
+from .random import philox_uniform
 
 
 def relu_forward(x, train=True):
@@ -22,6 +23,15 @@ def dropout_forward(x, draws, p, train=True):
     mask = (draws >= p).astype(x.dtype)
     mask *= 1.0 / (1.0 - p)
     return x * mask, mask
+
+
+def dropout_forward_philox(x, seed, counter, p, train=True):
+    """``dropout_forward`` with its draws from the counter-based stream ``seed`` at block
+    ``counter`` (``cnn_xp.ops.random``: the same numbers on every device); the caller
+    advances its counter by ``random.blocks(x.size)`` per call."""
+    if not train or p == 0.0:
+        return x, None
+    return dropout_forward(x, philox_uniform(xp_of(x), seed, counter, x.shape, x.dtype), p, train)
 
 
 def dropout_backward(dout, cache):

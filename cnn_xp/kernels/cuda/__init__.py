@@ -14,7 +14,7 @@ affine                      one kernel packs [x | 1] and [W; b]: one GEMM forwar
 maxpool2d                   max + argmax in one kernel; backward a gather from the argmax
 avgpool2d                   one kernel; backward the gather kernel over a broadcast share
 relu                        backward in one kernel
-dropout                     output and mask in one kernel
+dropout                     output and mask in one kernel (the draws too: counter-based Philox)
 softmax_cross_entropy       one thread per row for softmax and loss; gradient in one kernel
 sgd ... adam                one fused kernel per update of a parameter and its state
 update_all                  every parameter of a step in one launch (32 per launch)
@@ -34,7 +34,7 @@ from ... import backend
 from . import launch
 from .affine import affine_backward, affine_forward
 from .conv import conv2d_backward, conv2d_forward
-from .pointwise import (dropout_backward, dropout_forward, relu_backward, relu_forward,
+from .pointwise import (dropout_backward, dropout_forward, dropout_forward_philox, relu_backward, relu_forward,
                         softmax_cross_entropy_backward, softmax_cross_entropy_forward)
 from .pool import avgpool2d_backward, avgpool2d_forward, maxpool2d_backward, maxpool2d_forward
 from .resample import affine_resample, crop_flip
@@ -74,7 +74,7 @@ __all__ = [
     "NAME", "OPS", "status", "details",
     "conv2d_forward", "conv2d_backward", "affine_forward", "affine_backward",
     "maxpool2d_forward", "maxpool2d_backward", "avgpool2d_forward", "avgpool2d_backward",
-    "relu_forward", "relu_backward", "dropout_forward", "dropout_backward",
+    "relu_forward", "relu_backward", "dropout_forward", "dropout_forward_philox", "dropout_backward",
     "softmax_cross_entropy_forward", "softmax_cross_entropy_backward",
     "sgd_update", "momentum_update", "nesterov_update", "adagrad_update", "rmsprop_update",
     "adam_update", "update_all", "affine_resample", "crop_flip",

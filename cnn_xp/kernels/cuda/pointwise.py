@@ -3,7 +3,9 @@
 - ReLU: forward ``maximum(x, 0)``; backward the ``relu_backward`` kernel, dout * (out > 0),
   in one pass instead of a comparison, a cast and a product.
 - Dropout (inverted): the ``dropout_forward`` kernel makes the output and the mask
-  (1 / (1 - p) where draws >= p, else 0) in one pass; backward is dout * mask.
+  (1 / (1 - p) where draws >= p, else 0) in one pass; ``dropout_philox`` also makes the
+  draws, in-kernel (what the Dropout layer uses: one launch, no draws array); backward is
+  dout * mask.
 - Softmax cross-entropy with integer labels (N,): ``softmax_xent_step`` computes, in one
   launch, each row's softmax, loss and gradient (for dout = 1), the cache's copy of the
   labels, the mean loss, and -- given ``totals`` -- adds the summed loss and the hits to
@@ -62,6 +64,22 @@ def dropout_forward(x, draws, p, train=True):
     done = launch.launch("dropout_forward", x, draws, float(p), 1.0 / (1.0 - float(p)), out, mask)
     if done is None:
         return reference_call("dropout_forward", x, draws, p, train=train)
+    return out, ("cuda", mask)
+
+
+def dropout_forward_philox(x, seed, counter, p, train=True):
+    """Inverted dropout with the draws of the counter-based stream ``seed`` at block
+    ``counter`` (``cnn_xp.ops.random``) made inside the ``dropout_philox`` kernel: output
+    and mask in one launch, the reference's mask bit for bit. -> (out, cache)."""
+    if not train or p == 0.0 or not (launch.serves(x) and 0.0 < p < 1.0 and launch.fits(x.size)):
+        return reference_call("dropout_forward_philox", x, seed, counter, p, train=train)
+    cp = launch.cupy()
+    out, mask = cp.empty_like(x), cp.empty_like(x)
+    seed, counter = int(seed), int(counter)
+    done = launch.launch("dropout_philox", x, seed & 0xFFFFFFFF, (seed >> 32) & 0xFFFFFFFF, counter, float(p),
+                         1.0 / (1.0 - float(p)), out, mask)
+    if done is None:
+        return reference_call("dropout_forward_philox", x, seed, counter, p, train=train)
     return out, ("cuda", mask)
 
 

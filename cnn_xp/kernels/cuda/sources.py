@@ -306,6 +306,31 @@ KERNEL_SPECS = {
     # u >= p, else 0; y = x * mask.
     "dropout_forward": ("T x, T u, T p, T scale", "T y, T mask",
                         "mask = u >= p ? scale : (T)0; y = x * mask;"),
+    # The same with the draws made in the kernel: Philox4x32-10 (cnn_xp.ops.random) with key
+    # (key0, key1) at counter block block0 + i / 4, word i % 4, as a float exactly as the
+    # reference makes it -- the same mask bit for bit, without a draws array.
+    "dropout_philox": (
+        "T x, uint32 key0, uint32 key1, int64 block0, T p, T scale", "T y, T mask",
+        """
+    const unsigned long long block = (unsigned long long)block0 + (unsigned long long)(i / 4);
+    unsigned int c0 = (unsigned int)block, c1 = (unsigned int)(block >> 32), c2 = 0, c3 = 0;
+    unsigned int k0 = key0, k1 = key1;
+    for (int r = 0; r < 10; ++r) {
+        if (r) { k0 += 0x9E3779B9u; k1 += 0xBB67AE85u; }
+        const unsigned long long m0 = 0xD2511F53ull * c0, m1 = 0xCD9E8D57ull * c2;
+        const unsigned int next0 = (unsigned int)(m1 >> 32) ^ c1 ^ k0, next2 = (unsigned int)(m0 >> 32) ^ c3 ^ k1;
+        c1 = (unsigned int)m1;
+        c3 = (unsigned int)m0;
+        c0 = next0;
+        c2 = next2;
+    }
+    const int w = (int)(i % 4);
+    const unsigned int word = w == 0 ? c0 : (w == 1 ? c1 : (w == 2 ? c2 : c3));
+    const T u = sizeof(T) == 4 ? (T)(word >> 8) * (T)5.9604644775390625e-08 : (T)word * (T)2.3283064365386963e-10;
+    mask = u >= p ? scale : (T)0;
+    y = x * mask;
+""",
+    ),
     # Optimizer updates, in place on one parameter p and its state (see cnn_xp.ops.updates).
     "sgd_update": ("T g, T lr", "T p", "p -= lr * g;"),
     "momentum_update": (
