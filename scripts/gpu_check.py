@@ -653,6 +653,8 @@ def kernel_cases(n: int, params: int, dtype: str = "float32") -> dict:
     """op -> (host inputs builder, runner(impl, inputs) -> list of outputs), in ``dtype``."""
     import numpy as np
 
+    from cnn_xp import backend
+
     rng = np.random.default_rng(0)
 
     def normal(*shape, scale=1.0):
@@ -677,8 +679,13 @@ def kernel_cases(n: int, params: int, dtype: str = "float32") -> dict:
         return [out, impl.dropout_backward(dout, cache)]
 
     def loss(impl, scores, labels):
-        value, cache = impl.softmax_cross_entropy_forward(scores, labels)
-        return [value, impl.softmax_cross_entropy_backward(cache)]
+        # three launches in a row over 1000 rows (several thread blocks: the kernel's ticket
+        # must be back at 0 after each), with the running totals a training epoch keeps
+        xp = backend.xp_of(scores)
+        totals = xp.zeros(2, dtype="float64")
+        for _ in range(3):
+            value, cache = impl.softmax_cross_entropy_forward(scores, labels, totals, True)
+        return [value, impl.softmax_cross_entropy_backward(cache), totals]
 
     def update(op, slots, hyper):
         def go(impl, p, g, *state):
@@ -688,10 +695,25 @@ def kernel_cases(n: int, params: int, dtype: str = "float32") -> dict:
         return inputs, go
 
     def update_all(impl, p1, p2, g1, g2, m1, m2, v1, v2):
-        # Adam, two parameters with their own rates (what an optimizer step calls)
-        impl.update_all("adam", [p1, p2], [g1, g2], [(m1, v1), (m2, v2)], [1e-2, 1e-3],
+        # Adam, 40 parameters in two launches (32 a launch), with their own rates, their
+        # gradients C-contiguous or (every other one) rows of a wider matrix, as a conv's
+        # [dW | db] views are: p1 and p2 cut into 20 parameters each
+        params = [p[i::20] for p in (p1, p2) for i in range(20)]
+        params = [p.copy() for p in params]  # C-contiguous parameters
+        states = [(m.copy(), v.copy()) for m, v in zip([m[i::20] for m in (m1, m2) for i in range(20)],
+                                                      [v[i::20] for v in (v1, v2) for i in range(20)])]
+        grads = []
+        for k, g in enumerate([g[i::20] for g in (g1, g2) for i in range(20)]):
+            if k % 2:
+                wide = backend.xp_of(g).zeros((g.size, 3), dtype=g.dtype)
+                wide[:, 1] = g
+                g = wide[:, 1]  # a strided view
+            else:
+                g = g.copy()
+            grads.append(g)
+        impl.update_all("adam", params, grads, states, [1e-2 / (1 + k % 3) for k in range(40)],
                         (0.9, 0.999, 1 / math.sqrt(1 - 0.999), 1e-8))
-        return [p1, p2, m1, m2, v1, v2]
+        return params + [s for pair in states for s in pair]
 
     angle = rng.uniform(-0.3, 0.3, n)
     inverse = np.zeros((n, 2, 3))
@@ -718,7 +740,7 @@ def kernel_cases(n: int, params: int, dtype: str = "float32") -> dict:
         "relu": (lambda: [normal(n, 30, 24, 24), normal(n, 30, 24, 24)], relu),
         "dropout": (lambda: [normal(n, 4320), rng.random((n, 4320)).astype(dtype),
                              normal(n, 4320)], dropout),
-        "softmax_cross_entropy": (lambda: [normal(n, 10, scale=3.0), rng.integers(0, 10, n)], loss),
+        "softmax_cross_entropy": (lambda: [normal(1000, 10, scale=3.0), rng.integers(0, 10, 1000)], loss),
         "sgd": update("sgd", 0, (0.01,)),
         "momentum": update("momentum", 1, (0.01, 0.9)),
         "nesterov": update("nesterov", 1, (0.01, 0.9)),

@@ -67,15 +67,18 @@ RAW_NDIM = {"windows": 6, "x": 4, "dout": 4, "argmax": 4, "scores": 2, "labels":
             "ticket": 1, "unused": 1, "src": 4, "inv": 3, "draws": 2, "W": 2, "b": 1, "w_aug": 2, "x_aug": 2}
 
 
-def cuda_source(name: str, ctype: str) -> str:
-    """Kernel ``name`` for T = ``ctype`` as a CUDA __global__ function over CuPy's CArray."""
+def cuda_source(name: str, ctype: str, contiguous: bool = False, itype: str = "long long") -> str:
+    """Kernel ``name`` for T = ``ctype`` and I = ``itype`` as a CUDA __global__ function over
+    CuPy's CArray: raw arrays as CuPy passes strided ones (``contiguous=False``) or as it
+    passes C-contiguous arrays with 32-bit indexing (True), the variant most launches get."""
+    flags = "true, true" if contiguous else "false, false"
     ins, outs, body = KERNEL_SPECS[name]
     nd = 1 if name.endswith("_update") else 4
     args, refs = [], []
     for raw, typ, var in params(ins):
         ct = SCALAR_CTYPES.get(typ, typ)
         if raw:  # CuPy passes raw inputs as const CArrays
-            args.append(f"const CArray<{RAW_CTYPES.get(typ, typ)}, {RAW_NDIM[var]}, false, false> {var}")
+            args.append(f"const CArray<{RAW_CTYPES.get(typ, typ)}, {RAW_NDIM[var]}, {flags}> {var}")
         elif var in ELEMENTWISE_INPUTS:
             args.append(f"CArray<{ct}, {nd}, false, false> _raw_{var}")
             refs.append(f"const {ct} {var} = _raw_{var}[_ind.get()];")
@@ -83,11 +86,12 @@ def cuda_source(name: str, ctype: str) -> str:
             args.append(f"{ct} {var}")
     for raw, typ, var in params(outs):
         if raw:
-            args.append(f"CArray<{RAW_CTYPES.get(typ, typ)}, {RAW_NDIM[var]}, false, false> {var}")
+            args.append(f"CArray<{RAW_CTYPES.get(typ, typ)}, {RAW_NDIM[var]}, {flags}> {var}")
             continue
         args.append(f"CArray<{typ}, {nd}, true, false> _raw_{var}")
         refs.append(f"{typ} &{var} = _raw_{var}[_ind.get()];")
-    return (f"namespace ns_{name} {{ typedef {ctype} T; typedef long long I;\n"
+    space = f"{name}_{'c' if contiguous else 's'}_{itype.replace(' ', '_')}"
+    return (f"namespace ns_{space} {{ typedef {ctype} T; typedef {itype} I;\n"
             f"extern \"C\" __global__ void k_{name}({', '.join(args)}, CIndexer<{nd}, false> _ind) {{\n"
             f"  CUPY_FOR(i, _ind.size()) {{ _ind.set(i); {' '.join(refs)}\n{body}\n  }}\n}} }}\n")
 
@@ -266,6 +270,11 @@ class HostCuPy:
         self.cuda = _Namespace()
         self.cuda.compiler = _Namespace()
         self.cuda.compiler.CompileException = CompileException
+        self.cuda.runtime = _Namespace()
+        self.cuda.runtime.getDevice = lambda: 0
+        stream = _Namespace()
+        stream.ptr = 0
+        self.cuda.get_current_stream = lambda: stream
 
     def ElementwiseKernel(self, in_params, out_params, operation, name):  # noqa: N802 (cupy's name)
         kernel = HostElementwiseKernel(self._lib, in_params, out_params, operation, name, self.fail)

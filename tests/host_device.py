@@ -237,6 +237,10 @@ class _Runtime:
     def getDeviceCount():  # noqa: N802 (CUDA's name)
         return 1
 
+    @staticmethod
+    def getDevice():  # noqa: N802 (CUDA's name)
+        return 0
+
 
 class HostDevice(cuda_host.HostCuPy):
     """The cupy module on the host (see the module docstring). ``counts``: a Counter of

@@ -60,8 +60,9 @@ def test_the_specs_cover_every_kernel_the_module_launches():
 
 # -- nvcc ---------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("ctype", ["float", "double"])
-def test_kernel_bodies_compile_with_nvcc(tmp_path, ctype):
+@pytest.mark.parametrize("ctype, contiguous, itype", [("float", False, "long long"), ("double", False, "long long"),
+                                                     ("float", True, "int"), ("double", True, "unsigned char")])
+def test_kernel_bodies_compile_with_nvcc(tmp_path, ctype, contiguous, itype):
     cp = pytest.importorskip("cupy")
     nvcc = shutil.which("nvcc")
     if nvcc is None:
@@ -69,7 +70,7 @@ def test_kernel_bodies_compile_with_nvcc(tmp_path, ctype):
     include = Path(cp.__file__).parent / "_core" / "include"
     src = tmp_path / "kernels.cu"
     src.write_text("#include <assert.h>\n#include <cupy/carray.cuh>\n" + "".join(
-        cuda_host.cuda_source(name, ctype) for name in KERNEL_SPECS))
+        cuda_host.cuda_source(name, ctype, contiguous, itype) for name in KERNEL_SPECS))
     proc = subprocess.run([nvcc, "-std=c++17", "-Werror", "all-warnings", "-I", str(include),
                            "-c", str(src), "-o", str(tmp_path / "kernels.o")],
                           capture_output=True, text=True, timeout=600)

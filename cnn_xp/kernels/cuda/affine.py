@@ -24,7 +24,7 @@ def affine_forward(x, W, b, train=True):
                     and prod(x.shape[1:]) == W.shape[0])
     n, (d, k) = x.shape[0], W.shape if W.ndim == 2 else (0, 0)
     if not (shapes_match and n > 0 and d > 0 and k > 0 and launch.serves(x, W, b)
-            and launch.fits(n * (d + 1), (d + 1) * k, n * k)):
+            and launch.fits(n * (d + 1) + (d + 1) * k, n * k)):
         return reference_call("affine_forward", x, W, b, train=train)
     cp = launch.cupy()
     image = x if x.ndim == 4 else x.reshape(n, d, 1, 1)  # a view for 2-D x

@@ -53,6 +53,8 @@ def im2col(x, kh, kw, stride=1, pad=0, W=None, b=None):
     total = col_threads + oc * ld
     if total == 0:
         return col, w_aug
+    if not launch.fits(total):
+        return None
     done = launch.launch("im2col", x, c, h, w, oh, ow, kh, kw, sh, sw, ph, pw, rows, per_thread, ld,
                          *strides, *weights, col_threads, col, w_aug if w_aug is not None else col, size=total)
     return None if done is None else (col, w_aug)

@@ -65,6 +65,12 @@ def build_kernels(cp) -> dict:
 # so it propagates instead of switching the kernels off for the whole process.
 COMPILE_ERRORS = ("cuda.compiler.CompileException", "cuda.nvrtc.NVRTCError")
 LAUNCH_ERRORS = ("cuda.driver.CUDADriverError", "cuda.runtime.CUDARuntimeError")
+# A launch error switches the kernels off only when it says that this kernel cannot run on
+# this device (no binary for it, bad PTX, too many resources, a bad argument). Any other --
+# an illegal address or a failed launch left by earlier work, which CUDA reports at the next
+# call whatever that is -- is raised as it is: the reference would meet it too.
+UNRUNNABLE = ("nobinaryforgpu", "nokernelimage", "invalidptx", "unsupportedptx", "invalidimage",
+              "invalidkernelimage", "invalidsource", "outofresources", "invalidvalue", "toomanyresources")
 
 
 def _classes(module, paths) -> tuple:
@@ -95,6 +101,9 @@ def launch(name: str, *args, **kwargs):
     except Exception as exc:
         compile_errors = (cp.cuda.compiler.CompileException, *_classes(cp, COMPILE_ERRORS[1:]))
         if not isinstance(exc, compile_errors + _classes(cp, LAUNCH_ERRORS)):
+            raise
+        said = str(exc).replace("_", "").lower()
+        if not isinstance(exc, compile_errors) and not any(token in said for token in UNRUNNABLE):
             raise
         lines = str(exc).strip().splitlines() or [""]
         verb = "compile" if isinstance(exc, compile_errors) else "launch"
@@ -168,13 +177,15 @@ _constants: dict = {}  # (name, shape, dtype) -> a device array made once per pr
 
 
 def constant(name: str, shape, dtype, fill=0):
-    """A device array filled with ``fill`` once per process and reused by every launch
-    that asks for it by ``name`` (a ones vector, a kernel's ticket counter). Callers must
-    leave its values as they found them."""
-    key = (name, tuple(shape) if isinstance(shape, tuple) else (int(shape),), str(dtype))
+    """A device array filled with ``fill`` once per process, device and stream, reused by
+    every launch that asks for it by ``name`` (a kernel's ticket counter, a placeholder).
+    Callers must leave its values as they found them."""
+    cp = cupy()
+    where = (cp.cuda.runtime.getDevice(), cp.cuda.get_current_stream().ptr)
+    key = (name, tuple(shape) if isinstance(shape, tuple) else (int(shape),), str(dtype), where)
     array = _constants.get(key)
     if array is None:
-        array = cupy().full(key[1], fill, dtype=dtype)
+        array = cp.full(key[1], fill, dtype=dtype)
         _constants[key] = array
     return array
 

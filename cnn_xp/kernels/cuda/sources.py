@@ -241,6 +241,7 @@ KERNEL_SPECS = {
     row_hit[row] = (valid && best == label) ? 1 : 0;
     __threadfence();
     if (atomicAdd(&ticket[(ptrdiff_t)0], 1) == rows - 1) {
+        __threadfence();  // acquire: the other rows' writes, made visible before their tickets
         const volatile T* losses = &row_loss[(ptrdiff_t)0];
         const volatile int* hits = &row_hit[(ptrdiff_t)0];
         T sum = 0;
