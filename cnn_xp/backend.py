@@ -136,58 +136,6 @@ def synchronize(device: str) -> None:
         cupy().cuda.Device().synchronize()
 
 
-class RandomSource:
-    """A seeded random stream on one device with a savable state.
-
-    CPU: a NumPy ``Generator`` (PCG64); ``state()`` restores it bit-exactly.
-    GPU: ``cupy.random.RandomState``; its state is (seed, draws) and a restore reseeds
-    with both, so a resumed GPU run is deterministic but not the uninterrupted stream.
-    """
-
-    def __init__(self, seed: int = 0, device: str = "cpu"):
-        self.seed = int(seed)
-        self.device = check_device(device)
-        self.draws = 0
-        self._reseed(self.seed)
-
-    def _reseed(self, seed: int, device: str | None = None) -> None:
-        device = device or self.device
-        if device == "cpu":
-            self._gen = numpy.random.Generator(numpy.random.PCG64(seed))
-        else:
-            self._gen = cupy().random.RandomState(seed)  # raises before anything changes
-
-    def uniform(self, shape, dtype="float32"):
-        """Uniform [0, 1) samples of ``shape`` on this source's device."""
-        self.draws += 1
-        if self.device == "cpu":
-            return self._gen.random(shape, dtype=numpy.dtype(dtype))
-        return self._gen.random_sample(shape, dtype=numpy.dtype(dtype))
-
-    def to(self, device: str) -> "RandomSource":
-        """Move the stream to another device (reseeding from seed and draws)."""
-        if check_device(device) != self.device:
-            self._reseed(self.seed + 1_000_003 * self.draws, device)
-            self.device = device
-        return self
-
-    def state(self) -> dict:
-        """JSON-able state."""
-        out = {"seed": self.seed, "draws": self.draws, "device": self.device}
-        if self.device == "cpu":
-            out["bit_generator"] = self._gen.bit_generator.state
-        return out
-
-    def set_state(self, state: dict) -> None:
-        self.seed = int(state["seed"])
-        self.draws = int(state["draws"])
-        if self.device == "cpu" and "bit_generator" in state:
-            self._gen = numpy.random.Generator(numpy.random.PCG64())
-            self._gen.bit_generator.state = state["bit_generator"]
-        else:
-            self._reseed(self.seed + 1_000_003 * self.draws)
-
-
 def retain_host_memory() -> bool:
     """Ask glibc's malloc to keep freed memory mapped for reuse (process-wide; True if it
     took). By default glibc returns large freed blocks to the OS, so every training step's

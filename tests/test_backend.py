@@ -1,6 +1,5 @@
-"""Backend semantics: device names, array-module dispatch, host copies, RNG state, and the
-one clear error for "gpu" without a usable GPU (each reason simulated without a GPU)."""
-import json
+"""Backend semantics: device names, array-module dispatch, host copies, and the one clear
+error for "gpu" without a usable GPU (each reason simulated without a GPU)."""
 import platform
 import subprocess
 import sys
@@ -71,35 +70,6 @@ def test_synchronize_cpu_is_a_noop_without_cupy():
     backend.synchronize("cpu")  # must not probe or raise
 
 
-def test_random_source_cpu_state_round_trip_is_bit_exact():
-    src = backend.RandomSource(seed=123, device="cpu")
-    src.uniform((4, 5))
-    saved = json.loads(json.dumps(src.state()))  # the state is JSON-able
-    expected = [src.uniform((3, 7)) for _ in range(3)]
-
-    other = backend.RandomSource(seed=999, device="cpu")
-    other.set_state(saved)
-    got = [other.uniform((3, 7)) for _ in range(3)]
-    for a, b in zip(expected, got):
-        assert a.dtype == np.float32
-        np.testing.assert_array_equal(a, b)
-    assert other.seed == 123 and other.draws == src.draws
-
-
-def test_random_source_same_seed_same_stream_different_seed_differs():
-    a = backend.RandomSource(7).uniform((100,))
-    b = backend.RandomSource(7).uniform((100,))
-    c = backend.RandomSource(8).uniform((100,))
-    np.testing.assert_array_equal(a, b)
-    assert not np.array_equal(a, c)
-    assert a.min() >= 0.0 and a.max() < 1.0
-
-
-def test_random_source_dtype():
-    u = backend.RandomSource(0).uniform((3,), dtype="float64")
-    assert u.dtype == np.float64
-
-
 # -- "gpu" without a usable GPU: each reason ---------------------------------------------------
 
 def _assert_gpu_refused(fragment):
@@ -108,8 +78,7 @@ def _assert_gpu_refused(fragment):
     assert fragment in reason
     assert backend.gpu_available() is False
     for call in (lambda: backend.get_xp("gpu"), backend.cupy,
-                 lambda: backend.to_device(np.zeros(3, np.float32), "gpu"),
-                 lambda: backend.RandomSource(0, device="gpu")):
+                 lambda: backend.to_device(np.zeros(3, np.float32), "gpu")):
         with pytest.raises(backend.GPUUnavailableError) as info:
             call()
         message = str(info.value)
@@ -214,16 +183,6 @@ def test_real_probe_on_this_machine_is_consistent(fresh_probe):
         assert reason
         with pytest.raises(backend.GPUUnavailableError, match="GPU requested but unavailable"):
             backend.get_xp("gpu")
-
-
-def test_failed_move_to_gpu_leaves_random_source_on_cpu(monkeypatch, fresh_probe):
-    monkeypatch.setattr(backend, "_import_cupy", lambda: _fake_cupy(lambda: 0))
-    src = backend.RandomSource(3, device="cpu")
-    src.uniform((2,))
-    with pytest.raises(backend.GPUUnavailableError):
-        src.to("gpu")
-    assert src.device == "cpu"
-    assert src.uniform((2,)).shape == (2,)  # still a working CPU stream
 
 
 _FAULTS_CHILD = """

@@ -209,23 +209,18 @@ def test_model_moves_between_devices_without_changing_weights(gpu):
 
 # -- GPU random streams and training ------------------------------------------------------
 
-def test_gpu_random_source_is_seeded_and_restorable(gpu):
-    src = backend.RandomSource(11, device=gpu)
-    a = src.uniform((1000,))
-    assert backend.device_of(a) == gpu and a.dtype == np.float32
-    a = backend.to_numpy(a)
-    assert 0.0 <= a.min() and a.max() < 1.0 and 0.4 < a.mean() < 0.6
-    np.testing.assert_array_equal(backend.to_numpy(backend.RandomSource(11, gpu).uniform((1000,))), a)
-    state = src.state()
-    src.uniform((50,))  # the uninterrupted stream goes on (a GPU restore reseeds, see backend)
-    resumed = []
-    for _ in range(2):  # every restore from one state yields the same continuation
-        other = backend.RandomSource(0, device=gpu)
-        other.set_state(state)
-        assert other.seed == 11 and other.draws == 1
-        resumed.append(backend.to_numpy(other.uniform((50,))))
-    np.testing.assert_array_equal(resumed[0], resumed[1])
-    assert not np.array_equal(resumed[0], a[:50])  # not a replay of the first draw
+def test_gpu_dropout_draws_the_cpus_masks(gpu, mode):
+    """Dropout's counter-based stream gives the same masks on both devices, kernels or
+    reference, and its state (seed, counter) continues alike."""
+    from cnn_xp.layers import Dropout
+
+    x = np.random.default_rng(5).standard_normal((8, 50)).astype(np.float32)
+    on_gpu, on_cpu = Dropout(0.5, seed=11), Dropout(0.5, seed=11)
+    for _ in range(3):
+        got = backend.to_numpy(on_gpu.forward(backend.to_device(x, gpu)))
+        want = on_cpu.forward(x)
+        np.testing.assert_array_equal(got, want)
+    assert on_gpu.rng_state() == on_cpu.rng_state() == {"seed": 11, "counter": 3 * 100}
 
 
 def separable_batch(n=20, seed=3):
