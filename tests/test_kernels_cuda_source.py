@@ -52,7 +52,7 @@ def test_the_specs_cover_every_kernel_the_module_launches():
     package = Path(launch.__file__).parent
     source = "".join(p.read_text() for p in package.glob("*.py") if p.name != "sources.py")
     launched = set(re.findall(r'launch\.launch\(\s*"(\w+)"', source))
-    launched |= set(re.findall(r'_fused\(\s*"(\w+)"', source))
+    launched |= set(re.findall(r'_(?:fused|resampled)\(\s*"(\w+)"', source))
     if re.search(r'launch\.launch\(f"\{rule\}_update_all"', source):  # one per rule of the optimizers
         launched |= {f"{rule}_update_all" for rule in ops.updates.RULES}
     assert launched == set(KERNEL_SPECS)
