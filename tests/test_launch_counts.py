@@ -71,12 +71,15 @@ def step_operations(device, name, mode):
 
 
 @pytest.fixture(scope="module")
-def table(device):
+def table(device, pytestconfig):
     rows = {name: (step_operations(device, name, "auto"), step_operations(device, name, "reference"))
             for name in BOUNDS}
     lines = [f"{'model':<16}{'auto':>6}{'bound':>7}{'reference':>11}"]
     lines += [f"{name:<16}{auto[0]:>6}{BOUNDS[name]:>7}{ref[0]:>11}" for name, (auto, ref) in rows.items()]
-    print("\ndevice operations per training step, batch 100 (host emulation of the GPU):\n" + "\n".join(lines))
+    text = "device operations per training step, batch 100 (host emulation of the GPU):\n" + "\n".join(lines)
+    capture = pytestconfig.pluginmanager.get_plugin("capturemanager")
+    with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+        print("\n" + text)  # in the run's output, whatever the capture mode
     return rows
 
 
