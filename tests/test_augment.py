@@ -114,6 +114,12 @@ def test_each_image_gets_its_own_distortion():
     ("rotate", "expected NAME=VALUE"),
     ("rotate=ten", "expected a number"),
     ("rotate=1,rotate=2", "given twice"),
+    ("crop=2.5", r"crop must be an integer in \[0, 64\]"),
+    ("crop=65", "crop must be"),
+    ("crop=-1", "crop must be"),
+    ("flip=0.5", r"flip must be 0 or 1 in \[0, 1\]"),
+    ("flip=2", "flip must be"),
+    ("crop=2,crop=3", "given twice"),
 ])
 def test_bad_specs_are_one_line_errors(spec, message):
     with pytest.raises(ValueError, match=message) as info:

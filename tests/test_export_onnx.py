@@ -16,7 +16,7 @@ from cnn_xp.export import MissingOnnx, UnsupportedLayer, save_onnx, to_onnx
 from cnn_xp.layers import (Affine, AvgPool2D, BatchNorm, Conv2D, Dropout, Flatten, Layer, MaxPool2D, ReLU,
                            Residual, Sigmoid, Tanh)
 from cnn_xp.model import Sequential
-from train_helpers import data_dir, isolated, skip_plots  # noqa: F401 (fixtures)
+from train_helpers import data_dir, isolated, trained_checkpoint  # noqa: F401 (fixtures)
 
 try:
     import onnx
@@ -260,13 +260,7 @@ def test_input_shape_defaults_to_the_models_and_other_opsets_work():
 # -- cnn-xp export ------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def trained_run(data_dir, tmp_path_factory):  # noqa: F811 (fixture)
-    folder = tmp_path_factory.mktemp("export_run")
-    out = folder / "run"
-    with pytest.MonkeyPatch.context() as monkeypatch:
-        skip_plots(monkeypatch)
-        assert cli.main(["train", "--model", "lenet5", "--dataset", "mnist", "--data-dir", data_dir,
-                         "--epochs", "1", "--out", str(out), "--no-download", "--no-progress"]) == 0
-    return out / "checkpoint.npz"
+    return trained_checkpoint(data_dir, tmp_path_factory.mktemp("export_run") / "run", "lenet5", 1)
 
 
 def _meta(proto):

@@ -19,7 +19,7 @@ from cnn_xp.errors import CheckpointError
 from cnn_xp.layers import (Affine, AvgPool2D, BatchNorm, Conv2D, Dropout, Flatten, MaxPool2D, ReLU, Sigmoid,
                            SoftmaxCrossEntropy, Tanh)
 from tiny_idx import draw_digit_one
-from train_helpers import data_dir, isolated, offline, skip_plots  # noqa: F401 (fixtures)
+from train_helpers import data_dir, isolated, offline, trained_checkpoint  # noqa: F401 (fixtures)
 
 ROOT = Path(__file__).resolve().parents[1]
 ROW = re.compile(r"^\s*(\d+)\s{2}(.+?)\s{2,}(\S+)\s+([\d,]+)$")
@@ -147,13 +147,9 @@ def test_summary_total_is_the_sum_of_the_weights(name):
 def run_and_saved(data_dir, tmp_path_factory):
     """A 2-epoch run's checkpoint, and the same model written by ``model.save``."""
     folder = tmp_path_factory.mktemp("saved")
-    out = folder / "run"
-    with pytest.MonkeyPatch.context() as monkeypatch:
-        skip_plots(monkeypatch)
-        assert cli.main(["train", "--model", "simple_convnet", "--dataset", "mnist", "--data-dir", data_dir,
-                         "--epochs", "2", "--out", str(out), "--no-download", "--no-progress"]) == 0
-    cnn_xp.load(out / "checkpoint.npz").save(folder / "model.npz")
-    return out / "checkpoint.npz", folder / "model.npz"
+    checkpoint = trained_checkpoint(data_dir, folder / "run", "simple_convnet", 2)
+    cnn_xp.load(checkpoint).save(folder / "model.npz")
+    return checkpoint, folder / "model.npz"
 
 
 def _evaluate(capsys, path, data_dir, *extra):

@@ -43,6 +43,15 @@ def train(data_dir, out, *extra, model="simple_convnet"):
     return cli.main(argv)
 
 
+def trained_checkpoint(data_dir, out, model, epochs):
+    """A run of ``model`` for ``epochs`` epochs into ``out`` without its plots; its
+    checkpoint's path (for module-scoped fixtures: no per-test monkeypatch)."""
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        skip_plots(monkeypatch)
+        assert train(data_dir, out, "--epochs", str(epochs), model=model) == 0
+    return out / "checkpoint.npz"
+
+
 def skip_plots(monkeypatch):
     """Runs skip drawing curves.png, filters.png and confusion.png (most of a tiny run's
     time), for tests about anything else."""
