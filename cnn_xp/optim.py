@@ -170,13 +170,6 @@ class Optimizer:
         """Factors multiplying each parameter before the rule (decoupled decay), or None."""
         return None
 
-    def decayed(self, param, grad):
-        """The gradient with the L2 term: ``grad + weight_decay * param`` (a new array), or
-        ``grad`` itself when ``weight_decay`` is 0."""
-        if not self.weight_decay:
-            return grad
-        return grad + self.weight_decay * param
-
     def hyperparameters(self) -> dict:
         return {"lr": self.lr, "weight_decay": self.weight_decay}
 

@@ -176,8 +176,8 @@ def strided(array):
 _constants: dict = {}  # (name, shape, dtype) -> a device array made once per process
 
 
-def constant(name: str, shape, dtype, fill=0):
-    """A device array filled with ``fill`` once per process, device and stream, reused by
+def constant(name: str, shape, dtype):
+    """A device array of zeros made once per process, device and stream, reused by
     every launch that asks for it by ``name`` (a kernel's ticket counter, a placeholder).
     Callers must leave its values as they found them."""
     cp = cupy()
@@ -185,7 +185,7 @@ def constant(name: str, shape, dtype, fill=0):
     key = (name, tuple(shape) if isinstance(shape, tuple) else (int(shape),), str(dtype), where)
     array = _constants.get(key)
     if array is None:
-        array = cp.full(key[1], fill, dtype=dtype)
+        array = cp.zeros(key[1], dtype=dtype)
         _constants[key] = array
     return array
 
